@@ -1,1 +1,491 @@
-//! TODO
+//! The operator's configuration.
+//!
+//! Precedence: built-in defaults < TOML file < `DF_RECONCILER__SECTION__KEY` environment
+//! variables < `--set section.key=value` flags. Every section rejects unknown keys by name,
+//! durations use humantime syntax, and [`Config::validate`] enforces the guards that keep a
+//! typo from wiping a database.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::TerminalStatus;
+
+/// Windows shorter than this need `allow_short_retention = true`: `30m` typed for `30M`
+/// (months) must not delete everything older than half an hour.
+pub const SHORT_RETENTION_FLOOR: Duration = Duration::from_secs(3600);
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "DF_RECONCILER";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {key} = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid --set {0:?}: expected section.key=value")]
+    BadOverride(String),
+    #[error("cannot read database.url_file {path}: {source}")]
+    UrlFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no database configured: set database.url or database.url_file (env DF_RECONCILER__DATABASE__URL)")]
+    NoDatabase,
+    #[error("database.url is not a valid PostgreSQL connection string: {0}")]
+    BadDsn(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub schemas: SchemasConfig,
+    pub retention: RetentionConfig,
+    pub pass: PassConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+/// A connection string that never appears in logs, reports or `Debug` output.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// libpq URL or key=value string. Prefer `url_file` in production so the secret stays
+    /// out of the environment and the process list.
+    pub url: Option<SecretString>,
+    /// File holding the connection string (systemd credentials, Kubernetes secrets).
+    pub url_file: Option<PathBuf>,
+    /// Connections in the pool; a pass uses one at a time, the rest serve checks.
+    pub pool_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Shown in pg_stat_activity so DBAs can tell the reconciler's sessions apart.
+    pub application_name: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_file: None,
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(10),
+            application_name: "df-reconciler".into(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The connection string, read from `url_file` when that is set.
+    pub fn connection_string(&self) -> Result<SecretString, ConfigError> {
+        match (&self.url, &self.url_file) {
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| SecretString::new(s.trim().to_owned()))
+                .map_err(|source| ConfigError::UrlFile {
+                    path: path.clone(),
+                    source,
+                }),
+            (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                key: "database.url_file",
+                value: "<set>".into(),
+                reason: "set database.url or database.url_file, not both".into(),
+            }),
+            (None, None) => Err(ConfigError::NoDatabase),
+        }
+    }
+
+    /// Parsed connection settings, with the application name filled in when the DSN has none.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        let dsn = self.connection_string()?;
+        let mut pg: tokio_postgres::Config = dsn.expose().parse().map_err(
+            |e: tokio_postgres::Error| {
+                // The parser's message never echoes the password; the DSN itself is not shown.
+                ConfigError::BadDsn(e.to_string())
+            },
+        )?;
+        if pg.get_application_name().is_none() {
+            pg.application_name(&self.application_name);
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(self.connect_timeout);
+        }
+        Ok(pg)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemasConfig {
+    pub control: String,
+    /// `auto` asks `df.duroxide_schema()`, falling back to `duroxide` when it is absent.
+    pub engine: String,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        Self {
+            control: "df".into(),
+            engine: "auto".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Default window for every terminal status.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub completed: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub failed: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub cancelled: Option<Duration>,
+    /// At most this many terminal instances are retained, newest first.
+    pub hard_cap: u64,
+    /// Floor for reclaiming orphans; applies even when `window` is 0.
+    #[serde(with = "humantime_serde")]
+    pub orphan_min_age: Duration,
+    /// Consent for windows under one hour.
+    pub allow_short_retention: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(30 * 86_400),
+            completed: None,
+            failed: None,
+            cancelled: None,
+            hard_cap: 10_000,
+            orphan_min_age: Duration::from_secs(3600),
+            allow_short_retention: false,
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn window_for(&self, status: TerminalStatus) -> Duration {
+        let specific = match status {
+            TerminalStatus::Completed => self.completed,
+            TerminalStatus::Failed => self.failed,
+            TerminalStatus::Cancelled => self.cancelled,
+        };
+        specific.unwrap_or(self.window)
+    }
+
+    /// Age an orphan engine root must reach: max(window, orphan_min_age).
+    pub fn orphan_age(&self) -> Duration {
+        self.window.max(self.orphan_min_age)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PassConfig {
+    /// Time between passes in `run`; 0 disables passes (the daemon idles).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Roots per transaction.
+    pub batch_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Stop a pass (between batches) after this long; the next pass continues. None: no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
+}
+
+impl Default for PassConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(3600),
+            batch_size: 1000,
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(2),
+            max_duration: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of /metrics, /healthz, /readyz; "" disables.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the environment, then `overrides` (`section.key=value`),
+    /// and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, vars, overrides)
+    }
+
+    /// [`Config::load`] with an explicit environment, so tests need not mutate the process's.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let env_map: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .filter(|(k, _)| k.contains('.'))
+                .ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
+            builder = builder.set_override(key.trim(), value.trim())?;
+        }
+        let cfg: Config = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The guards of the operator contract. Returns the first problem, naming key and value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, reason: &str| ConfigError::Invalid {
+            key,
+            value,
+            reason: reason.into(),
+        };
+        let r = &self.retention;
+        if !r.allow_short_retention {
+            let windows = [
+                ("retention.window", Some(r.window)),
+                ("retention.completed", r.completed),
+                ("retention.failed", r.failed),
+                ("retention.cancelled", r.cancelled),
+                ("retention.orphan_min_age", Some(r.orphan_min_age)),
+            ];
+            for (key, value) in windows {
+                if let Some(d) = value.filter(|d| *d < SHORT_RETENTION_FLOOR) {
+                    return Err(invalid(
+                        key,
+                        humantime::format_duration(d).to_string(),
+                        "shorter than 1h; set retention.allow_short_retention = true if you mean it",
+                    ));
+                }
+            }
+        }
+        let p = &self.pass;
+        if p.batch_size == 0 {
+            return Err(invalid("pass.batch_size", "0".into(), "must be at least 1"));
+        }
+        if p.statement_timeout.is_zero() {
+            return Err(invalid(
+                "pass.statement_timeout",
+                "0s".into(),
+                "must be positive (0 would disable the timeout)",
+            ));
+        }
+        if p.lock_timeout.is_zero() {
+            return Err(invalid(
+                "pass.lock_timeout",
+                "0s".into(),
+                "must be positive (0 would wait forever on a lock)",
+            ));
+        }
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "0".into(), "must be at least 1"));
+        }
+        for (key, name) in [
+            ("schemas.control", &self.schemas.control),
+            ("schemas.engine", &self.schemas.engine),
+        ] {
+            if name.is_empty() || name.len() > 63 {
+                return Err(invalid(key, format!("{name:?}"), "must be 1 to 63 bytes"));
+            }
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "http.listen",
+                format!("{:?}", self.http.listen),
+                "expected host:port (e.g. 127.0.0.1:9187) or \"\" to disable",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(toml: &str, env: &[(&str, &str)], overrides: &[&str]) -> Result<Config, ConfigError> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::load_from(Some(file.path()), env, &overrides)
+    }
+
+    #[test]
+    fn defaults_match_the_operator_contract() {
+        let c = Config::load_from(None, Vec::new(), &[]).unwrap();
+        assert_eq!(c.retention.window, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.retention.hard_cap, 10_000);
+        assert_eq!(c.retention.orphan_min_age, Duration::from_secs(3600));
+        assert_eq!(c.pass.batch_size, 1000);
+        assert_eq!(c.schemas.engine, "auto");
+        assert_eq!(c.http.listen, "127.0.0.1:9187");
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let c = load(
+            "[pass]\nbatch_size = 10\ninterval = \"5m\"\n[retention]\nfailed = \"90d\"\n",
+            &[("DF_RECONCILER__PASS__BATCH_SIZE", "20")],
+            &["pass.interval=7m"],
+        )
+        .unwrap();
+        assert_eq!(c.pass.batch_size, 20);
+        assert_eq!(c.pass.interval, Duration::from_secs(420));
+        assert_eq!(
+            c.retention.window_for(TerminalStatus::Failed),
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(
+            c.retention.window_for(TerminalStatus::Completed),
+            c.retention.window
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load("[pass]\nbatch_sise = 10\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+        let err = load("[passes]\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("passes"), "{err}");
+    }
+
+    #[test]
+    fn short_windows_need_consent() {
+        let err = load("[retention]\nwindow = \"30m\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.window"), "{err}");
+        assert!(load(
+            "[retention]\nwindow = \"30m\"\norphan_min_age = \"1h\"\nallow_short_retention = true\n",
+            &[],
+            &[]
+        )
+        .is_ok());
+        let err = load("[retention]\ncancelled = \"10s\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.cancelled"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (toml, key) in [
+            ("[pass]\nbatch_size = 0\n", "pass.batch_size"),
+            ("[pass]\nbatch_size = -3\n", "batch_size"),
+            ("[pass]\ninterval = \"soon\"\n", "interval"),
+            ("[retention]\nhard_cap = \"many\"\n", "hard_cap"),
+            ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+            ("[log]\nformat = \"xml\"\n", "xml"),
+        ] {
+            let err = load(toml, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_debug_printed() {
+        let c = load(
+            "[database]\nurl = \"postgres://u:hunter2@h/db\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let pg = c.database.pg_config().unwrap();
+        assert_eq!(pg.get_application_name(), Some("df-reconciler"));
+    }
+
+    #[test]
+    fn url_file_is_read_and_trimmed() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "host=localhost dbname=app").unwrap();
+        let toml = format!("[database]\nurl_file = {:?}\n", f.path());
+        let c = load(&toml, &[], &[]).unwrap();
+        assert_eq!(
+            c.database.connection_string().unwrap().expose(),
+            "host=localhost dbname=app"
+        );
+    }
+}

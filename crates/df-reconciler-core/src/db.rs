@@ -1,1 +1,66 @@
-//! TODO
+//! The connection pool and DSN handling. Secrets never leave this module in printable form.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseConfig;
+use crate::error::Error;
+
+/// A pool for the daemon. Connections are created lazily, so building it never fails on a
+/// dead server; the first `get` does.
+pub fn build_pool(db: &DatabaseConfig) -> Result<Pool, Error> {
+    let pg = db.pg_config()?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(db.pool_size)
+        .runtime(Runtime::Tokio1)
+        // Bounded waits: a dead server fails the pass instead of hanging it.
+        .create_timeout(Some(db.connect_timeout))
+        .wait_timeout(Some(db.connect_timeout + Duration::from_secs(5)))
+        .build()
+        .map_err(|e| Error::Pool(e.to_string()))
+}
+
+/// Where a DSN points, without the password: `user@host:port/dbname`.
+pub fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let host = pg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let port = pg
+        .get_ports()
+        .first()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "5432".into());
+    format!(
+        "{}@{}:{}/{}",
+        pg.get_user().unwrap_or("?"),
+        if host.is_empty() { "localhost".into() } else { host },
+        port,
+        pg.get_dbname().unwrap_or("?")
+    )
+}
+
+/// Takes a connection from the pool, naming the target (never the password) on failure.
+pub async fn connect(pool: &Pool, target: &str) -> Result<deadpool_postgres::Object, Error> {
+    pool.get().await.map_err(|e| {
+        let cause = match &e {
+            deadpool_postgres::PoolError::Backend(pg) => crate::error::describe_pg_error(pg),
+            other => other.to_string(),
+        };
+        Error::Pool(format!("{target}: {cause}"))
+    })
+}

@@ -1,1 +1,88 @@
-//! TODO
+//! The library's errors and the exit codes the binary maps them to.
+
+use crate::config::ConfigError;
+
+/// Exit codes of the binary; documented in the README and stable for scripts.
+pub mod exit_code {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// A pass or a check failed at run time (database unreachable, statement error).
+    pub const FAILED: i32 = 1;
+    /// Bad usage or invalid configuration: nothing was attempted.
+    pub const USAGE: i32 = 2;
+    /// The database is not safe to reconcile (missing schema or table, rows hidden by RLS,
+    /// missing privilege, unknown per-instance engine table): refused, nothing deleted.
+    pub const REFUSED: i32 = 3;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The fail-closed checks found problems; each string names one.
+    #[error("refusing to reconcile: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    #[error("database error while {context}: {}", describe_pg_error(.source))]
+    Database {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot get a database connection: {0}")]
+    Pool(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => exit_code::USAGE,
+            Error::Refused(_) => exit_code::REFUSED,
+            Error::Database { .. } | Error::Pool(_) => exit_code::FAILED,
+        }
+    }
+
+    /// The SQLSTATE of a database error, if any.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Database { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+}
+
+/// Attaches what the daemon was doing to a database error.
+pub trait DbContext<T> {
+    fn context(self, what: &str) -> Result<T, Error>;
+}
+
+impl<T> DbContext<T> for Result<T, tokio_postgres::Error> {
+    fn context(self, what: &str) -> Result<T, Error> {
+        self.map_err(|source| Error::Database {
+            context: what.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Renders a tokio-postgres error with the server's message and detail, which its
+/// `Display` hides behind "db error".
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!("; {detail}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}

@@ -1,1 +1,752 @@
-//! TODO
+//! One reconciliation pass.
+//!
+//! A pass reads the database clock and the hard-cap edge once, then runs two keyset-paged
+//! phases, each a loop of batch transactions:
+//! 1. expired terminal df rows (with their engine trees and stray queue items);
+//! 2. orphan engine roots (with their trees).
+//!
+//! Each batch is ONE transaction: select up to `batch_size` candidates after the watermark,
+//! lock them with FOR UPDATE SKIP LOCKED (df rows, then every instance of their engine
+//! trees), drop whatever is locked, leased or no longer settled, delete the rest from both
+//! stores, commit. The watermark moves past every candidate seen, deleted or skipped, so no
+//! candidate is rescanned within a pass and none can starve another. A dry run executes the
+//! same selections in READ ONLY transactions and counts instead of deleting.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use deadpool_postgres::{Object, Pool, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::db;
+use crate::error::{DbContext, Error};
+use crate::policy::{EngineStatus, TerminalStatus};
+use crate::preflight::{self, Intent};
+use crate::report::PassReport;
+use crate::sql::{control, engine, reconcile, Schemas};
+
+/// A failed pass, with what it had done (committed batches stay committed).
+#[derive(Debug)]
+pub struct PassFailed {
+    pub error: Error,
+    pub report: PassReport,
+}
+
+/// After this many clean batches a batch size halved by a timeout doubles again.
+const BATCHES_BEFORE_GROWING: u32 = 8;
+
+/// Runs one pass: preflight, both phases, drift counts. `shutdown` is honoured between
+/// batches, never inside one.
+pub async fn run_pass(
+    pool: &Pool,
+    cfg: &Config,
+    dry_run: bool,
+    shutdown: &CancellationToken,
+) -> Result<PassReport, PassFailed> {
+    let started = Instant::now();
+    let mut report = PassReport {
+        dry_run,
+        complete: true,
+        ..PassReport::default()
+    };
+    let result = run_phases(pool, cfg, dry_run, shutdown, &mut report).await;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => {
+            info!(
+                dry_run,
+                duration_ms = report.duration_ms,
+                expired_removed = report.expired_removed.total(),
+                capped_removed = report.capped_removed,
+                orphans_reclaimed = report.orphans_reclaimed,
+                engine_children_removed = report.engine_children_removed,
+                skipped_unsettled = report.skipped_unsettled,
+                skipped_locked = report.skipped_locked,
+                batches = report.batches,
+                report = %report.to_json(),
+                "pass finished"
+            );
+            Ok(report)
+        }
+        Err(error) => {
+            report.errors.push(error.to_string());
+            warn!(dry_run, error = %error, report = %report.to_json(), "pass failed");
+            Err(PassFailed { error, report })
+        }
+    }
+}
+
+async fn run_phases(
+    pool: &Pool,
+    cfg: &Config,
+    dry_run: bool,
+    shutdown: &CancellationToken,
+    report: &mut PassReport,
+) -> Result<(), Error> {
+    let target = db::describe_target(&cfg.database.pg_config()?);
+    let mut client = db::connect(pool, &target).await?;
+    let intent = if dry_run {
+        Intent::DryRun
+    } else {
+        Intent::Delete
+    };
+    let verified = preflight::verify(&**client, cfg, intent).await?;
+    report.warnings.extend(verified.warnings.iter().cloned());
+    let statements = Statements::new(&verified.schemas, dry_run);
+    let clock = PassClock::read(&mut client, cfg, &statements).await?;
+    report.started_at = humantime::format_rfc3339_millis(clock.db_now).to_string();
+    if !verified.sees_all_sessions {
+        // Without pg_read_all_stats other sessions' xact_start is hidden: rely on the floor.
+        debug!("open-transaction guard limited to visible sessions and prepared transactions");
+    }
+    let mut pass = Pass {
+        client: &mut client,
+        cfg,
+        statements,
+        clock,
+        dry_run,
+        batch_size: cfg.pass.batch_size,
+        clean_batches: 0,
+        deadline: cfg.pass.max_duration.map(|d| Instant::now() + d),
+        shutdown,
+        report,
+    };
+    for phase in [Phase::Expired, Phase::Orphans] {
+        if !pass.run_phase(phase).await? {
+            pass.report.complete = false;
+            return Ok(());
+        }
+    }
+    pass.read_drift().await
+}
+
+/// The statements of one pass, rendered for the verified schemas.
+struct Statements {
+    cap_edge: String,
+    expired_candidates: String,
+    orphan_candidates: String,
+    lock_df_rows: String,
+    trees: String,
+    lock_instances: String,
+    leased: String,
+    root_state: String,
+    drift: String,
+    /// (`schema.table` label, statement) for df rows, then engine rows, in deletion order.
+    delete_df: Vec<(String, String)>,
+    delete_engine: Vec<(String, String)>,
+}
+
+impl Statements {
+    fn new(schemas: &Schemas, dry_run: bool) -> Self {
+        let r = |t: &str| schemas.render(t);
+        let deletes = |schema: &str, placeholder: &str, tables: &[crate::sql::InstanceTable]| {
+            tables
+                .iter()
+                .map(|t| {
+                    (
+                        format!("{schema}.{}", t.name),
+                        r(&t.statement(placeholder, dry_run)),
+                    )
+                })
+                .collect()
+        };
+        Self {
+            cap_edge: r(reconcile::CAP_EDGE),
+            expired_candidates: r(reconcile::EXPIRED_CANDIDATES),
+            orphan_candidates: r(reconcile::ORPHAN_CANDIDATES),
+            lock_df_rows: r(if dry_run {
+                control::READ_TERMINAL_ROWS
+            } else {
+                control::LOCK_TERMINAL_ROWS
+            }),
+            trees: r(engine::TREES),
+            lock_instances: r(if dry_run {
+                engine::READ_INSTANCES
+            } else {
+                engine::LOCK_INSTANCES
+            }),
+            leased: r(engine::LEASED),
+            root_state: r(reconcile::ROOT_STATE),
+            drift: r(reconcile::DRIFT),
+            delete_df: deletes(&schemas.control, "{control}", &control::PER_INSTANCE_TABLES),
+            delete_engine: deletes(&schemas.engine, "{engine}", &engine::PER_INSTANCE_TABLES),
+        }
+    }
+}
+
+/// Everything fixed at the start of a pass, from the database clock.
+#[derive(Debug, Clone)]
+struct PassClock {
+    db_now: SystemTime,
+    /// Cutoff per terminal status (completed, failed, cancelled); None: nothing expires.
+    cutoffs: [Option<SystemTime>; 3],
+    /// The newest terminal row over the hard cap (terminal_at, id); None: cap not reached.
+    cap_edge: Option<(Option<SystemTime>, String)>,
+    orphan_cutoff: Option<SystemTime>,
+    /// Orphans must have been created before this (the oldest open transaction).
+    orphan_created_before: SystemTime,
+    drift_cutoff: Option<SystemTime>,
+}
+
+impl PassClock {
+    async fn read(client: &mut Object, cfg: &Config, st: &Statements) -> Result<Self, Error> {
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .context("starting the pass")?;
+        set_local_limits(&tx, cfg).await?;
+        let row = tx
+            .query_one(reconcile::PASS_CLOCK, &[])
+            .await
+            .context("reading the database clock")?;
+        let db_now: SystemTime = row.get(0);
+        let oldest_open_xact: SystemTime = row.get(1);
+        let hard_cap = i64::try_from(cfg.retention.hard_cap).unwrap_or(i64::MAX);
+        let cap_edge = tx
+            .query_opt(&st.cap_edge, &[&hard_cap])
+            .await
+            .context("finding the hard-cap edge")?
+            .map(|row| (row.get::<_, Option<SystemTime>>(0), row.get::<_, String>(1)));
+        tx.commit().await.context("ending the pass setup")?;
+        let before = |d: Duration| db_now.checked_sub(d);
+        let r = &cfg.retention;
+        Ok(Self {
+            db_now,
+            cutoffs: TerminalStatus::ALL.map(|s| before(r.window_for(s))),
+            cap_edge,
+            orphan_cutoff: before(r.orphan_age()),
+            orphan_created_before: oldest_open_xact.min(db_now),
+            drift_cutoff: before(r.orphan_min_age),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Expired,
+    Orphans,
+}
+
+/// What a batch found, applied to the report only once its transaction committed.
+#[derive(Debug, Default)]
+struct BatchTally {
+    expired: Vec<(TerminalStatus, bool)>,
+    orphans: Vec<EngineStatus>,
+    children: u64,
+    rows: Vec<(String, u64)>,
+    skipped_unsettled: u64,
+    skipped_locked: u64,
+    skipped_inconsistent: u64,
+}
+
+/// Where a phase stands after a batch.
+enum Step {
+    /// No candidate after the watermark: the phase is done.
+    Exhausted,
+    Continue { watermark: String },
+}
+
+/// Known as soon as a batch has read its candidates, so a batch abandoned after that still
+/// moves the watermark.
+struct Progress {
+    watermark: String,
+    candidates: u64,
+}
+
+struct Pass<'a> {
+    client: &'a mut Object,
+    cfg: &'a Config,
+    statements: Statements,
+    clock: PassClock,
+    dry_run: bool,
+    batch_size: u32,
+    clean_batches: u32,
+    deadline: Option<Instant>,
+    shutdown: &'a CancellationToken,
+    report: &'a mut PassReport,
+}
+
+impl Pass<'_> {
+    /// Runs a phase to its end. Returns false when it stopped early (shutdown or budget).
+    async fn run_phase(&mut self, phase: Phase) -> Result<bool, Error> {
+        let mut watermark = String::new();
+        loop {
+            if self.shutdown.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return Ok(false);
+            }
+            let mut progress = None;
+            let result = self.batch(phase, &watermark, &mut progress).await;
+            match result {
+                Ok(Step::Exhausted) => return Ok(true),
+                Ok(Step::Continue { watermark: next }) => {
+                    watermark = next;
+                    self.report.batches += 1;
+                    self.after_clean_batch();
+                }
+                Err(e) if is_timeout(&e) => {
+                    self.report.batches_abandoned += 1;
+                    warn!(?phase, batch_size = self.batch_size, error = %e, "batch abandoned, rolled back");
+                    let statement_timeout = e.sqlstate() == Some(&SqlState::QUERY_CANCELED);
+                    if statement_timeout {
+                        if self.batch_size == 1 && progress.is_none() {
+                            return Err(e);
+                        }
+                        self.batch_size = (self.batch_size / 2).max(1);
+                        self.clean_batches = 0;
+                    }
+                    match progress {
+                        Some(p) => {
+                            self.report.skipped_locked += p.candidates;
+                            watermark = p.watermark;
+                        }
+                        None if statement_timeout => {}
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn after_clean_batch(&mut self) {
+        self.clean_batches += 1;
+        if self.batch_size < self.cfg.pass.batch_size
+            && self.clean_batches >= BATCHES_BEFORE_GROWING
+        {
+            self.batch_size = (self.batch_size * 2).min(self.cfg.pass.batch_size);
+            self.clean_batches = 0;
+        }
+    }
+
+    async fn batch(
+        &mut self,
+        phase: Phase,
+        watermark: &str,
+        progress: &mut Option<Progress>,
+    ) -> Result<Step, Error> {
+        let tx = self
+            .client
+            .build_transaction()
+            .read_only(self.dry_run)
+            .start()
+            .await
+            .context("starting a batch")?;
+        set_local_limits(&tx, self.cfg).await?;
+        let mut tally = BatchTally::default();
+        let step = match phase {
+            Phase::Expired => {
+                expired_batch(&tx, &self.statements, &self.clock, self.batch_size, watermark, progress, &mut tally).await?
+            }
+            Phase::Orphans => {
+                orphan_batch(&tx, &self.statements, &self.clock, self.batch_size, watermark, progress, &mut tally).await?
+            }
+        };
+        if self.dry_run {
+            tx.rollback().await.context("ending a dry-run batch")?;
+        } else {
+            tx.commit().await.context("committing a batch")?;
+        }
+        if matches!(step, Step::Continue { .. }) {
+            debug!(?phase, watermark, ?tally, "batch done");
+        }
+        self.apply(tally);
+        Ok(step)
+    }
+
+    fn apply(&mut self, tally: BatchTally) {
+        let r = &mut *self.report;
+        for (status, window_expired) in tally.expired {
+            if window_expired {
+                r.expired_removed.add(status, 1);
+            } else {
+                r.capped_removed += 1;
+            }
+        }
+        for status in tally.orphans {
+            r.orphans_reclaimed += 1;
+            match status {
+                EngineStatus::Completed => r.orphans_by_status.completed += 1,
+                EngineStatus::Failed => r.orphans_by_status.failed += 1,
+                EngineStatus::ContinuedAsNew => r.orphans_by_status.continued_as_new += 1,
+                EngineStatus::Running => {}
+            }
+        }
+        r.engine_children_removed += tally.children;
+        for (table, n) in tally.rows {
+            r.add_rows(table, n);
+        }
+        r.skipped_unsettled += tally.skipped_unsettled;
+        r.skipped_locked += tally.skipped_locked;
+        r.skipped_inconsistent += tally.skipped_inconsistent;
+    }
+
+    async fn read_drift(&mut self) -> Result<(), Error> {
+        let tx = self
+            .client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .context("starting the drift report")?;
+        set_local_limits(&tx, self.cfg).await?;
+        let row = tx
+            .query_one(&self.statements.drift, &[&self.clock.drift_cutoff])
+            .await
+            .context("counting drift between the stores")?;
+        tx.commit().await.context("ending the drift report")?;
+        let count = |i: usize| row.get::<_, i64>(i) as u64;
+        self.report.running_without_df_row = count(0);
+        self.report.df_rows_without_engine = count(1);
+        self.report.queue_items_without_instance = count(2);
+        Ok(())
+    }
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.sqlstate(),
+        Some(s) if *s == SqlState::LOCK_NOT_AVAILABLE || *s == SqlState::QUERY_CANCELED
+    )
+}
+
+/// Bounds every statement of the transaction, and makes PostgreSQL raise an error instead
+/// of silently filtering rows should a row-level security policy ever apply to this role.
+async fn set_local_limits(tx: &Transaction<'_>, cfg: &Config) -> Result<(), Error> {
+    let sql = format!(
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; SET LOCAL row_security = off",
+        cfg.pass.statement_timeout.as_millis(),
+        cfg.pass.lock_timeout.as_millis()
+    );
+    tx.batch_execute(&sql).await.context("setting batch limits")
+}
+
+fn limit(batch_size: u32) -> i64 {
+    i64::from(batch_size)
+}
+
+/// Phase 1: the next batch of expired terminal df rows.
+async fn expired_batch(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    clock: &PassClock,
+    batch_size: u32,
+    watermark: &str,
+    progress: &mut Option<Progress>,
+    tally: &mut BatchTally,
+) -> Result<Step, Error> {
+    let (edge_at, edge_id) = match &clock.cap_edge {
+        Some((at, id)) => (*at, Some(id.as_str())),
+        None => (None, None),
+    };
+    let [cut_completed, cut_failed, cut_cancelled] = clock.cutoffs;
+    let rows = tx
+        .query(
+            &st.expired_candidates,
+            &[
+                &watermark,
+                &limit(batch_size),
+                &cut_completed,
+                &cut_failed,
+                &cut_cancelled,
+                &edge_at,
+                &edge_id,
+            ],
+        )
+        .await
+        .context("selecting expired instances")?;
+    let Some(last) = rows.last() else {
+        return Ok(Step::Exhausted);
+    };
+    let next = last.get::<_, String>(0);
+    *progress = Some(Progress {
+        watermark: next.clone(),
+        candidates: rows.len() as u64,
+    });
+
+    // Classify what the selection saw; only settled candidates go on to locking.
+    struct Candidate {
+        status: TerminalStatus,
+        window_expired: bool,
+        has_engine_record: bool,
+    }
+    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+    for row in &rows {
+        let id: String = row.get(0);
+        let Some(status) = TerminalStatus::parse(row.get::<_, &str>(1)) else {
+            continue;
+        };
+        let has_engine_record: bool = row.get(3);
+        let engine_is_root: bool = row.get(4);
+        let engine_status: Option<&str> = row.get(5);
+        if has_engine_record && !engine_is_root {
+            tally.skipped_inconsistent += 1;
+        } else if has_engine_record && !engine_status.is_some_and(EngineStatus::is_terminal) {
+            tally.skipped_unsettled += 1;
+        } else {
+            candidates.insert(
+                id,
+                Candidate {
+                    status,
+                    window_expired: row.get(2),
+                    has_engine_record,
+                },
+            );
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(Step::Continue { watermark: next });
+    }
+
+    let ids: Vec<String> = candidates.keys().cloned().collect();
+    let locked: HashSet<String> = tx
+        .query(&st.lock_df_rows, &[&ids])
+        .await
+        .context("locking expired df rows")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tally.skipped_locked += (ids.len() - locked.len()) as u64;
+    candidates.retain(|id, _| locked.contains(id));
+
+    let engine_roots: Vec<String> = candidates
+        .iter()
+        .filter(|(_, c)| c.has_engine_record)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let bare_ids: Vec<String> = candidates
+        .iter()
+        .filter(|(_, c)| !c.has_engine_record)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let trees = lock_trees(tx, st, &engine_roots, &bare_ids, RootRule::Settled, tally).await?;
+
+    // df ids to delete: bare rows not leased, and rows whose whole tree was cleared.
+    let df_ids: Vec<String> = candidates
+        .keys()
+        .filter(|id| trees.deletable.contains(*id))
+        .cloned()
+        .collect();
+    if df_ids.is_empty() {
+        return Ok(Step::Continue { watermark: next });
+    }
+    // Engine rows: every instance of the cleared trees, plus stray rows (queue items)
+    // carrying the id of a df row that has no engine record.
+    let mut engine_ids: Vec<String> = trees.members.clone();
+    engine_ids.extend(bare_ids.iter().filter(|id| trees.deletable.contains(*id)).cloned());
+    delete_rows(tx, &st.delete_df, &df_ids, tally).await?;
+    delete_rows(tx, &st.delete_engine, &engine_ids, tally).await?;
+    for id in &df_ids {
+        let c = &candidates[id];
+        tally.expired.push((c.status, c.window_expired));
+    }
+    tally.children += trees.children;
+    Ok(Step::Continue { watermark: next })
+}
+
+/// Phase 2: the next batch of orphan engine roots.
+async fn orphan_batch(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    clock: &PassClock,
+    batch_size: u32,
+    watermark: &str,
+    progress: &mut Option<Progress>,
+    tally: &mut BatchTally,
+) -> Result<Step, Error> {
+    let rows = tx
+        .query(
+            &st.orphan_candidates,
+            &[
+                &watermark,
+                &limit(batch_size),
+                &clock.orphan_cutoff,
+                &clock.orphan_created_before,
+            ],
+        )
+        .await
+        .context("selecting orphan engine roots")?;
+    let Some(last) = rows.last() else {
+        return Ok(Step::Exhausted);
+    };
+    let next = last.get::<_, String>(0);
+    *progress = Some(Progress {
+        watermark: next.clone(),
+        candidates: rows.len() as u64,
+    });
+    let roots: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let trees = lock_trees(tx, st, &roots, &[], RootRule::Orphan, tally).await?;
+    if trees.members.is_empty() {
+        return Ok(Step::Continue { watermark: next });
+    }
+    delete_rows(tx, &st.delete_engine, &trees.members, tally).await?;
+    tally.orphans.extend(trees.root_statuses);
+    tally.children += trees.children;
+    Ok(Step::Continue { watermark: next })
+}
+
+/// What a root's state must be, read after locking, for its tree to be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootRule {
+    /// A df row's engine root: anything but Running (and a status we know).
+    Settled,
+    /// An orphan: terminal and still without a df row.
+    Orphan,
+}
+
+/// Trees cleared for deletion in this batch.
+#[derive(Debug, Default)]
+struct ClearedTrees {
+    /// Roots (and bare df ids) that may be deleted.
+    deletable: HashSet<String>,
+    /// Every engine instance of the cleared trees, roots included.
+    members: Vec<String>,
+    children: u64,
+    root_statuses: Vec<EngineStatus>,
+}
+
+/// Expands `roots` into whole trees, locks every instance without waiting, and clears a
+/// tree only when all its instances were locked, none is leased by a dispatcher or worker,
+/// and the root's state, read after locking, satisfies `rule`. `bare_ids` (df rows without
+/// an engine record) are cleared when no queue item of theirs is leased.
+async fn lock_trees(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    roots: &[String],
+    bare_ids: &[String],
+    rule: RootRule,
+    tally: &mut BatchTally,
+) -> Result<ClearedTrees, Error> {
+    let mut trees: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if !roots.is_empty() {
+        for row in tx
+            .query(&st.trees, &[&roots])
+            .await
+            .context("expanding engine trees")?
+        {
+            trees
+                .entry(row.get(0))
+                .or_default()
+                .push(row.get(1));
+        }
+    }
+    let members: Vec<String> = trees.values().flatten().cloned().collect();
+    let locked: HashSet<String> = if members.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(&st.lock_instances, &[&members])
+            .await
+            .context("locking engine instances")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let lease_ids: Vec<String> = members.iter().chain(bare_ids).cloned().collect();
+    let leased: HashSet<String> = if lease_ids.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(&st.leased, &[&lease_ids])
+            .await
+            .context("reading dispatcher leases")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let mut states: BTreeMap<String, (Option<String>, bool)> = BTreeMap::new();
+    if !roots.is_empty() {
+        for row in tx
+            .query(&st.root_state, &[&roots])
+            .await
+            .context("reading engine root state")?
+        {
+            states.insert(row.get(0), (row.get(1), row.get(2)));
+        }
+    }
+
+    let mut cleared = ClearedTrees::default();
+    for root in roots {
+        let Some(tree) = trees.get(root) else {
+            // The engine record vanished since selection (another reconciler?): leave the
+            // df row for the next pass rather than guess.
+            tally.skipped_locked += 1;
+            continue;
+        };
+        if tree.iter().any(|id| !locked.contains(id) || leased.contains(id)) {
+            tally.skipped_locked += 1;
+            continue;
+        }
+        let (status, has_df_row) = states
+            .get(root)
+            .map(|(s, d)| (s.as_deref().and_then(EngineStatus::parse), *d))
+            .unwrap_or((None, false));
+        let allowed = match (rule, status) {
+            (_, None | Some(EngineStatus::Running)) => false,
+            (RootRule::Settled, Some(_)) => true,
+            (RootRule::Orphan, Some(_)) => !has_df_row,
+        };
+        if !allowed {
+            if rule == RootRule::Settled {
+                tally.skipped_unsettled += 1;
+            }
+            continue;
+        }
+        cleared.deletable.insert(root.clone());
+        cleared.members.extend(tree.iter().cloned());
+        cleared.children += (tree.len() - 1) as u64;
+        if let Some(s) = status {
+            cleared.root_statuses.push(s);
+        }
+    }
+    for id in bare_ids {
+        if leased.contains(id) {
+            tally.skipped_locked += 1;
+        } else {
+            cleared.deletable.insert(id.clone());
+        }
+    }
+    Ok(cleared)
+}
+
+/// Runs each table's DELETE (or, in a dry run, its count) for `ids`, tallying rows.
+async fn delete_rows(
+    tx: &Transaction<'_>,
+    statements: &[(String, String)],
+    ids: &[String],
+    tally: &mut BatchTally,
+) -> Result<(), Error> {
+    let unique: Vec<&String> = ids.iter().collect::<BTreeSet<_>>().into_iter().collect();
+    for (table, sql) in statements {
+        let n = if sql.starts_with("DELETE") {
+            tx.execute(sql.as_str(), &[&unique])
+                .await
+                .with_context(|| format!("deleting from {table}"))?
+        } else {
+            tx.query_one(sql.as_str(), &[&unique])
+                .await
+                .with_context(|| format!("counting {table}"))?
+                .get::<_, i64>(0) as u64
+        };
+        if n > 0 {
+            tally.rows.push((table.clone(), n));
+        }
+    }
+    Ok(())
+}
+
+trait WithContext<T> {
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T> WithContext<T> for Result<T, tokio_postgres::Error> {
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|source| Error::Database {
+            context: what(),
+            source,
+        })
+    }
+}

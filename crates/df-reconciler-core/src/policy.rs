@@ -1,1 +1,149 @@
-//! TODO
+//! Pure decisions, testable without a database.
+//!
+//! The SQL in [`crate::sql`] encodes the same rules set-wise; tests check that both agree.
+
+use std::fmt;
+
+/// Terminal statuses of a df.instances row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TerminalStatus {
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TerminalStatus {
+    pub const ALL: [TerminalStatus; 3] = [Self::Completed, Self::Failed, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for TerminalStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Status of an engine execution (`executions.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EngineStatus {
+    Running,
+    Completed,
+    Failed,
+    ContinuedAsNew,
+}
+
+impl EngineStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Running" => Some(Self::Running),
+            "Completed" => Some(Self::Completed),
+            "Failed" => Some(Self::Failed),
+            "ContinuedAsNew" => Some(Self::ContinuedAsNew),
+            _ => None,
+        }
+    }
+
+    /// Settled means the engine will not write to this instance again on its own.
+    /// Unknown status strings are treated as live: never delete what we do not understand.
+    pub fn is_terminal(s: &str) -> bool {
+        matches!(
+            Self::parse(s),
+            Some(Self::Completed | Self::Failed | Self::ContinuedAsNew)
+        )
+    }
+}
+
+/// True when an engine instance id has the shape of a sub-orchestration:
+/// composed `{parent}::{execution}::{node}` (any depth), legacy `sub::{n}` or `…::sub::…`.
+/// Must agree with [`crate::sql::engine::CHILD_SHAPE`].
+pub fn has_child_shape(id: &str) -> bool {
+    if id.starts_with("sub::") || id.contains("::sub::") {
+        return true;
+    }
+    // `::<one or more ASCII digits>::` anywhere in the id.
+    let bytes = id.as_bytes();
+    let mut start = 0;
+    while let Some(pos) = id[start..].find("::") {
+        let digits_from = start + pos + 2;
+        let digits = bytes[digits_from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 0 && id[digits_from + digits..].starts_with("::") {
+            return true;
+        }
+        start += pos + 1;
+    }
+    false
+}
+
+/// An engine instance is a root only when both tests agree: no parent, and not child-shaped.
+pub fn is_engine_root(id: &str, parent_instance_id: Option<&str>) -> bool {
+    parent_instance_id.is_none() && !has_child_shape(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn child_shapes() {
+        for child in [
+            "3f9a0c7e::1::b41d92aa",
+            "3f9a0c7e::1::b41d92aa::2::c0ffee00",
+            "sub::1",
+            "3f9a0c7e::sub::4",
+            "a::12::b",
+            "::1::",
+        ] {
+            assert!(has_child_shape(child), "{child}");
+        }
+        for root in [
+            "3f9a0c7e",
+            "a::b",
+            "a::x1::b",
+            "a:1:b",
+            "subway",
+            "a::1",
+            "x::sub",
+            "",
+            "::::",
+        ] {
+            assert!(!has_child_shape(root), "{root}");
+        }
+    }
+
+    #[test]
+    fn roots_need_both_tests() {
+        assert!(is_engine_root("3f9a0c7e", None));
+        assert!(!is_engine_root("3f9a0c7e", Some("00000000")));
+        assert!(!is_engine_root("3f9a0c7e::1::aa", None));
+    }
+
+    proptest! {
+        #[test]
+        fn composed_ids_are_children(parent in "[0-9a-f]{8}", exec in 1u32..1000, node in "[0-9a-f]{8}") {
+            let child = format!("{parent}::{exec}::{node}");
+            prop_assert!(has_child_shape(&child));
+            prop_assert!(has_child_shape(&format!("{child}::2::{node}")));
+            prop_assert!(!has_child_shape(&parent));
+        }
+
+        #[test]
+        fn never_panics(id in "\\PC{0,24}") {
+            let _ = has_child_shape(&id);
+        }
+    }
+}

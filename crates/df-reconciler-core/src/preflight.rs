@@ -1,1 +1,267 @@
-//! TODO
+//! Engine-schema discovery and the fail-closed checks that run before every pass.
+//!
+//! A pass starts only when every check passes: both schemas and all their tables exist,
+//! the role may read (and, for a real pass, delete) every per-instance table, it sees every
+//! df row despite row-level security, and the engine has no per-instance table the daemon
+//! does not know. Anything else is a [`crate::error::Error::Refused`] naming each problem.
+
+use tokio_postgres::GenericClient;
+
+use crate::config::Config;
+use crate::error::{DbContext, Error};
+use crate::sql::{self, control, engine, Schemas};
+
+/// The engine schema name when `df.duroxide_schema()` does not exist (pg_durable <= 0.2.2).
+pub const LEGACY_ENGINE_SCHEMA: &str = "duroxide";
+
+/// What preflight established about the database.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub schemas: Schemas,
+    /// Highest applied engine migration, when readable.
+    pub engine_migration: Option<i64>,
+    /// Whether the role can see other sessions' transactions (the open-transaction guard).
+    pub sees_all_sessions: bool,
+    /// Problems that do not stop a pass (unknown engine version, guard fallback, ...).
+    pub warnings: Vec<String>,
+}
+
+/// What the caller is about to do; a dry run needs no DELETE privilege.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    DryRun,
+    Delete,
+}
+
+/// Resolves `schemas.engine = "auto"` by asking pg_durable.
+pub async fn resolve_engine_schema(
+    client: &impl GenericClient,
+    cfg: &Config,
+) -> Result<String, Error> {
+    if cfg.schemas.engine != "auto" {
+        return Ok(cfg.schemas.engine.clone());
+    }
+    let control = &cfg.schemas.control;
+    let has_function: bool = client
+        .query_one(control::HAS_ENGINE_SCHEMA_FUNCTION, &[control])
+        .await
+        .context("looking for df.duroxide_schema()")?
+        .get(0);
+    if !has_function {
+        return Ok(LEGACY_ENGINE_SCHEMA.to_owned());
+    }
+    let sql = Schemas::new(control, "").render(control::ENGINE_SCHEMA_FUNCTION);
+    let name: Option<String> = client
+        .query_one(&sql, &[])
+        .await
+        .context("calling duroxide_schema()")?
+        .get(0);
+    Ok(name.unwrap_or_else(|| LEGACY_ENGINE_SCHEMA.to_owned()))
+}
+
+/// Runs every check and returns the verified schemas, or every problem found.
+pub async fn verify(
+    client: &impl GenericClient,
+    cfg: &Config,
+    intent: Intent,
+) -> Result<Verified, Error> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let control_name = cfg.schemas.control.clone();
+    let control_exists = schema_exists(client, &control_name).await?;
+    if !control_exists {
+        problems.push(format!(
+            "control schema {control_name:?} does not exist (is pg_durable installed in this database? see schemas.control)"
+        ));
+    }
+    let engine_name = if control_exists || cfg.schemas.engine != "auto" {
+        resolve_engine_schema(client, cfg).await?
+    } else {
+        LEGACY_ENGINE_SCHEMA.to_owned()
+    };
+    let engine_exists = schema_exists(client, &engine_name).await?;
+    if !engine_exists {
+        problems.push(format!(
+            "engine schema {engine_name:?} does not exist (see schemas.engine)"
+        ));
+    }
+    let schemas = Schemas::new(&control_name, &engine_name);
+
+    if control_exists {
+        check_tables(client, &control_name, &control::REQUIRED_TABLES, &mut problems).await?;
+    }
+    if engine_exists {
+        check_tables(client, &engine_name, &engine::REQUIRED_TABLES, &mut problems).await?;
+    }
+    if !problems.is_empty() {
+        return Err(Error::Refused(problems));
+    }
+
+    check_unknown_per_instance_tables(client, &schemas, &mut problems).await?;
+    let privilege = match intent {
+        Intent::DryRun => "SELECT",
+        Intent::Delete => "SELECT, DELETE",
+    };
+    let per_instance = control::PER_INSTANCE_TABLES
+        .iter()
+        .map(|t| (&schemas.control, t.name))
+        .chain(
+            engine::PER_INSTANCE_TABLES
+                .iter()
+                .map(|t| (&schemas.engine, t.name)),
+        );
+    for (schema, table) in per_instance {
+        let qualified = format!("{}.{}", sql::quote_ident(schema), sql::quote_ident(table));
+        let granted: bool = client
+            .query_one(
+                "SELECT has_table_privilege($1, $2)",
+                &[&qualified, &privilege],
+            )
+            .await
+            .context("checking table privileges")?
+            .get(0);
+        if !granted {
+            problems.push(format!(
+                "role lacks {privilege} on {schema}.{table} (grant it; see deploy/sql)"
+            ));
+        }
+    }
+    for table in control::REQUIRED_TABLES {
+        let exempt: bool = client
+            .query_one(control::RLS_EXEMPTION, &[&control_name, &table])
+            .await
+            .context("checking row-level security")?
+            .get(0);
+        if !exempt {
+            problems.push(format!(
+                "role is subject to row-level security on {control_name}.{table}: it would see only its own rows and take every other engine record for an orphan; connect as a role with BYPASSRLS (or the table owner)"
+            ));
+        }
+    }
+
+    let engine_migration = check_engine_version(client, &schemas, &mut warnings).await?;
+    let sees_all_sessions: bool = client
+        .query_one(
+            "SELECT pg_has_role('pg_read_all_stats', 'MEMBER')
+                 OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .await
+        .context("checking pg_read_all_stats")?
+        .get(0);
+    if !sees_all_sessions {
+        warnings.push(
+            "role cannot see other sessions' transactions (grant pg_read_all_stats): the open-transaction guard falls back to retention.orphan_min_age alone".into(),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(Error::Refused(problems));
+    }
+    Ok(Verified {
+        schemas,
+        engine_migration,
+        sees_all_sessions,
+        warnings,
+    })
+}
+
+async fn schema_exists(client: &impl GenericClient, name: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&name],
+        )
+        .await
+        .context("looking up schemas")?
+        .get(0))
+}
+
+async fn check_tables(
+    client: &impl GenericClient,
+    schema: &str,
+    required: &[&str],
+    problems: &mut Vec<String>,
+) -> Result<(), Error> {
+    let present: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+            &[&schema],
+        )
+        .await
+        .context("listing tables")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in required {
+        if !present.iter().any(|p| p == table) {
+            problems.push(format!("table {schema}.{table} does not exist"));
+        }
+    }
+    Ok(())
+}
+
+/// A per-instance table the daemon does not delete from would keep rows of deleted
+/// instances forever: refuse instead (fail closed).
+async fn check_unknown_per_instance_tables(
+    client: &impl GenericClient,
+    schemas: &Schemas,
+    problems: &mut Vec<String>,
+) -> Result<(), Error> {
+    let rows = client
+        .query(engine::TABLES_WITH_INSTANCE_ID, &[&schemas.engine])
+        .await
+        .context("listing engine tables")?;
+    for row in rows {
+        let table: String = row.get(0);
+        if !engine::PER_INSTANCE_TABLES.iter().any(|t| t.name == table) {
+            problems.push(format!(
+                "engine table {}.{table} has an instance_id column this version of df-reconciler does not know; deleting instances would leave its rows behind (upgrade df-reconciler)",
+                schemas.engine
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn check_engine_version(
+    client: &impl GenericClient,
+    schemas: &Schemas,
+    warnings: &mut Vec<String>,
+) -> Result<Option<i64>, Error> {
+    let rows = client
+        .query(&schemas.render(engine::MIGRATION_VERSIONS), &[])
+        .await
+        .context("reading engine migrations")?;
+    let versions: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0)?.trim().parse().ok())
+        .collect();
+    let highest = versions.iter().copied().max();
+    match highest {
+        Some(v) if engine::KNOWN_MIGRATION_VERSIONS.contains(&v) => {}
+        Some(v) => warnings.push(format!(
+            "engine migration version {v} is newer than the versions df-reconciler knows (up to {}); verify the release notes",
+            engine::KNOWN_MIGRATION_VERSIONS.end()
+        )),
+        None => warnings.push("engine migrations table is empty or unreadable".into()),
+    }
+    Ok(highest)
+}
+
+/// Warns when pg_durable's own reconcile is still enabled next to the daemon.
+pub async fn in_database_reconcile_warning(
+    client: &impl GenericClient,
+) -> Result<Option<String>, Error> {
+    let value: Option<String> = client
+        .query_one(control::IN_DATABASE_RECONCILE_INTERVAL, &[])
+        .await
+        .context("reading pg_durable.reconcile_interval")?
+        .get(0);
+    Ok(match value.as_deref().map(str::trim) {
+        None | Some("") | Some("0") | Some("0s") | Some("0ms") => None,
+        Some(v) => Some(format!(
+            "pg_durable.reconcile_interval = {v}: the in-database reconcile still runs; set it to 0 (ALTER SYSTEM SET pg_durable.reconcile_interval = 0)"
+        )),
+    })
+}

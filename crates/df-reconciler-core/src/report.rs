@@ -1,1 +1,143 @@
-//! TODO
+//! [`PassReport`]: the numbers of one pass, printed as a table, as one JSON object, and
+//! logged. In a dry run every "removed" number means "would be removed".
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::policy::TerminalStatus;
+
+/// Counts per terminal df status.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ByStatus {
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl ByStatus {
+    pub fn add(&mut self, status: TerminalStatus, n: u64) {
+        match status {
+            TerminalStatus::Completed => self.completed += n,
+            TerminalStatus::Failed => self.failed += n,
+            TerminalStatus::Cancelled => self.cancelled += n,
+        }
+    }
+    pub fn total(&self) -> u64 {
+        self.completed + self.failed + self.cancelled
+    }
+}
+
+/// Orphans per engine status of the root's current execution.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ByEngineStatus {
+    pub completed: u64,
+    pub failed: u64,
+    pub continued_as_new: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PassReport {
+    pub dry_run: bool,
+    /// Database clock at the start of the pass (RFC 3339, UTC).
+    pub started_at: String,
+    pub duration_ms: u64,
+    /// Terminal df instances removed because their retention window passed, by status.
+    pub expired_removed: ByStatus,
+    /// Terminal df instances removed only because they fell outside the hard cap.
+    pub capped_removed: u64,
+    /// Engine roots with no df row, reclaimed with their trees.
+    pub orphans_reclaimed: u64,
+    pub orphans_by_status: ByEngineStatus,
+    /// Sub-orchestrations removed as part of their root's tree.
+    pub engine_children_removed: u64,
+    /// Rows per `schema.table`.
+    pub rows_deleted: BTreeMap<String, u64>,
+    /// Expired df rows whose engine root is still Running: retried next pass.
+    pub skipped_unsettled: u64,
+    /// Candidates locked by another session or leased by a dispatcher: retried next pass.
+    pub skipped_locked: u64,
+    /// Expired df rows whose engine record is not a root (hostile or corrupt data).
+    pub skipped_inconsistent: u64,
+    /// Engine roots Running with no df row (drift; never deleted).
+    pub running_without_df_row: u64,
+    /// pending/running df rows with neither engine record nor queue item (drift).
+    pub df_rows_without_engine: u64,
+    /// Orchestrator queue items whose id has neither engine instance nor df row (drift).
+    pub queue_items_without_instance: u64,
+    /// Batch transactions committed (or, in a dry run, evaluated).
+    pub batches: u64,
+    /// Batches rolled back on a lock or statement timeout; their candidates count as skipped.
+    pub batches_abandoned: u64,
+    /// False when the pass stopped early (shutdown or pass.max_duration); the next continues.
+    pub complete: bool,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl PassReport {
+    pub fn instances_removed(&self) -> u64 {
+        self.expired_removed.total() + self.capped_removed + self.orphans_reclaimed
+    }
+
+    pub fn add_rows(&mut self, table: String, n: u64) {
+        *self.rows_deleted.entry(table).or_default() += n;
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a PassReport always serializes")
+    }
+}
+
+impl fmt::Display for PassReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        writeln!(
+            f,
+            "{} started {} took {} ms in {} batches{}",
+            if self.dry_run { "DRY RUN" } else { "pass" },
+            self.started_at,
+            self.duration_ms,
+            self.batches,
+            if self.complete { "" } else { " (stopped early)" }
+        )?;
+        let e = &self.expired_removed;
+        let rows: [(&str, u64); 14] = [
+            ("expired completed", e.completed),
+            ("expired failed", e.failed),
+            ("expired cancelled", e.cancelled),
+            ("over hard cap", self.capped_removed),
+            ("orphan engine roots", self.orphans_reclaimed),
+            ("engine children (in trees)", self.engine_children_removed),
+            ("skipped: engine still running", self.skipped_unsettled),
+            ("skipped: locked or leased", self.skipped_locked),
+            ("skipped: inconsistent engine record", self.skipped_inconsistent),
+            ("drift: engine running, no df row", self.running_without_df_row),
+            ("drift: df live, no engine record", self.df_rows_without_engine),
+            ("drift: queue item, no instance", self.queue_items_without_instance),
+            ("batches abandoned (timeouts)", self.batches_abandoned),
+            ("errors", self.errors.len() as u64),
+        ];
+        writeln!(f, "  {:<40} {:>10}", format!("instances ({verb})"), "count")?;
+        for (label, n) in rows {
+            writeln!(f, "  {label:<40} {n:>10}")?;
+        }
+        writeln!(f, "  {:<40} {:>10}", format!("rows ({verb})"), "count")?;
+        for (table, n) in &self.rows_deleted {
+            writeln!(f, "  {table:<40} {n:>10}")?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        for e in &self.errors {
+            writeln!(f, "  error: {e}")?;
+        }
+        Ok(())
+    }
+}

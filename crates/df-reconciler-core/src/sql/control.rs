@@ -1,0 +1,68 @@
+//! Statements on the `df` control plane alone.
+
+use super::InstanceTable;
+
+/// Tables of the control plane, checked by preflight. Per-instance ones are in
+/// [`PER_INSTANCE_TABLES`].
+pub const REQUIRED_TABLES: [&str; 2] = ["instances", "nodes"];
+
+/// Per-instance tables in deletion order. The foreign keys between them are DEFERRABLE
+/// INITIALLY DEFERRED and checked at COMMIT, so nodes and instance go in one transaction.
+pub const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
+    InstanceTable {
+        name: "nodes",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "instances",
+        key: "id",
+    },
+];
+
+/// Terminal statuses as an SQL list, shared by every statement that selects terminal rows.
+pub const TERMINAL_STATUSES: &str = "('completed', 'failed', 'cancelled')";
+
+/// Locks the batch's df rows that are still terminal. A row locked by another session (a
+/// user updating it, another reconciler) is skipped, never waited for; a row that stopped
+/// being terminal drops out because FOR UPDATE re-checks the WHERE clause on the newest
+/// version. `$1`: ids.
+pub const LOCK_TERMINAL_ROWS: &str = "
+    SELECT d.id::text
+    FROM {control}.instances d
+    WHERE d.id::text = ANY($1::text[])
+      AND d.status IN ('completed', 'failed', 'cancelled')
+    ORDER BY d.id
+    FOR UPDATE SKIP LOCKED";
+
+/// The dry-run twin of [`LOCK_TERMINAL_ROWS`]: a read-only transaction cannot lock.
+pub const READ_TERMINAL_ROWS: &str = "
+    SELECT d.id::text
+    FROM {control}.instances d
+    WHERE d.id::text = ANY($1::text[])
+      AND d.status IN ('completed', 'failed', 'cancelled')";
+
+/// Whether the connected role sees every df row whatever the row-level security policies
+/// say: superuser, BYPASSRLS, or owner of a table whose RLS is not FORCEd (or RLS off).
+/// `$1`: schema name, `$2`: table name. No row when the table does not exist.
+pub const RLS_EXEMPTION: &str = "
+    SELECT NOT c.relrowsecurity
+        OR r.rolsuper
+        OR r.rolbypassrls
+        OR (pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity)
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_roles r ON r.rolname = current_user
+    WHERE n.nspname = $1 AND c.relname = $2";
+
+/// Asks pg_durable where the engine store lives; only run when the function exists.
+pub const ENGINE_SCHEMA_FUNCTION: &str = "SELECT {control}.duroxide_schema()::text";
+
+/// Whether `{control}.duroxide_schema()` exists. `$1`: control schema name.
+pub const HAS_ENGINE_SCHEMA_FUNCTION: &str = "
+    SELECT EXISTS (
+        SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = $1 AND p.proname = 'duroxide_schema' AND p.pronargs = 0)";
+
+/// Whether the in-database reconcile of pg_durable is still on (`check` warns).
+pub const IN_DATABASE_RECONCILE_INTERVAL: &str =
+    "SELECT current_setting('pg_durable.reconcile_interval', true)";

@@ -1,0 +1,125 @@
+//! Statements on the duroxide engine store alone.
+
+use super::InstanceTable;
+
+/// SQL twin of [`crate::policy::has_child_shape`] for a column named `$id`: composed
+/// `{parent}::{execution}::{node}`, legacy `sub::{n}` and `…::sub::…`.
+pub const CHILD_SHAPE: &str =
+    "($id ~ '::[0-9]+::' OR $id LIKE 'sub::%' OR $id LIKE '%::sub::%')";
+
+/// The child-shape predicate applied to a column expression.
+pub fn child_shape(column: &str) -> String {
+    CHILD_SHAPE.replace("$id", column)
+}
+
+/// Tables the engine store must have. `sessions`, `_duroxide_migrations` and
+/// `_worker_ready` are never written to.
+pub const REQUIRED_TABLES: [&str; 11] = [
+    "instances",
+    "executions",
+    "history",
+    "orchestrator_queue",
+    "worker_queue",
+    "instance_locks",
+    "kv_store",
+    "kv_delta",
+    "sessions",
+    "_duroxide_migrations",
+    "_worker_ready",
+];
+
+/// Per-instance tables in the order the engine's own delete routine uses, instances last.
+/// Preflight refuses to run when the engine has a per-instance table not listed here, so a
+/// future engine version cannot make the daemon leave rows behind silently.
+pub const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
+    InstanceTable {
+        name: "history",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "executions",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "orchestrator_queue",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "worker_queue",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "instance_locks",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "kv_delta",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "kv_store",
+        key: "instance_id",
+    },
+    InstanceTable {
+        name: "instances",
+        key: "instance_id",
+    },
+];
+
+/// Engine migrations this version of the daemon was written against.
+pub const KNOWN_MIGRATION_VERSIONS: std::ops::RangeInclusive<i64> = 1..=21;
+
+/// Applied engine migrations, as text so any integer type of `version` reads the same.
+pub const MIGRATION_VERSIONS: &str = "SELECT version::text FROM {engine}._duroxide_migrations";
+
+/// Tables of a schema that carry an `instance_id` column. `$1`: schema name.
+pub const TABLES_WITH_INSTANCE_ID: &str = "
+    SELECT c.relname::text
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attname = 'instance_id'
+      AND NOT a.attisdropped
+    ORDER BY 1";
+
+/// Every instance of the trees under the given roots (`$1`), following parent_instance_id
+/// down. UNION (not UNION ALL) makes a cycle in hostile parent links terminate.
+pub const TREES: &str = "
+    WITH RECURSIVE tree(root_id, instance_id) AS (
+        SELECT ei.instance_id, ei.instance_id
+        FROM {engine}.instances ei
+        WHERE ei.instance_id = ANY($1::text[])
+      UNION
+        SELECT tree.root_id, child.instance_id
+        FROM {engine}.instances child
+        JOIN tree ON child.parent_instance_id = tree.instance_id
+    )
+    SELECT root_id, instance_id FROM tree";
+
+/// Locks engine instance rows without waiting; rows a dispatcher holds are not returned.
+/// `$1`: instance ids.
+pub const LOCK_INSTANCES: &str = "
+    SELECT ei.instance_id
+    FROM {engine}.instances ei
+    WHERE ei.instance_id = ANY($1::text[])
+    ORDER BY ei.instance_id
+    FOR UPDATE SKIP LOCKED";
+
+/// The dry-run twin of [`LOCK_INSTANCES`].
+pub const READ_INSTANCES: &str = "
+    SELECT ei.instance_id
+    FROM {engine}.instances ei
+    WHERE ei.instance_id = ANY($1::text[])";
+
+/// Ids among `$1` that a dispatcher or worker holds a lease on right now (instance lock or
+/// a locked queue item). `locked_until` is epoch milliseconds on the database clock.
+pub const LEASED: &str = "
+    WITH now_ms(ms) AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+    SELECT il.instance_id FROM {engine}.instance_locks il, now_ms
+     WHERE il.instance_id = ANY($1::text[]) AND il.locked_until > now_ms.ms
+    UNION
+    SELECT oq.instance_id FROM {engine}.orchestrator_queue oq, now_ms
+     WHERE oq.instance_id = ANY($1::text[]) AND oq.locked_until > now_ms.ms
+    UNION
+    SELECT wq.instance_id FROM {engine}.worker_queue wq, now_ms
+     WHERE wq.instance_id = ANY($1::text[]) AND wq.locked_until > now_ms.ms";

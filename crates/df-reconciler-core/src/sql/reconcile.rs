@@ -1,0 +1,138 @@
+//! The cross-store selections: set differences between `df` and the engine store, computed
+//! by anti-joins in the database, never by lists held in memory.
+//!
+//! Shared vocabulary: `d` is a df.instances row, `ei` the engine instance with the same id,
+//! `ex` its current execution. terminal_at = coalesce(d.completed_at, ex.completed_at,
+//! d.created_at): server-controlled values only, never the user-writable updated_at.
+
+/// Joins a df row to its engine record and current execution, and names terminal_at.
+macro_rules! df_with_engine {
+    () => {
+        "
+    FROM {control}.instances d
+    LEFT JOIN {engine}.instances ei ON ei.instance_id = d.id::text
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    CROSS JOIN LATERAL (SELECT coalesce(d.completed_at, ex.completed_at, d.created_at) AS terminal_at) t"
+    };
+}
+
+/// The database clock at the start of a pass, and the oldest-open-transaction guard: the
+/// start of the oldest transaction open in this database (another session's, or a prepared
+/// one), else now. `sees_all` is false when the role cannot read other sessions'
+/// xact_start (no pg_read_all_stats); the guard then rests on orphan_min_age alone.
+pub const PASS_CLOCK: &str = "
+    SELECT now(),
+           coalesce(least(
+               (SELECT min(a.xact_start) FROM pg_stat_activity a
+                 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+                   AND a.xact_start IS NOT NULL),
+               (SELECT min(p.prepared) FROM pg_prepared_xacts p
+                 WHERE p.database = current_database())),
+             now()) AS oldest_open_xact,
+           (pg_has_role('pg_read_all_stats', 'MEMBER')
+             OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) AS sees_all";
+
+/// The hard-cap edge: the newest terminal row that falls outside the newest `$1` terminal
+/// rows (ordered by terminal_at, then id; unknown terminal_at counts as newest). Every row
+/// at or below the edge is over the cap. No row: the cap is not reached.
+pub const CAP_EDGE: &str = concat!(
+    "
+    SELECT t.terminal_at, d.id::text",
+    df_with_engine!(),
+    "
+    WHERE d.status IN ('completed', 'failed', 'cancelled')
+    ORDER BY t.terminal_at DESC NULLS FIRST, d.id DESC
+    OFFSET $1 LIMIT 1"
+);
+
+/// The next keyset batch of expired terminal df rows after the watermark `$1`, at most `$2`.
+/// Expired: terminal_at before the status's cutoff (`$3` completed, `$4` failed,
+/// `$5` cancelled; NULL = nothing expires) or at/below the cap edge (`$6` terminal_at,
+/// `$7` id; NULL id = cap not reached). Rows whose terminal_at is unknown never expire.
+/// Settledness is reported, not filtered, so skipped rows are counted and passed over.
+pub const EXPIRED_CANDIDATES: &str = concat!(
+    "
+    SELECT d.id::text,
+           d.status,
+           coalesce(t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
+                                                  WHEN 'failed' THEN $4::timestamptz
+                                                  ELSE $5::timestamptz END, false) AS window_expired,
+           ei.instance_id IS NOT NULL AS has_engine_record,
+           coalesce(ei.parent_instance_id IS NULL AND NOT {ei_is_child}, false) AS engine_is_root,
+           ex.status AS engine_status",
+    df_with_engine!(),
+    "
+    WHERE d.id::text > $1
+      AND d.status IN ('completed', 'failed', 'cancelled')
+      AND t.terminal_at IS NOT NULL
+      AND (t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
+                                         WHEN 'failed' THEN $4::timestamptz
+                                         ELSE $5::timestamptz END
+           OR ($7::text IS NOT NULL
+               AND ($6::timestamptz IS NULL
+                    OR t.terminal_at < $6::timestamptz
+                    OR (t.terminal_at = $6::timestamptz AND d.id::text <= $7::text))))
+    ORDER BY d.id
+    LIMIT $2"
+);
+
+/// The next keyset batch of orphan engine roots after the watermark `$1`, at most `$2`:
+/// roots (no parent AND not child-shaped) with no df row, current execution terminal,
+/// aged (completed_at, else updated_at) before `$3`, created before the oldest open
+/// transaction `$4`. Young orphans are filtered here, so they cannot hide old ones.
+pub const ORPHAN_CANDIDATES: &str = "
+    SELECT ei.instance_id, ex.status
+    FROM {engine}.instances ei
+    JOIN {engine}.executions ex
+      ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    WHERE ei.instance_id > $1
+      AND ei.parent_instance_id IS NULL
+      AND NOT {ei_is_child}
+      AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
+      AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
+      AND ei.created_at < $4::timestamptz
+      AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
+    ORDER BY ei.instance_id
+    LIMIT $2";
+
+/// State of roots `$1` read AFTER their rows were locked: current execution status and
+/// whether a df row exists (an orphan whose df row appeared is no orphan any more).
+pub const ROOT_STATE: &str = "
+    SELECT ei.instance_id,
+           ex.status,
+           EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id) AS has_df_row
+    FROM {engine}.instances ei
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    WHERE ei.instance_id = ANY($1::text[])";
+
+/// Drift between the stores, reported only. `$1`: now - orphan_min_age.
+/// - running_without_df_row: engine roots Running with no df row.
+/// - df_rows_without_engine: pending/running df rows older than `$1` with neither an
+///   engine record nor a queue item (the engine will never run them).
+/// - queue_items_without_instance: orchestrator items older than `$1` whose id has neither
+///   an engine instance nor a df row (a rolled-back start the engine never picked up).
+pub const DRIFT: &str = "
+    SELECT
+      (SELECT count(*)
+         FROM {engine}.instances ei
+         JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+        WHERE ei.parent_instance_id IS NULL AND NOT {ei_is_child}
+          AND ex.status = 'Running'
+          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
+      ) AS running_without_df_row,
+      (SELECT count(*)
+         FROM {control}.instances d
+        WHERE d.status IN ('pending', 'running')
+          AND d.created_at < $1::timestamptz
+          AND NOT EXISTS (SELECT 1 FROM {engine}.instances ei WHERE ei.instance_id = d.id::text)
+          AND NOT EXISTS (SELECT 1 FROM {engine}.orchestrator_queue oq WHERE oq.instance_id = d.id::text)
+      ) AS df_rows_without_engine,
+      (SELECT count(*)
+         FROM {engine}.orchestrator_queue oq
+        WHERE oq.created_at < $1::timestamptz
+          AND NOT EXISTS (SELECT 1 FROM {engine}.instances ei WHERE ei.instance_id = oq.instance_id)
+          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = oq.instance_id)
+      ) AS queue_items_without_instance";
