@@ -1,1 +1,33 @@
-//! TODO
+//! The `run` loop: a pass at start, then one every `pass.interval`, until shutdown.
+//!
+//! The loop never opens a transaction itself and never dies on a failed pass: it logs the
+//! failure and tries again at the next tick.
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::pass;
+
+/// Runs passes until `shutdown` is cancelled. A pass in progress stops after its current
+/// batch. `pass.interval = 0` idles: no passes, the process stays up.
+pub async fn run(pool: &Pool, cfg: &Config, shutdown: CancellationToken) {
+    let interval = cfg.pass.interval;
+    if interval.is_zero() {
+        info!("pass.interval is 0: passes are disabled, idling until shutdown");
+        shutdown.cancelled().await;
+        return;
+    }
+    info!(interval = %humantime::format_duration(interval), "reconciler started");
+    loop {
+        if let Err(failed) = pass::run_pass(pool, cfg, false, &shutdown).await {
+            error!(error = %failed.error, "pass failed; retrying at the next interval");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    info!("reconciler stopped");
+}

@@ -9,12 +9,14 @@
 //! - [`report`]: [`report::PassReport`], the numbers of one pass.
 //! - [`db`]: the connection pool and DSN handling (secrets never printed).
 //! - [`daemon`]: the `run` loop: a pass every interval until shutdown.
+//! - [`demo`]: the zero-setup tour behind `df-reconciler demo`.
 //! - [`throwaway`]: a disposable PostgreSQL cluster for `demo` and the tests.
 //! - [`fixture`]: the pg_durable + duroxide schemas and seed data used by `demo` and tests.
 
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod fixture;
 pub mod pass;

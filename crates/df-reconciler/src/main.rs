@@ -1,1 +1,273 @@
-fn main() {}
+//! `df-reconciler`: the thin binary. Parses the command line, loads the configuration,
+//! sets up logging and hands over to `df_reconciler_core`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use df_reconciler_core::config::{Config, LogFormat};
+use df_reconciler_core::error::{exit_code, Error};
+use df_reconciler_core::{daemon, db, demo, pass, preflight};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "df-reconciler", version, about = "Reconciles pg_durable's df control plane with the duroxide engine store")]
+struct Cli {
+    /// TOML configuration file (default: built-in defaults and environment only).
+    #[arg(long, global = true, env = "DF_RECONCILER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format (overrides [log] format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// More logging (debug). RUST_LOG, when set, wins.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Override a configuration key: --set pass.batch_size=500 (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The daemon: a pass every pass.interval until SIGTERM/SIGINT.
+    Run,
+    /// Exactly one pass, then exit with its report.
+    Once {
+        /// Report what a pass would delete; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and the database; one line per problem.
+    Check {
+        /// Validate the configuration alone, without connecting.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Zero-setup tour on a throwaway PostgreSQL: seed, dry run, real pass, clean up.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Command::Demo => {
+            init_logging(&cli, LogFormat::Text);
+            runtime().block_on(run_demo())
+        }
+        _ => match Config::load(cli.config.as_deref(), &cli.overrides) {
+            Err(e) => {
+                eprintln!("df-reconciler: {e}");
+                exit_code::USAGE
+            }
+            Ok(cfg) => {
+                init_logging(&cli, cfg.log.format);
+                runtime().block_on(dispatch(&cli.command, cfg))
+            }
+        },
+    };
+    ExitCode::from(code as u8)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+fn init_logging(cli: &Cli, configured: LogFormat) {
+    let default = if cli.verbose { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => configured,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn dispatch(command: &Command, cfg: Config) -> i32 {
+    match command {
+        Command::Check { offline: true } => {
+            println!("configuration OK");
+            exit_code::OK
+        }
+        Command::Check { offline: false } => check(&cfg).await,
+        Command::Once { dry_run, json } => once(&cfg, *dry_run, *json).await,
+        Command::Run => run(&cfg).await,
+        Command::Demo => unreachable!("demo needs no configuration"),
+    }
+}
+
+fn pool_or_exit(cfg: &Config) -> Result<db::Pool, i32> {
+    db::build_pool(&cfg.database).map_err(|e| {
+        eprintln!("df-reconciler: {e}");
+        e.exit_code()
+    })
+}
+
+async fn check(cfg: &Config) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let target = match cfg.database.pg_config() {
+        Ok(pg) => db::describe_target(&pg),
+        Err(e) => {
+            eprintln!("df-reconciler: {e}");
+            return exit_code::USAGE;
+        }
+    };
+    let client = match db::connect(&pool, &target).await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("problem: {e}");
+            return e.exit_code();
+        }
+    };
+    let result = preflight::verify(&**client, cfg, preflight::Intent::Delete).await;
+    let reconcile_warning = preflight::in_database_reconcile_warning(&**client).await;
+    match result {
+        Ok(verified) => {
+            for w in verified
+                .warnings
+                .iter()
+                .chain(reconcile_warning.ok().flatten().iter())
+            {
+                println!("warning: {w}");
+            }
+            println!(
+                "ok: {target}, control schema {:?}, engine schema {:?}, engine migration {}",
+                verified.schemas.control,
+                verified.schemas.engine,
+                verified
+                    .engine_migration
+                    .map_or("unknown".into(), |v| v.to_string())
+            );
+            exit_code::OK
+        }
+        Err(Error::Refused(problems)) => {
+            for p in &problems {
+                println!("problem: {p}");
+            }
+            exit_code::REFUSED
+        }
+        Err(e) => {
+            println!("problem: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn once(cfg: &Config, dry_run: bool, json: bool) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let shutdown = shutdown_on_signal();
+    let (report, code) = match pass::run_pass(&pool, cfg, dry_run, &shutdown).await {
+        Ok(report) => (report, exit_code::OK),
+        Err(failed) => {
+            eprintln!("df-reconciler: {}", failed.error);
+            let code = failed.error.exit_code();
+            (failed.report, code)
+        }
+    };
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    code
+}
+
+async fn run(cfg: &Config) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    daemon::run(&pool, cfg, shutdown_on_signal()).await;
+    exit_code::OK
+}
+
+/// A token cancelled by SIGTERM or SIGINT; the current batch finishes first.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown requested; finishing the current batch");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn run_demo() -> i32 {
+    println!("df-reconciler demo: starting a throwaway PostgreSQL ...");
+    let started = tokio::select! {
+        d = demo::Demo::start() => d,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted");
+            return exit_code::FAILED;
+        }
+    };
+    let demo = match started {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("df-reconciler demo: {e}");
+            return exit_code::FAILED;
+        }
+    };
+    println!(
+        "seeded database {} (engine schema _duroxide); retention: 30d window, hard cap 10000, orphan_min_age 1h\n",
+        demo.cluster().dsn("demo")
+    );
+    let outcome = tokio::select! {
+        o = demo.run() => o,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; removing the cluster");
+            return exit_code::FAILED;
+        }
+    };
+    // `demo` drops at return: the cluster stops and its directory is removed.
+    match outcome {
+        Ok(o) => {
+            println!("== 1. dry run (nothing written) ==\n{}", o.dry_run);
+            println!("== 2. real pass ==\n{}", o.real);
+            println!(
+                "== 3. second pass (idempotence: nothing left to remove) ==\n{}",
+                o.again
+            );
+            println!("demo finished; removing the throwaway cluster");
+            exit_code::OK
+        }
+        Err(e) => {
+            eprintln!("df-reconciler demo: {e}");
+            exit_code::FAILED
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The operator contract of the binary: subcommands, exit codes, JSON report, config
+//! precedence and errors that name the offending key.
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+use crate::classification::workflow;
+use crate::harness::TestDb;
+use crate::support::df_ids;
+
+const DAY: f64 = 86_400.0;
+
+fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
+    // The tests' own environment must not leak configuration into the child.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DF_RECONCILER") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
+        .await
+        .unwrap()
+}
+
+fn config_file(toml: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(toml.as_bytes()).unwrap();
+    f
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_2_naming_the_key() {
+    for (toml, needle) in [
+        ("[pass]\nbatch_size = 0\n", "pass.batch_size"),
+        ("[retention]\nwindow = \"30m\"\n", "retention.window"),
+        ("[retention]\nwindwo = \"30d\"\n", "windwo"),
+        ("[pass]\ninterval = \"often\"\n", "interval"),
+    ] {
+        let file = config_file(toml);
+        let mut cmd = binary();
+        cmd.args(["check", "--offline", "--config"]).arg(file.path());
+        let out = run(cmd).await;
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        assert!(text(&out.stderr).contains(needle), "{toml}: {}", text(&out.stderr));
+    }
+    let mut cmd = binary();
+    cmd.args(["check", "--offline", "--config", "/nonexistent/df.toml"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/df.toml"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn environment_overrides_file_and_flags_override_environment() {
+    let file = config_file("[pass]\nbatch_size = 10\n");
+    let mut cmd = binary();
+    cmd.args(["check", "--offline", "--config"])
+        .arg(file.path())
+        .env("DF_RECONCILER__PASS__BATCH_SIZE", "0");
+    assert_eq!(run(cmd).await.status.code(), Some(2), "env 0 beats file 10");
+    let mut cmd = binary();
+    cmd.args(["check", "--offline", "--set", "pass.batch_size=5", "--config"])
+        .arg(file.path())
+        .env("DF_RECONCILER__PASS__BATCH_SIZE", "0");
+    assert_eq!(run(cmd).await.status.code(), Some(0), "flag 5 beats env 0");
+}
+
+#[tokio::test]
+async fn once_json_prints_one_report_object_and_deletes() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(&c, "40000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 1).await;
+    workflow(&c, "40000002", "failed", Some("Failed"), DAY, Some(DAY), 0).await;
+
+    let mut cmd = binary();
+    cmd.args(["once", "--dry-run", "--json"])
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["expired_removed"]["completed"], 1);
+    assert_eq!(df_ids(&c).await.len(), 2, "dry run deleted nothing");
+
+    let mut cmd = binary();
+    cmd.args(["once", "--json"]).env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "dry_run",
+        "started_at",
+        "duration_ms",
+        "expired_removed",
+        "capped_removed",
+        "orphans_reclaimed",
+        "engine_children_removed",
+        "rows_deleted",
+        "skipped_unsettled",
+        "skipped_locked",
+        "running_without_df_row",
+        "df_rows_without_engine",
+        "batches",
+        "errors",
+    ] {
+        assert!(report.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(report["rows_deleted"]["_duroxide.instances"], 2);
+    assert_eq!(df_ids(&c).await, vec!["40000002"]);
+}
+
+#[tokio::test]
+async fn check_passes_on_a_good_database_and_names_problems_on_a_bad_one() {
+    let db = TestDb::new().await;
+    let mut cmd = binary();
+    cmd.arg("check").env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("_duroxide"));
+
+    db.client()
+        .await
+        .batch_execute("DROP TABLE df.nodes CASCADE")
+        .await
+        .unwrap();
+    let mut cmd = binary();
+    cmd.arg("check").env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stdout).contains("table df.nodes does not exist"), "{}", text(&out.stdout));
+}
+
+#[tokio::test]
+async fn a_failed_pass_exits_non_zero_without_printing_the_password() {
+    let mut cmd = binary();
+    cmd.args(["once", "--json"])
+        .env("DF_RECONCILER__DATABASE__URL", "postgres://u:hunter2@127.0.0.1:1/db")
+        .env("DF_RECONCILER__DATABASE__CONNECT_TIMEOUT", "2s");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(all.contains("127.0.0.1:1"), "{all}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"].as_array().map(Vec::len), Some(1));
+}

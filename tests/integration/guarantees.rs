@@ -1,0 +1,251 @@
+//! The guarantees of reconcile.md: atomic bounded batches, idempotence, dry-run fidelity,
+//! no waiting on locks, the open-transaction guard, and atomicity when the connection dies.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::classification::{orphan, workflow};
+use crate::harness::{wait_until, TestDb};
+use crate::support::{comparable, config_for, count, df_ids, engine_ids, pass, try_pass, violations};
+
+const DAY: f64 = 86_400.0;
+
+/// A connection of its own, for a session that holds locks or an open transaction.
+async fn session(db: &TestDb) -> Client {
+    let (client, conn) = tokio_postgres::connect(&db.dsn, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+async fn mixed_population(c: &Client) {
+    workflow(c, "20000001", "completed", Some("Completed"), 60.0 * DAY, Some(59.0 * DAY), 2).await;
+    workflow(c, "20000002", "failed", Some("Failed"), 60.0 * DAY, Some(59.0 * DAY), 0).await;
+    workflow(c, "20000003", "cancelled", None, 60.0 * DAY, None, 0).await;
+    workflow(c, "20000004", "failed", Some("Running"), 60.0 * DAY, None, 0).await;
+    workflow(c, "20000005", "completed", Some("Completed"), DAY, Some(DAY), 1).await;
+    workflow(c, "20000006", "running", Some("Running"), 60.0 * DAY, None, 1).await;
+    orphan(c, "20000007", "Failed", 60.0 * DAY, 60.0 * DAY, 1).await;
+    orphan(c, "20000008", "Completed", 60.0, 30.0, 0).await;
+}
+
+async fn table_counts(c: &Client) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "df.instances",
+        "df.nodes",
+        "_duroxide.instances",
+        "_duroxide.executions",
+        "_duroxide.history",
+        "_duroxide.orchestrator_queue",
+        "_duroxide.worker_queue",
+        "_duroxide.instance_locks",
+        "_duroxide.kv_store",
+        "_duroxide.kv_delta",
+        "_duroxide.sessions",
+        "_duroxide._duroxide_migrations",
+        "_duroxide._worker_ready",
+    ] {
+        counts.push(count(c, &format!("SELECT count(*) FROM {table}")).await);
+    }
+    counts
+}
+
+#[tokio::test]
+async fn dry_run_reports_exactly_what_a_pass_deletes_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    mixed_population(&c).await;
+    let before = table_counts(&c).await;
+    let cfg = config_for(&db);
+
+    let dry = pass(&cfg, true).await;
+    assert!(dry.dry_run);
+    assert_eq!(table_counts(&c).await, before, "a dry run writes nothing");
+
+    let real = pass(&cfg, false).await;
+    assert_eq!(comparable(&dry), comparable(&real));
+    assert_eq!(real.instances_removed(), 4);
+    let removed: i64 = real.rows_deleted.values().map(|n| *n as i64).sum();
+    let after: i64 = table_counts(&c).await.iter().sum();
+    assert_eq!(before.iter().sum::<i64>() - after, removed, "rows_deleted adds up");
+}
+
+#[tokio::test]
+async fn a_second_pass_deletes_nothing() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    mixed_population(&c).await;
+    let cfg = config_for(&db);
+    let first = pass(&cfg, false).await;
+    assert!(first.instances_removed() > 0);
+    let survivors = (df_ids(&c).await, engine_ids(&c).await);
+
+    let second = pass(&cfg, false).await;
+
+    assert_eq!(second.instances_removed(), 0);
+    assert!(second.rows_deleted.is_empty());
+    assert_eq!((df_ids(&c).await, engine_ids(&c).await), survivors);
+    assert!(violations(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn never_touches_sessions_migrations_or_the_readiness_sentinel() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    mixed_population(&c).await;
+    let fixed = |counts: Vec<i64>| counts[10..].to_vec();
+    let before = fixed(table_counts(&c).await);
+    pass(&config_for(&db), false).await;
+    assert_eq!(fixed(table_counts(&c).await), before);
+}
+
+#[tokio::test]
+async fn small_batches_clear_a_backlog_in_keyset_order() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute("SELECT df_fixture.backlog(500)", &[]).await.unwrap();
+    let mut cfg = config_for(&db);
+    cfg.pass.batch_size = 7;
+    let dry = pass(&cfg, true).await;
+
+    let report = pass(&cfg, false).await;
+
+    assert!(report.instances_removed() > 300, "{report}");
+    assert!(report.batches >= report.instances_removed() / 7);
+    assert_eq!(comparable(&dry).expired_removed, comparable(&report).expired_removed);
+    assert_eq!(pass(&cfg, false).await.instances_removed(), 0);
+    assert!(violations(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn rows_locked_by_other_sessions_are_skipped_without_waiting() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(&c, "21000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 1).await;
+    workflow(&c, "21000002", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
+    orphan(&c, "21000003", "Failed", 60.0 * DAY, 60.0 * DAY, 0).await;
+    workflow(&c, "21000004", "failed", Some("Failed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
+    // The live engine: a transaction holding row locks on a df row, on an engine child and
+    // on an orphan root.
+    let holder = session(&db).await;
+    holder
+        .batch_execute(
+            "BEGIN;
+             SELECT 1 FROM df.instances WHERE id = '21000002' FOR UPDATE;
+             SELECT 1 FROM _duroxide.instances WHERE instance_id LIKE '21000001::%' FOR UPDATE;
+             SELECT 1 FROM _duroxide.instances WHERE instance_id = '21000003' FOR UPDATE;",
+        )
+        .await
+        .unwrap();
+    let mut cfg = config_for(&db);
+    // A pass that waited would hit this and fail; skipping must make it succeed.
+    cfg.pass.lock_timeout = Duration::from_secs(30);
+
+    let report = tokio::time::timeout(Duration::from_secs(20), pass(&cfg, false))
+        .await
+        .expect("the pass never waits on a held lock");
+
+    assert_eq!(report.skipped_locked, 3);
+    assert_eq!(report.instances_removed(), 1);
+    assert_eq!(df_ids(&c).await, vec!["21000001", "21000002"]);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let report = pass(&cfg, false).await;
+    assert_eq!(report.instances_removed(), 3);
+    assert!(df_ids(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_open_transaction_protects_the_engine_records_it_may_still_own() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut cfg = config_for(&db);
+    cfg.retention.window = Duration::ZERO;
+    cfg.retention.orphan_min_age = Duration::ZERO;
+    cfg.retention.allow_short_retention = true;
+    // An in-flight df.start(): the caller's transaction inserted the df row and is still
+    // open; the engine, on its own connection, already ran and failed the orchestration.
+    let caller = session(&db).await;
+    caller.batch_execute("BEGIN").await.unwrap();
+    caller
+        .execute(
+            "SELECT df_fixture.workflow('22000001', 'failed', NULL, clock_timestamp(), NULL, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    orphan(&c, "22000001", "Failed", 0.0, 0.0, 0).await;
+    // An older orphan created before the caller's transaction began is fair game.
+    orphan(&c, "22000002", "Failed", DAY, DAY, 0).await;
+    c.execute(
+        "UPDATE _duroxide.instances SET created_at = now() - interval '1 day' WHERE instance_id = '22000002'",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let report = pass(&cfg, false).await;
+
+    assert_eq!(engine_ids(&c).await, vec!["22000001"], "the in-flight start keeps its engine record");
+    assert_eq!(report.orphans_reclaimed, 1);
+
+    caller.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(df_ids(&c).await, vec!["22000001"]);
+    // Now the df row exists: the instance is a normal terminal workflow, not an orphan.
+    let report = pass(&cfg, false).await;
+    assert_eq!(report.orphans_reclaimed, 0);
+    assert_eq!(report.expired_removed.failed, 1);
+    assert!(engine_ids(&c).await.is_empty());
+    assert!(df_ids(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_killed_connection_leaves_every_instance_whole_and_the_next_pass_finishes() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute("SELECT df_fixture.backlog(20000)", &[]).await.unwrap();
+    let total = count(&c, "SELECT count(*) FROM df.instances").await;
+    let mut cfg = config_for(&db);
+    cfg.pass.batch_size = 50;
+    cfg.database.application_name = "df-reconciler-victim".into();
+
+    let pass_task = tokio::spawn({
+        let cfg = cfg.clone();
+        async move { try_pass(&cfg, false).await }
+    });
+    // Kill the reconciler's backend once it has committed some batches, mid-pass.
+    wait_until("some batches committed", Duration::from_secs(60), || async {
+        count(&c, "SELECT count(*) FROM df.instances").await < total - 200
+    })
+    .await;
+    c.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'df-reconciler-victim'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let result = pass_task.await.unwrap();
+    assert!(result.is_err(), "the pass notices its connection died");
+    assert!(violations(&c).await.is_empty(), "{:?}", violations(&c).await);
+
+    let report = pass(&cfg, false).await;
+    assert!(report.instances_removed() > 0);
+    assert_eq!(pass(&cfg, true).await.instances_removed(), 0);
+    assert!(violations(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn statement_timeouts_shrink_the_batch_instead_of_failing_forever() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(&c, "23000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
+    let mut cfg = config_for(&db);
+    cfg.pass.statement_timeout = Duration::from_millis(1);
+    // Each statement of the pass times out at 1 ms only sometimes; the pass must either
+    // succeed or fail with a clear error, never half-delete.
+    let _ = try_pass(&cfg, false).await;
+    assert!(violations(&c).await.is_empty());
+    cfg.pass.statement_timeout = Duration::from_secs(30);
+    pass(&cfg, false).await;
+    assert!(df_ids(&c).await.is_empty());
+}

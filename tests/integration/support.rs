@@ -1,0 +1,139 @@
+//! Shared steps of the reconciliation tests: configuring and running a pass against a test
+//! database, and reading back what survived.
+
+use df_reconciler_core::config::{Config, SecretString};
+use df_reconciler_core::pass::{self, PassFailed};
+use df_reconciler_core::report::PassReport;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::TestDb;
+
+/// The default configuration pointed at `db`.
+pub fn config_for(db: &TestDb) -> Config {
+    let mut cfg = Config::default();
+    cfg.database.url = Some(SecretString::new(db.dsn.clone()));
+    cfg
+}
+
+/// Runs one pass with `cfg`, returning the report or the failure.
+pub async fn try_pass(cfg: &Config, dry_run: bool) -> Result<PassReport, PassFailed> {
+    let pool = df_reconciler_core::db::build_pool(&cfg.database).expect("pool builds");
+    let result = pass::run_pass(&pool, cfg, dry_run, &CancellationToken::new()).await;
+    pool.close();
+    result
+}
+
+/// Runs one pass that must succeed.
+pub async fn pass(cfg: &Config, dry_run: bool) -> PassReport {
+    match try_pass(cfg, dry_run).await {
+        Ok(r) => r,
+        Err(f) => panic!("pass failed: {}\n{}", f.error, f.report),
+    }
+}
+
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .get(0)
+}
+
+/// Ids present in df.instances, sorted.
+pub async fn df_ids(client: &Client) -> Vec<String> {
+    ids(client, "SELECT id::text FROM df.instances ORDER BY 1").await
+}
+
+/// Ids present in the engine's instances table, sorted.
+pub async fn engine_ids(client: &Client) -> Vec<String> {
+    ids(client, "SELECT instance_id FROM _duroxide.instances ORDER BY 1").await
+}
+
+pub async fn ids(client: &Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Every row of every per-instance table that mentions `id` (df and engine), for asserting
+/// that an instance is entirely present or entirely gone.
+pub async fn rows_of(client: &Client, id: &str) -> i64 {
+    let like = format!("{id}%");
+    let sql = "SELECT
+        (SELECT count(*) FROM df.instances WHERE id::text = $1)
+      + (SELECT count(*) FROM df.nodes WHERE instance_id::text = $1)
+      + (SELECT count(*) FROM _duroxide.instances WHERE instance_id LIKE $2)
+      + (SELECT count(*) FROM _duroxide.executions WHERE instance_id LIKE $2)
+      + (SELECT count(*) FROM _duroxide.history WHERE instance_id LIKE $2)
+      + (SELECT count(*) FROM _duroxide.orchestrator_queue WHERE instance_id LIKE $2)
+      + (SELECT count(*) FROM _duroxide.worker_queue WHERE instance_id LIKE $2)
+      + (SELECT count(*) FROM _duroxide.instance_locks WHERE instance_id LIKE $2)
+      + (SELECT count(*) FROM _duroxide.kv_store WHERE instance_id LIKE $2)
+      + (SELECT count(*) FROM _duroxide.kv_delta WHERE instance_id LIKE $2)";
+    client
+        .query_one(sql, &[&id, &like])
+        .await
+        .expect("row count")
+        .get(0)
+}
+
+/// Consistency violations across both stores: half-deleted instances of any kind.
+/// Empty means every instance is either fully present or fully gone.
+pub async fn violations(client: &Client) -> Vec<String> {
+    let checks = [
+        (
+            "df row without nodes",
+            "SELECT count(*) FROM df.instances d WHERE NOT EXISTS (SELECT 1 FROM df.nodes n WHERE n.instance_id = d.id)",
+        ),
+        (
+            "nodes without df row",
+            "SELECT count(*) FROM df.nodes n WHERE NOT EXISTS (SELECT 1 FROM df.instances d WHERE d.id = n.instance_id)",
+        ),
+        (
+            "engine child without its parent",
+            "SELECT count(*) FROM _duroxide.instances c WHERE c.parent_instance_id IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM _duroxide.instances p WHERE p.instance_id = c.parent_instance_id)",
+        ),
+        (
+            "execution without instance",
+            "SELECT count(*) FROM _duroxide.executions e WHERE NOT EXISTS (SELECT 1 FROM _duroxide.instances i WHERE i.instance_id = e.instance_id)",
+        ),
+        (
+            "history without instance",
+            "SELECT count(*) FROM _duroxide.history h WHERE NOT EXISTS (SELECT 1 FROM _duroxide.instances i WHERE i.instance_id = h.instance_id)",
+        ),
+        (
+            "engine instance without execution",
+            "SELECT count(*) FROM _duroxide.instances i WHERE NOT EXISTS (SELECT 1 FROM _duroxide.executions e WHERE e.instance_id = i.instance_id)",
+        ),
+        (
+            "kv without instance",
+            "SELECT count(*) FROM _duroxide.kv_store k WHERE NOT EXISTS (SELECT 1 FROM _duroxide.instances i WHERE i.instance_id = k.instance_id)",
+        ),
+    ];
+    let mut found = Vec::new();
+    for (what, sql) in checks {
+        let n = count(client, sql).await;
+        if n > 0 {
+            found.push(format!("{what}: {n}"));
+        }
+    }
+    found
+}
+
+/// A report with the fields that legitimately differ between two runs blanked out.
+pub fn comparable(report: &PassReport) -> PassReport {
+    PassReport {
+        dry_run: false,
+        started_at: String::new(),
+        duration_ms: 0,
+        batches: 0,
+        warnings: Vec::new(),
+        ..report.clone()
+    }
+}
