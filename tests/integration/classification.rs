@@ -26,7 +26,14 @@ pub async fn workflow(
     c.execute(
         "SELECT df_fixture.workflow($1, $2, $3, now() - make_interval(secs => $4),
                 now() - make_interval(secs => $5), $6)",
-        &[&id, &df_status, &engine_status, &created_ago, &finished_ago, &children],
+        &[
+            &id,
+            &df_status,
+            &engine_status,
+            &created_ago,
+            &finished_ago,
+            &children,
+        ],
     )
     .await
     .unwrap_or_else(|e| panic!("seeding workflow {id}: {e:?}"));
@@ -54,17 +61,54 @@ pub async fn orphan(
 async fn expired_terminal_with_terminal_engine_root_goes_entirely() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "a0000001", "completed", Some("Completed"), 60.0 * DAY, Some(59.0 * DAY), 2).await;
-    workflow(&c, "a0000002", "failed", Some("Failed"), 45.0 * DAY, Some(44.0 * DAY), 0).await;
-    workflow(&c, "a0000003", "completed", Some("Completed"), 2.0 * DAY, Some(DAY), 1).await;
-    assert!(rows_of(&c, "a0000001").await > 5, "fixture wrote a whole workflow");
+    workflow(
+        &c,
+        "a0000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(59.0 * DAY),
+        2,
+    )
+    .await;
+    workflow(
+        &c,
+        "a0000002",
+        "failed",
+        Some("Failed"),
+        45.0 * DAY,
+        Some(44.0 * DAY),
+        0,
+    )
+    .await;
+    workflow(
+        &c,
+        "a0000003",
+        "completed",
+        Some("Completed"),
+        2.0 * DAY,
+        Some(DAY),
+        1,
+    )
+    .await;
+    assert!(
+        rows_of(&c, "a0000001").await > 5,
+        "fixture wrote a whole workflow"
+    );
 
     let report = pass(&config_for(&db), false).await;
 
-    assert_eq!(rows_of(&c, "a0000001").await, 0, "df rows, nodes, whole engine tree gone");
+    assert_eq!(
+        rows_of(&c, "a0000001").await,
+        0,
+        "df rows, nodes, whole engine tree gone"
+    );
     assert_eq!(rows_of(&c, "a0000002").await, 0);
     assert_eq!(df_ids(&c).await, vec!["a0000003"]);
-    assert!(engine_ids(&c).await.iter().all(|id| id.starts_with("a0000003")));
+    assert!(engine_ids(&c)
+        .await
+        .iter()
+        .all(|id| id.starts_with("a0000003")));
     assert_eq!(report.expired_removed.completed, 1);
     assert_eq!(report.expired_removed.failed, 1);
     assert_eq!(report.engine_children_removed, 2);
@@ -97,12 +141,25 @@ async fn expired_terminal_with_running_engine_root_is_skipped_not_half_deleted()
     let db = TestDb::new().await;
     let c = db.client().await;
     // df turned terminal before the engine did: the engine root still runs.
-    workflow(&c, "c0000001", "failed", Some("Running"), 60.0 * DAY, None, 1).await;
+    workflow(
+        &c,
+        "c0000001",
+        "failed",
+        Some("Running"),
+        60.0 * DAY,
+        None,
+        1,
+    )
+    .await;
     let before = rows_of(&c, "c0000001").await;
 
     let report = pass(&config_for(&db), false).await;
 
-    assert_eq!(rows_of(&c, "c0000001").await, before, "nothing of it deleted");
+    assert_eq!(
+        rows_of(&c, "c0000001").await,
+        before,
+        "nothing of it deleted"
+    );
     assert_eq!(report.skipped_unsettled, 1);
     assert_eq!(report.instances_removed(), 0);
 }
@@ -112,8 +169,21 @@ async fn terminal_within_window_and_cap_is_kept() {
     let db = TestDb::new().await;
     let c = db.client().await;
     for (i, status) in ["completed", "failed", "cancelled"].iter().enumerate() {
-        let engine = if *status == "completed" { "Completed" } else { "Failed" };
-        workflow(&c, &format!("d000000{i}"), status, Some(engine), 29.0 * DAY, Some(29.0 * DAY), 1).await;
+        let engine = if *status == "completed" {
+            "Completed"
+        } else {
+            "Failed"
+        };
+        workflow(
+            &c,
+            &format!("d000000{i}"),
+            status,
+            Some(engine),
+            29.0 * DAY,
+            Some(29.0 * DAY),
+            1,
+        )
+        .await;
     }
     let report = pass(&config_for(&db), false).await;
     assert_eq!(df_ids(&c).await.len(), 3);
@@ -125,16 +195,37 @@ async fn terminal_within_window_and_cap_is_kept() {
 async fn live_df_rows_are_never_deleted_and_missing_engine_records_are_reported() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "e0000001", "running", Some("Running"), 400.0 * DAY, None, 1).await;
+    workflow(
+        &c,
+        "e0000001",
+        "running",
+        Some("Running"),
+        400.0 * DAY,
+        None,
+        1,
+    )
+    .await;
     workflow(&c, "e0000002", "pending", None, 400.0 * DAY, None, 0).await;
     // A live df row whose engine root already finished: still live for df, kept.
-    workflow(&c, "e0000003", "running", Some("Completed"), 400.0 * DAY, Some(399.0 * DAY), 0).await;
+    workflow(
+        &c,
+        "e0000003",
+        "running",
+        Some("Completed"),
+        400.0 * DAY,
+        Some(399.0 * DAY),
+        0,
+    )
+    .await;
 
     let report = pass(&config_for(&db), false).await;
 
     assert_eq!(df_ids(&c).await, vec!["e0000001", "e0000002", "e0000003"]);
     assert_eq!(engine_ids(&c).await.len(), 3);
-    assert_eq!(report.df_rows_without_engine, 1, "e0000002: no engine record, no queue item");
+    assert_eq!(
+        report.df_rows_without_engine, 1,
+        "e0000002: no engine record, no queue item"
+    );
     assert_eq!(report.instances_removed(), 0);
 }
 
@@ -145,7 +236,16 @@ async fn old_orphans_of_every_terminal_status_are_reclaimed_with_their_trees() {
     orphan(&c, "f0000001", "Completed", 40.0 * DAY, 39.0 * DAY, 2).await;
     orphan(&c, "f0000002", "Failed", 40.0 * DAY, 39.0 * DAY, 0).await;
     orphan(&c, "f0000003", "ContinuedAsNew", 40.0 * DAY, 39.0 * DAY, 1).await;
-    workflow(&c, "f0000004", "completed", Some("Completed"), 2.0 * DAY, Some(DAY), 0).await;
+    workflow(
+        &c,
+        "f0000004",
+        "completed",
+        Some("Completed"),
+        2.0 * DAY,
+        Some(DAY),
+        0,
+    )
+    .await;
 
     let report = pass(&config_for(&db), false).await;
 
@@ -166,7 +266,15 @@ async fn young_orphans_are_kept_and_do_not_hide_old_ones() {
     let c = db.client().await;
     // Many young orphans sorting before the old one: it must still be found.
     for i in 0..30 {
-        orphan(&c, &format!("1{i:07x}"), "Failed", 10.0 * 60.0, 5.0 * 60.0, 0).await;
+        orphan(
+            &c,
+            &format!("1{i:07x}"),
+            "Failed",
+            10.0 * 60.0,
+            5.0 * 60.0,
+            0,
+        )
+        .await;
     }
     orphan(&c, "ff000001", "Failed", 40.0 * DAY, 40.0 * DAY, 0).await;
     let mut cfg = config_for(&db);
@@ -191,7 +299,11 @@ async fn orphan_age_floor_applies_even_with_a_zero_window() {
 
     let report = pass(&cfg, false).await;
 
-    assert_eq!(engine_ids(&c).await, vec!["0a000001"], "45 min < orphan_min_age 1h");
+    assert_eq!(
+        engine_ids(&c).await,
+        vec!["0a000001"],
+        "45 min < orphan_min_age 1h"
+    );
     assert_eq!(report.orphans_reclaimed, 1);
 }
 
@@ -234,7 +346,15 @@ async fn engine_children_are_never_deleted_alone() {
     .await
     .unwrap();
     // Child-shaped id without a parent link, and a root-shaped id with one.
-    orphan(&c, "0d000002::1::abcdef01", "Failed", 90.0 * DAY, 90.0 * DAY, 0).await;
+    orphan(
+        &c,
+        "0d000002::1::abcdef01",
+        "Failed",
+        90.0 * DAY,
+        90.0 * DAY,
+        0,
+    )
+    .await;
     orphan(&c, "0d000003", "Completed", 90.0 * DAY, 90.0 * DAY, 0).await;
     c.execute(
         "UPDATE _duroxide.instances SET parent_instance_id = 'nowhere' WHERE instance_id = '0d000003'",
@@ -244,7 +364,16 @@ async fn engine_children_are_never_deleted_alone() {
     .unwrap();
     // A df row whose expired workflow has a child that is still Running: the whole tree
     // goes with its settled root.
-    workflow(&c, "0d000004", "completed", Some("Completed"), 90.0 * DAY, Some(90.0 * DAY), 1).await;
+    workflow(
+        &c,
+        "0d000004",
+        "completed",
+        Some("Completed"),
+        90.0 * DAY,
+        Some(90.0 * DAY),
+        1,
+    )
+    .await;
     c.execute(
         "UPDATE _duroxide.executions SET status = 'Running', completed_at = NULL
           WHERE instance_id LIKE '0d000004::%'",
@@ -271,7 +400,16 @@ async fn engine_children_are_never_deleted_alone() {
 async fn leased_instances_are_skipped_without_waiting() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "0e000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 1).await;
+    workflow(
+        &c,
+        "0e000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        1,
+    )
+    .await;
     orphan(&c, "0e000002", "Failed", 60.0 * DAY, 60.0 * DAY, 0).await;
     // Dispatcher leases: an instance lock on the first tree's child, a locked queue item on
     // the orphan.
@@ -320,8 +458,14 @@ async fn queue_items_nobody_owns_are_reported_not_deleted() {
     .await
     .unwrap();
     let report = pass(&config_for(&db), false).await;
-    assert_eq!(report.queue_items_without_instance, 1, "only the one older than orphan_min_age");
-    assert_eq!(count(&c, "SELECT count(*) FROM _duroxide.orchestrator_queue").await, 2);
+    assert_eq!(
+        report.queue_items_without_instance, 1,
+        "only the one older than orphan_min_age"
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM _duroxide.orchestrator_queue").await,
+        2
+    );
 }
 
 #[tokio::test]
@@ -329,9 +473,27 @@ async fn terminal_age_comes_from_server_controlled_columns_only() {
     let db = TestDb::new().await;
     let c = db.client().await;
     // Failed long after it started: ages from the engine's completed_at, not created_at.
-    workflow(&c, "10000001", "failed", Some("Failed"), 90.0 * DAY, Some(DAY), 0).await;
+    workflow(
+        &c,
+        "10000001",
+        "failed",
+        Some("Failed"),
+        90.0 * DAY,
+        Some(DAY),
+        0,
+    )
+    .await;
     // Completed: df.completed_at wins over the engine's.
-    workflow(&c, "10000002", "completed", Some("Completed"), 90.0 * DAY, Some(2.0 * DAY), 0).await;
+    workflow(
+        &c,
+        "10000002",
+        "completed",
+        Some("Completed"),
+        90.0 * DAY,
+        Some(2.0 * DAY),
+        0,
+    )
+    .await;
     c.execute(
         "UPDATE _duroxide.executions SET completed_at = now() - interval '80 days' WHERE instance_id = '10000002'",
         &[],
@@ -339,7 +501,16 @@ async fn terminal_age_comes_from_server_controlled_columns_only() {
     .await
     .unwrap();
     // Cancelled with no completion time anywhere: ages from created_at.
-    workflow(&c, "10000003", "cancelled", Some("Failed"), 90.0 * DAY, None, 0).await;
+    workflow(
+        &c,
+        "10000003",
+        "cancelled",
+        Some("Failed"),
+        90.0 * DAY,
+        None,
+        0,
+    )
+    .await;
     // A user bumping updated_at does not rejuvenate (or age) anything.
     c.execute(
         "UPDATE df.instances SET updated_at = now() + interval '1 year'",
@@ -358,9 +529,36 @@ async fn terminal_age_comes_from_server_controlled_columns_only() {
 async fn per_status_windows_apply() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "11000001", "completed", Some("Completed"), 10.0 * DAY, Some(10.0 * DAY), 0).await;
-    workflow(&c, "11000002", "failed", Some("Failed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
-    workflow(&c, "11000003", "cancelled", Some("Failed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
+    workflow(
+        &c,
+        "11000001",
+        "completed",
+        Some("Completed"),
+        10.0 * DAY,
+        Some(10.0 * DAY),
+        0,
+    )
+    .await;
+    workflow(
+        &c,
+        "11000002",
+        "failed",
+        Some("Failed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    workflow(
+        &c,
+        "11000003",
+        "cancelled",
+        Some("Failed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
     let mut cfg = config_for(&db);
     cfg.retention.completed = Some(Duration::from_secs(7 * 86_400));
     cfg.retention.failed = Some(Duration::from_secs(90 * 86_400));
@@ -380,10 +578,28 @@ async fn hard_cap_keeps_the_newest_terminal_rows() {
     // order and age order disagree.
     for i in 0..15 {
         let id = format!("12{:06x}", 100 - i);
-        workflow(&c, &id, "completed", Some("Completed"), (i as f64 + 1.0) * HOUR, Some(i as f64 * HOUR), 0).await;
+        workflow(
+            &c,
+            &id,
+            "completed",
+            Some("Completed"),
+            (i as f64 + 1.0) * HOUR,
+            Some(i as f64 * HOUR),
+            0,
+        )
+        .await;
     }
     // Live rows do not count toward the cap.
-    workflow(&c, "12ffffff", "running", Some("Running"), 20.0 * DAY, None, 0).await;
+    workflow(
+        &c,
+        "12ffffff",
+        "running",
+        Some("Running"),
+        20.0 * DAY,
+        None,
+        0,
+    )
+    .await;
     let mut cfg = config_for(&db);
     cfg.retention.hard_cap = 10;
 
@@ -397,15 +613,31 @@ async fn hard_cap_keeps_the_newest_terminal_rows() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(kept, expected, "the ten newest terminal rows and the live one");
-    assert_eq!(pass(&cfg, false).await.instances_removed(), 0, "cap is stable");
+    assert_eq!(
+        kept, expected,
+        "the ten newest terminal rows and the live one"
+    );
+    assert_eq!(
+        pass(&cfg, false).await.instances_removed(),
+        0,
+        "cap is stable"
+    );
 }
 
 #[tokio::test]
 async fn hard_cap_zero_keeps_no_settled_terminal_row() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "13000001", "completed", Some("Completed"), HOUR, Some(HOUR), 0).await;
+    workflow(
+        &c,
+        "13000001",
+        "completed",
+        Some("Completed"),
+        HOUR,
+        Some(HOUR),
+        0,
+    )
+    .await;
     workflow(&c, "13000002", "failed", Some("Running"), HOUR, None, 0).await;
     let mut cfg = config_for(&db);
     cfg.retention.hard_cap = 0;

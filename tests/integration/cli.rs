@@ -47,16 +47,25 @@ async fn invalid_configuration_exits_2_naming_the_key() {
     ] {
         let file = config_file(toml);
         let mut cmd = binary();
-        cmd.args(["check", "--offline", "--config"]).arg(file.path());
+        cmd.args(["check", "--offline", "--config"])
+            .arg(file.path());
         let out = run(cmd).await;
         assert_eq!(out.status.code(), Some(2), "{toml}");
-        assert!(text(&out.stderr).contains(needle), "{toml}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{toml}: {}",
+            text(&out.stderr)
+        );
     }
     let mut cmd = binary();
     cmd.args(["check", "--offline", "--config", "/nonexistent/df.toml"]);
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("/nonexistent/df.toml"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/df.toml"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -68,9 +77,15 @@ async fn environment_overrides_file_and_flags_override_environment() {
         .env("DF_RECONCILER__PASS__BATCH_SIZE", "0");
     assert_eq!(run(cmd).await.status.code(), Some(2), "env 0 beats file 10");
     let mut cmd = binary();
-    cmd.args(["check", "--offline", "--set", "pass.batch_size=5", "--config"])
-        .arg(file.path())
-        .env("DF_RECONCILER__PASS__BATCH_SIZE", "0");
+    cmd.args([
+        "check",
+        "--offline",
+        "--set",
+        "pass.batch_size=5",
+        "--config",
+    ])
+    .arg(file.path())
+    .env("DF_RECONCILER__PASS__BATCH_SIZE", "0");
     assert_eq!(run(cmd).await.status.code(), Some(0), "flag 5 beats env 0");
 }
 
@@ -78,7 +93,16 @@ async fn environment_overrides_file_and_flags_override_environment() {
 async fn once_json_prints_one_report_object_and_deletes() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "40000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 1).await;
+    workflow(
+        &c,
+        "40000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        1,
+    )
+    .await;
     workflow(&c, "40000002", "failed", Some("Failed"), DAY, Some(DAY), 0).await;
 
     let mut cmd = binary();
@@ -92,7 +116,8 @@ async fn once_json_prints_one_report_object_and_deletes() {
     assert_eq!(df_ids(&c).await.len(), 2, "dry run deleted nothing");
 
     let mut cmd = binary();
-    cmd.args(["once", "--json"]).env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    cmd.args(["once", "--json"])
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -122,9 +147,16 @@ async fn once_json_prints_one_report_object_and_deletes() {
 async fn check_passes_on_a_good_database_and_names_problems_on_a_bad_one() {
     let db = TestDb::new().await;
     let mut cmd = binary();
-    cmd.arg("check").env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    cmd.arg("check")
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
     let out = run(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).contains("_duroxide"));
 
     db.client()
@@ -133,17 +165,25 @@ async fn check_passes_on_a_good_database_and_names_problems_on_a_bad_one() {
         .await
         .unwrap();
     let mut cmd = binary();
-    cmd.arg("check").env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    cmd.arg("check")
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stdout).contains("table df.nodes does not exist"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("table df.nodes does not exist"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[tokio::test]
 async fn a_failed_pass_exits_non_zero_without_printing_the_password() {
     let mut cmd = binary();
     cmd.args(["once", "--json"])
-        .env("DF_RECONCILER__DATABASE__URL", "postgres://u:hunter2@127.0.0.1:1/db")
+        .env(
+            "DF_RECONCILER__DATABASE__URL",
+            "postgres://u:hunter2@127.0.0.1:1/db",
+        )
         .env("DF_RECONCILER__DATABASE__CONNECT_TIMEOUT", "2s");
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(1));

@@ -13,15 +13,36 @@ const DAY: f64 = 86_400.0;
 
 async fn seed_deletable(db: &TestDb) {
     let c = db.client().await;
-    workflow(&c, "30000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 1).await;
+    workflow(
+        &c,
+        "30000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        1,
+    )
+    .await;
     orphan(&c, "30000002", "Failed", 60.0 * DAY, 60.0 * DAY, 0).await;
 }
 
+/// Rows of df.instances plus the engine's instances, wherever the engine schema is now.
 async fn all_rows(db: &TestDb) -> i64 {
     let c = db.client().await;
+    let engine: String = c
+        .query_one(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relname = '_duroxide_migrations'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     count(
         &c,
-        "SELECT (SELECT count(*) FROM df.instances) + (SELECT count(*) FROM _duroxide.instances)",
+        &format!(
+            "SELECT (SELECT count(*) FROM df.instances) + (SELECT count(*) FROM \"{engine}\".instances)"
+        ),
     )
     .await
 }
@@ -29,7 +50,9 @@ async fn all_rows(db: &TestDb) -> i64 {
 /// Expects a refusal naming `needle`, and that nothing was deleted.
 async fn assert_refused(db: &TestDb, cfg: &df_reconciler_core::config::Config, needle: &str) {
     let before = all_rows(db).await;
-    let failed = try_pass(cfg, false).await.expect_err("the pass must refuse");
+    let failed = try_pass(cfg, false)
+        .await
+        .expect_err("the pass must refuse");
     match &failed.error {
         Error::Refused(problems) => assert!(
             problems.iter().any(|p| p.contains(needle)),
@@ -49,12 +72,15 @@ async fn role(db: &TestDb, name: &str, attributes: &str) -> String {
          CREATE ROLE {name} LOGIN {attributes};
          GRANT USAGE ON SCHEMA df, _duroxide TO {name};
          GRANT SELECT, DELETE ON ALL TABLES IN SCHEMA df, _duroxide TO {name};
+         GRANT UPDATE (id) ON df.instances TO {name};
+         GRANT UPDATE (instance_id) ON _duroxide.instances TO {name};
          GRANT EXECUTE ON FUNCTION df.duroxide_schema() TO {name};
          GRANT pg_read_all_stats TO {name};"
     ))
     .await
     .unwrap();
-    db.dsn.replacen("postgres://postgres@", &format!("postgres://{name}@"), 1)
+    db.dsn
+        .replacen("postgres://postgres@", &format!("postgres://{name}@"), 1)
 }
 
 #[tokio::test]
@@ -98,6 +124,22 @@ async fn a_role_without_delete_privilege_is_refused_but_may_dry_run() {
 }
 
 #[tokio::test]
+async fn a_role_that_cannot_lock_rows_is_refused() {
+    let db = TestDb::new().await;
+    seed_deletable(&db).await;
+    let name = format!("{}_nolock", db.name);
+    let dsn = role(&db, &name, "BYPASSRLS").await;
+    db.client()
+        .await
+        .batch_execute(&format!("REVOKE UPDATE ON _duroxide.instances FROM {name}"))
+        .await
+        .unwrap();
+    let mut cfg = config_for(&db);
+    cfg.database.url = Some(SecretString::new(dsn));
+    assert_refused(&db, &cfg, "UPDATE on a column of _duroxide.instances").await;
+}
+
+#[tokio::test]
 async fn missing_schemas_and_tables_are_named() {
     let db = TestDb::new().await;
     seed_deletable(&db).await;
@@ -135,11 +177,17 @@ async fn an_unknown_engine_migration_version_is_a_warning() {
     seed_deletable(&db).await;
     db.client()
         .await
-        .batch_execute("INSERT INTO _duroxide._duroxide_migrations (version) VALUES (22)")
+        .batch_execute(
+            "INSERT INTO _duroxide._duroxide_migrations (version, name) VALUES (22, '0022_future')",
+        )
         .await
         .unwrap();
     let report = pass(&config_for(&db), false).await;
-    assert!(report.warnings.iter().any(|w| w.contains("version 22")), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("version 22")),
+        "{:?}",
+        report.warnings
+    );
     assert_eq!(report.instances_removed(), 2);
 }
 
@@ -168,7 +216,9 @@ async fn engine_schema_is_discovered_or_configured() {
     assert_refused(&db, &config_for(&db), "\"engine_x\" does not exist").await;
 
     // The explicit override wins over discovery.
-    c.batch_execute("ALTER SCHEMA duroxide RENAME TO engine_y").await.unwrap();
+    c.batch_execute("ALTER SCHEMA duroxide RENAME TO engine_y")
+        .await
+        .unwrap();
     let mut cfg = config_for(&db);
     cfg.schemas.engine = "engine_y".into();
     pass(&cfg, false).await;
@@ -195,6 +245,9 @@ async fn a_dead_server_is_a_clear_failure_not_a_hang() {
     let failed = try_pass(&cfg, false).await.expect_err("no server");
     let message = failed.error.to_string();
     assert!(message.contains("127.0.0.1:1"), "{message}");
-    assert!(!message.contains("secret"), "the password is never printed: {message}");
+    assert!(
+        !message.contains("secret"),
+        "the password is never printed: {message}"
+    );
     assert_eq!(failed.error.exit_code(), exit_code::FAILED);
 }

@@ -7,7 +7,9 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::classification::{orphan, workflow};
 use crate::harness::{wait_until, TestDb};
-use crate::support::{comparable, config_for, count, df_ids, engine_ids, pass, try_pass, violations};
+use crate::support::{
+    comparable, config_for, count, df_ids, engine_ids, pass, try_pass, violations,
+};
 
 const DAY: f64 = 86_400.0;
 
@@ -19,12 +21,57 @@ async fn session(db: &TestDb) -> Client {
 }
 
 async fn mixed_population(c: &Client) {
-    workflow(c, "20000001", "completed", Some("Completed"), 60.0 * DAY, Some(59.0 * DAY), 2).await;
-    workflow(c, "20000002", "failed", Some("Failed"), 60.0 * DAY, Some(59.0 * DAY), 0).await;
+    workflow(
+        c,
+        "20000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(59.0 * DAY),
+        2,
+    )
+    .await;
+    workflow(
+        c,
+        "20000002",
+        "failed",
+        Some("Failed"),
+        60.0 * DAY,
+        Some(59.0 * DAY),
+        0,
+    )
+    .await;
     workflow(c, "20000003", "cancelled", None, 60.0 * DAY, None, 0).await;
-    workflow(c, "20000004", "failed", Some("Running"), 60.0 * DAY, None, 0).await;
-    workflow(c, "20000005", "completed", Some("Completed"), DAY, Some(DAY), 1).await;
-    workflow(c, "20000006", "running", Some("Running"), 60.0 * DAY, None, 1).await;
+    workflow(
+        c,
+        "20000004",
+        "failed",
+        Some("Running"),
+        60.0 * DAY,
+        None,
+        0,
+    )
+    .await;
+    workflow(
+        c,
+        "20000005",
+        "completed",
+        Some("Completed"),
+        DAY,
+        Some(DAY),
+        1,
+    )
+    .await;
+    workflow(
+        c,
+        "20000006",
+        "running",
+        Some("Running"),
+        60.0 * DAY,
+        None,
+        1,
+    )
+    .await;
     orphan(c, "20000007", "Failed", 60.0 * DAY, 60.0 * DAY, 1).await;
     orphan(c, "20000008", "Completed", 60.0, 30.0, 0).await;
 }
@@ -68,7 +115,11 @@ async fn dry_run_reports_exactly_what_a_pass_deletes_and_writes_nothing() {
     assert_eq!(real.instances_removed(), 4);
     let removed: i64 = real.rows_deleted.values().map(|n| *n as i64).sum();
     let after: i64 = table_counts(&c).await.iter().sum();
-    assert_eq!(before.iter().sum::<i64>() - after, removed, "rows_deleted adds up");
+    assert_eq!(
+        before.iter().sum::<i64>() - after,
+        removed,
+        "rows_deleted adds up"
+    );
 }
 
 #[tokio::test]
@@ -104,7 +155,9 @@ async fn never_touches_sessions_migrations_or_the_readiness_sentinel() {
 async fn small_batches_clear_a_backlog_in_keyset_order() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.execute("SELECT df_fixture.backlog(500)", &[]).await.unwrap();
+    c.execute("SELECT df_fixture.backlog(500)", &[])
+        .await
+        .unwrap();
     let mut cfg = config_for(&db);
     cfg.pass.batch_size = 7;
     let dry = pass(&cfg, true).await;
@@ -113,7 +166,10 @@ async fn small_batches_clear_a_backlog_in_keyset_order() {
 
     assert!(report.instances_removed() > 300, "{report}");
     assert!(report.batches >= report.instances_removed() / 7);
-    assert_eq!(comparable(&dry).expired_removed, comparable(&report).expired_removed);
+    assert_eq!(
+        comparable(&dry).expired_removed,
+        comparable(&report).expired_removed
+    );
     assert_eq!(pass(&cfg, false).await.instances_removed(), 0);
     assert!(violations(&c).await.is_empty());
 }
@@ -122,10 +178,37 @@ async fn small_batches_clear_a_backlog_in_keyset_order() {
 async fn rows_locked_by_other_sessions_are_skipped_without_waiting() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "21000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 1).await;
-    workflow(&c, "21000002", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
+    workflow(
+        &c,
+        "21000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        1,
+    )
+    .await;
+    workflow(
+        &c,
+        "21000002",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
     orphan(&c, "21000003", "Failed", 60.0 * DAY, 60.0 * DAY, 0).await;
-    workflow(&c, "21000004", "failed", Some("Failed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
+    workflow(
+        &c,
+        "21000004",
+        "failed",
+        Some("Failed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
     // The live engine: a transaction holding row locks on a df row, on an engine child and
     // on an orphan root.
     let holder = session(&db).await;
@@ -186,7 +269,11 @@ async fn an_open_transaction_protects_the_engine_records_it_may_still_own() {
 
     let report = pass(&cfg, false).await;
 
-    assert_eq!(engine_ids(&c).await, vec!["22000001"], "the in-flight start keeps its engine record");
+    assert_eq!(
+        engine_ids(&c).await,
+        vec!["22000001"],
+        "the in-flight start keeps its engine record"
+    );
     assert_eq!(report.orphans_reclaimed, 1);
 
     caller.batch_execute("COMMIT").await.unwrap();
@@ -203,7 +290,9 @@ async fn an_open_transaction_protects_the_engine_records_it_may_still_own() {
 async fn a_killed_connection_leaves_every_instance_whole_and_the_next_pass_finishes() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.execute("SELECT df_fixture.backlog(20000)", &[]).await.unwrap();
+    c.execute("SELECT df_fixture.backlog(20000)", &[])
+        .await
+        .unwrap();
     let total = count(&c, "SELECT count(*) FROM df.instances").await;
     let mut cfg = config_for(&db);
     cfg.pass.batch_size = 50;
@@ -214,9 +303,11 @@ async fn a_killed_connection_leaves_every_instance_whole_and_the_next_pass_finis
         async move { try_pass(&cfg, false).await }
     });
     // Kill the reconciler's backend once it has committed some batches, mid-pass.
-    wait_until("some batches committed", Duration::from_secs(60), || async {
-        count(&c, "SELECT count(*) FROM df.instances").await < total - 200
-    })
+    wait_until(
+        "some batches committed",
+        Duration::from_secs(60),
+        || async { count(&c, "SELECT count(*) FROM df.instances").await < total - 200 },
+    )
     .await;
     c.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'df-reconciler-victim'",
@@ -226,7 +317,11 @@ async fn a_killed_connection_leaves_every_instance_whole_and_the_next_pass_finis
     .unwrap();
     let result = pass_task.await.unwrap();
     assert!(result.is_err(), "the pass notices its connection died");
-    assert!(violations(&c).await.is_empty(), "{:?}", violations(&c).await);
+    assert!(
+        violations(&c).await.is_empty(),
+        "{:?}",
+        violations(&c).await
+    );
 
     let report = pass(&cfg, false).await;
     assert!(report.instances_removed() > 0);
@@ -238,7 +333,16 @@ async fn a_killed_connection_leaves_every_instance_whole_and_the_next_pass_finis
 async fn statement_timeouts_shrink_the_batch_instead_of_failing_forever() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    workflow(&c, "23000001", "completed", Some("Completed"), 60.0 * DAY, Some(60.0 * DAY), 0).await;
+    workflow(
+        &c,
+        "23000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
     let mut cfg = config_for(&db);
     cfg.pass.statement_timeout = Duration::from_millis(1);
     // Each statement of the pass times out at 1 ms only sometimes; the pass must either

@@ -1,5 +1,10 @@
 //! The integration tests: one binary, one throwaway PostgreSQL cluster shared by all tests
 //! (see `harness`), one database per test.
 
+mod classification;
+mod cli;
+mod fail_closed;
+mod guarantees;
 mod harness;
 mod smoke;
+mod support;

@@ -47,7 +47,11 @@ pub async fn df_ids(client: &Client) -> Vec<String> {
 
 /// Ids present in the engine's instances table, sorted.
 pub async fn engine_ids(client: &Client) -> Vec<String> {
-    ids(client, "SELECT instance_id FROM _duroxide.instances ORDER BY 1").await
+    ids(
+        client,
+        "SELECT instance_id FROM _duroxide.instances ORDER BY 1",
+    )
+    .await
 }
 
 pub async fn ids(client: &Client, sql: &str) -> Vec<String> {

@@ -125,12 +125,11 @@ impl DatabaseConfig {
     /// Parsed connection settings, with the application name filled in when the DSN has none.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         let dsn = self.connection_string()?;
-        let mut pg: tokio_postgres::Config = dsn.expose().parse().map_err(
-            |e: tokio_postgres::Error| {
+        let mut pg: tokio_postgres::Config =
+            dsn.expose().parse().map_err(|e: tokio_postgres::Error| {
                 // The parser's message never echoes the password; the DSN itself is not shown.
                 ConfigError::BadDsn(e.to_string())
-            },
-        )?;
+            })?;
         if pg.get_application_name().is_none() {
             pg.application_name(&self.application_name);
         }
@@ -357,7 +356,11 @@ impl Config {
             ));
         }
         if self.database.pool_size == 0 {
-            return Err(invalid("database.pool_size", "0".into(), "must be at least 1"));
+            return Err(invalid(
+                "database.pool_size",
+                "0".into(),
+                "must be at least 1",
+            ));
         }
         for (key, name) in [
             ("schemas.control", &self.schemas.control),
@@ -425,7 +428,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = load("[pass]\nbatch_sise = 10\n", &[], &[]).unwrap_err().to_string();
+        let err = load("[pass]\nbatch_sise = 10\n", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batch_sise"), "{err}");
         let err = load("[passes]\n", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("passes"), "{err}");

@@ -49,7 +49,11 @@ pub fn describe_target(pg: &tokio_postgres::Config) -> String {
     format!(
         "{}@{}:{}/{}",
         pg.get_user().unwrap_or("?"),
-        if host.is_empty() { "localhost".into() } else { host },
+        if host.is_empty() {
+            "localhost".into()
+        } else {
+            host
+        },
         port,
         pg.get_dbname().unwrap_or("?")
     )

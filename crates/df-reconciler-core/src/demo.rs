@@ -64,10 +64,9 @@ impl Demo {
             ("seed functions", fixture::SEED_FUNCTIONS_SQL),
             ("demo population", fixture::DEMO_SEED_SQL),
         ] {
-            client
-                .batch_execute(sql)
-                .await
-                .map_err(|e| DemoError::Seed(format!("{what}: {}", crate::error::describe_pg_error(&e))))?;
+            client.batch_execute(sql).await.map_err(|e| {
+                DemoError::Seed(format!("{what}: {}", crate::error::describe_pg_error(&e)))
+            })?;
         }
         drop(client);
         let _ = task.await;

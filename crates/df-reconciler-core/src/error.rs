@@ -69,7 +69,12 @@ impl<T> DbContext<T> for Result<T, tokio_postgres::Error> {
 pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+            let mut s = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
             if let Some(detail) = db.detail() {
                 s.push_str(&format!("; {detail}"));
             }

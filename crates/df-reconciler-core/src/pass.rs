@@ -248,7 +248,9 @@ struct BatchTally {
 enum Step {
     /// No candidate after the watermark: the phase is done.
     Exhausted,
-    Continue { watermark: String },
+    Continue {
+        watermark: String,
+    },
 }
 
 /// Known as soon as a batch has read its candidates, so a batch abandoned after that still
@@ -276,8 +278,7 @@ impl Pass<'_> {
     async fn run_phase(&mut self, phase: Phase) -> Result<bool, Error> {
         let mut watermark = String::new();
         loop {
-            if self.shutdown.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d)
-            {
+            if self.shutdown.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
             }
             let mut progress = None;
@@ -341,10 +342,28 @@ impl Pass<'_> {
         let mut tally = BatchTally::default();
         let step = match phase {
             Phase::Expired => {
-                expired_batch(&tx, &self.statements, &self.clock, self.batch_size, watermark, progress, &mut tally).await?
+                expired_batch(
+                    &tx,
+                    &self.statements,
+                    &self.clock,
+                    self.batch_size,
+                    watermark,
+                    progress,
+                    &mut tally,
+                )
+                .await?
             }
             Phase::Orphans => {
-                orphan_batch(&tx, &self.statements, &self.clock, self.batch_size, watermark, progress, &mut tally).await?
+                orphan_batch(
+                    &tx,
+                    &self.statements,
+                    &self.clock,
+                    self.batch_size,
+                    watermark,
+                    progress,
+                    &mut tally,
+                )
+                .await?
             }
         };
         if self.dry_run {
@@ -538,7 +557,12 @@ async fn expired_batch(
     // Engine rows: every instance of the cleared trees, plus stray rows (queue items)
     // carrying the id of a df row that has no engine record.
     let mut engine_ids: Vec<String> = trees.members.clone();
-    engine_ids.extend(bare_ids.iter().filter(|id| trees.deletable.contains(*id)).cloned());
+    engine_ids.extend(
+        bare_ids
+            .iter()
+            .filter(|id| trees.deletable.contains(*id))
+            .cloned(),
+    );
     delete_rows(tx, &st.delete_df, &df_ids, tally).await?;
     delete_rows(tx, &st.delete_engine, &engine_ids, tally).await?;
     for id in &df_ids {
@@ -629,10 +653,7 @@ async fn lock_trees(
             .await
             .context("expanding engine trees")?
         {
-            trees
-                .entry(row.get(0))
-                .or_default()
-                .push(row.get(1));
+            trees.entry(row.get(0)).or_default().push(row.get(1));
         }
     }
     let members: Vec<String> = trees.values().flatten().cloned().collect();
@@ -676,7 +697,10 @@ async fn lock_trees(
             tally.skipped_locked += 1;
             continue;
         };
-        if tree.iter().any(|id| !locked.contains(id) || leased.contains(id)) {
+        if tree
+            .iter()
+            .any(|id| !locked.contains(id) || leased.contains(id))
+        {
             tally.skipped_locked += 1;
             continue;
         }

@@ -88,19 +88,32 @@ pub async fn verify(
     let schemas = Schemas::new(&control_name, &engine_name);
 
     if control_exists {
-        check_tables(client, &control_name, &control::REQUIRED_TABLES, &mut problems).await?;
+        check_tables(
+            client,
+            &control_name,
+            &control::REQUIRED_TABLES,
+            &mut problems,
+        )
+        .await?;
     }
     if engine_exists {
-        check_tables(client, &engine_name, &engine::REQUIRED_TABLES, &mut problems).await?;
+        check_tables(
+            client,
+            &engine_name,
+            &engine::REQUIRED_TABLES,
+            &mut problems,
+        )
+        .await?;
     }
     if !problems.is_empty() {
         return Err(Error::Refused(problems));
     }
 
     check_unknown_per_instance_tables(client, &schemas, &mut problems).await?;
-    let privilege = match intent {
-        Intent::DryRun => "SELECT",
-        Intent::Delete => "SELECT, DELETE",
+    // One privilege per call: has_table_privilege('SELECT, DELETE') is true if ANY is held.
+    let privileges: &[&str] = match intent {
+        Intent::DryRun => &["SELECT"],
+        Intent::Delete => &["SELECT", "DELETE"],
     };
     let per_instance = control::PER_INSTANCE_TABLES
         .iter()
@@ -112,18 +125,43 @@ pub async fn verify(
         );
     for (schema, table) in per_instance {
         let qualified = format!("{}.{}", sql::quote_ident(schema), sql::quote_ident(table));
-        let granted: bool = client
-            .query_one(
-                "SELECT has_table_privilege($1, $2)",
-                &[&qualified, &privilege],
-            )
-            .await
-            .context("checking table privileges")?
-            .get(0);
-        if !granted {
-            problems.push(format!(
-                "role lacks {privilege} on {schema}.{table} (grant it; see deploy/sql)"
-            ));
+        for privilege in privileges {
+            let granted: bool = client
+                .query_one(
+                    "SELECT has_table_privilege($1, $2)",
+                    &[&qualified, privilege],
+                )
+                .await
+                .context("checking table privileges")?
+                .get(0);
+            if !granted {
+                problems.push(format!(
+                    "role lacks {privilege} on {schema}.{table} (GRANT {privilege} ON {schema}.{table})"
+                ));
+            }
+        }
+    }
+    if intent == Intent::Delete {
+        // FOR UPDATE SKIP LOCKED, which keeps the daemon from ever waiting on the engine,
+        // needs UPDATE on at least one column of each locked table. No row is ever updated.
+        for (schema, table, column) in [
+            (&schemas.control, "instances", "id"),
+            (&schemas.engine, "instances", "instance_id"),
+        ] {
+            let qualified = format!("{}.{}", sql::quote_ident(schema), sql::quote_ident(table));
+            let granted: bool = client
+                .query_one(
+                    "SELECT has_any_column_privilege($1, 'UPDATE')",
+                    &[&qualified],
+                )
+                .await
+                .context("checking lock privileges")?
+                .get(0);
+            if !granted {
+                problems.push(format!(
+                    "role lacks UPDATE on a column of {schema}.{table}, which SELECT ... FOR UPDATE SKIP LOCKED needs (GRANT UPDATE ({column}) ON {schema}.{table}; no row is ever updated)"
+                ));
+            }
         }
     }
     for table in control::REQUIRED_TABLES {

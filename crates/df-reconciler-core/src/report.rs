@@ -105,7 +105,11 @@ impl fmt::Display for PassReport {
             self.started_at,
             self.duration_ms,
             self.batches,
-            if self.complete { "" } else { " (stopped early)" }
+            if self.complete {
+                ""
+            } else {
+                " (stopped early)"
+            }
         )?;
         let e = &self.expired_removed;
         let rows: [(&str, u64); 14] = [
@@ -117,10 +121,22 @@ impl fmt::Display for PassReport {
             ("engine children (in trees)", self.engine_children_removed),
             ("skipped: engine still running", self.skipped_unsettled),
             ("skipped: locked or leased", self.skipped_locked),
-            ("skipped: inconsistent engine record", self.skipped_inconsistent),
-            ("drift: engine running, no df row", self.running_without_df_row),
-            ("drift: df live, no engine record", self.df_rows_without_engine),
-            ("drift: queue item, no instance", self.queue_items_without_instance),
+            (
+                "skipped: inconsistent engine record",
+                self.skipped_inconsistent,
+            ),
+            (
+                "drift: engine running, no df row",
+                self.running_without_df_row,
+            ),
+            (
+                "drift: df live, no engine record",
+                self.df_rows_without_engine,
+            ),
+            (
+                "drift: queue item, no instance",
+                self.queue_items_without_instance,
+            ),
             ("batches abandoned (timeouts)", self.batches_abandoned),
             ("errors", self.errors.len() as u64),
         ];

@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "df-reconciler", version, about = "Reconciles pg_durable's df control plane with the duroxide engine store")]
+#[command(
+    name = "df-reconciler",
+    version,
+    about = "Reconciles pg_durable's df control plane with the duroxide engine store"
+)]
 struct Cli {
     /// TOML configuration file (default: built-in defaults and environment only).
     #[arg(long, global = true, env = "DF_RECONCILER_CONFIG")]

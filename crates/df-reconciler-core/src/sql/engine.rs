@@ -4,8 +4,7 @@ use super::InstanceTable;
 
 /// SQL twin of [`crate::policy::has_child_shape`] for a column named `$id`: composed
 /// `{parent}::{execution}::{node}`, legacy `sub::{n}` and `…::sub::…`.
-pub const CHILD_SHAPE: &str =
-    "($id ~ '::[0-9]+::' OR $id LIKE 'sub::%' OR $id LIKE '%::sub::%')";
+pub const CHILD_SHAPE: &str = "($id ~ '::[0-9]+::' OR $id LIKE 'sub::%' OR $id LIKE '%::sub::%')";
 
 /// The child-shape predicate applied to a column expression.
 pub fn child_shape(column: &str) -> String {

@@ -88,6 +88,9 @@ mod tests {
         };
         let delete = t.statement("{engine}", false);
         let count = t.statement("{engine}", true);
-        assert_eq!(delete.strip_prefix("DELETE "), count.strip_prefix("SELECT count(*) "));
+        assert_eq!(
+            delete.strip_prefix("DELETE "),
+            count.strip_prefix("SELECT count(*) ")
+        );
     }
 }
