@@ -5,7 +5,9 @@ use std::io::Write;
 use std::process::{Command, Output};
 
 use crate::classification::workflow;
-use crate::harness::TestDb;
+use std::time::Duration;
+
+use crate::harness::{wait_until, TestDb};
 use crate::support::df_ids;
 
 const DAY: f64 = 86_400.0;
@@ -192,4 +194,75 @@ async fn a_failed_pass_exits_non_zero_without_printing_the_password() {
     assert!(all.contains("127.0.0.1:1"), "{all}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["errors"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn run_passes_at_start_and_exits_0_on_sigterm() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(
+        &c,
+        "41000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    let mut cmd = binary();
+    cmd.arg("run")
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn)
+        .env("DF_RECONCILER__PASS__INTERVAL", "1h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("run starts");
+    wait_until(
+        "the first pass ran at start",
+        Duration::from_secs(30),
+        || async { df_ids(&c).await.is_empty() },
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn demo_runs_end_to_end_and_removes_its_cluster() {
+    let mut cmd = binary();
+    cmd.arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("demo starts");
+    let pid = child.id();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("DRY RUN"), "{stdout}");
+    assert!(stdout.contains("== 2. real pass =="), "{stdout}");
+    // The demo's cluster folder (named after the demo's pid) is gone.
+    let prefix = format!("df-reconciler-pg-{pid}-");
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
