@@ -266,3 +266,18 @@ async fn demo_runs_end_to_end_and_removes_its_cluster() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test]
+async fn run_refuses_a_database_it_must_not_touch() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute("DROP TABLE _duroxide.kv_store")
+        .await
+        .unwrap();
+    let mut cmd = binary();
+    cmd.arg("run").env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("_duroxide.kv_store does not exist"));
+}

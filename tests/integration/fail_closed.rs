@@ -106,6 +106,34 @@ async fn a_role_with_bypassrls_and_grants_reconciles() {
 }
 
 #[tokio::test]
+async fn without_pg_read_all_stats_the_guard_falls_back_to_the_age_floor_and_says_so() {
+    let db = TestDb::new().await;
+    seed_deletable(&db).await;
+    let name = format!("{}_nostats", db.name);
+    let dsn = role(&db, &name, "BYPASSRLS").await;
+    db.client()
+        .await
+        .batch_execute(&format!("REVOKE pg_read_all_stats FROM {name}"))
+        .await
+        .unwrap();
+    let mut cfg = config_for(&db);
+    cfg.database.url = Some(SecretString::new(dsn));
+    let report = pass(&cfg, false).await;
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("pg_read_all_stats")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(
+        report.orphans_reclaimed, 1,
+        "old orphans still go, by the age floor"
+    );
+}
+
+#[tokio::test]
 async fn a_role_without_delete_privilege_is_refused_but_may_dry_run() {
     let db = TestDb::new().await;
     seed_deletable(&db).await;

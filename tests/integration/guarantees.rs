@@ -353,3 +353,38 @@ async fn statement_timeouts_shrink_the_batch_instead_of_failing_forever() {
     pass(&cfg, false).await;
     assert!(df_ids(&c).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_prepared_transaction_protects_like_an_open_one() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut cfg = config_for(&db);
+    cfg.retention.window = Duration::ZERO;
+    cfg.retention.orphan_min_age = Duration::ZERO;
+    cfg.retention.allow_short_retention = true;
+    let gid = format!("{}_start", db.name);
+    let caller = session(&db).await;
+    caller
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT df_fixture.workflow('24000001', 'failed', NULL, clock_timestamp(), NULL, 0);
+             PREPARE TRANSACTION '{gid}';"
+        ))
+        .await
+        .unwrap();
+    orphan(&c, "24000001", "Failed", 0.0, 0.0, 0).await;
+
+    let report = pass(&cfg, false).await;
+    assert_eq!(
+        report.orphans_reclaimed, 0,
+        "the prepared start may still commit"
+    );
+    assert_eq!(engine_ids(&c).await, vec!["24000001"]);
+
+    c.batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .await
+        .unwrap();
+    let report = pass(&cfg, false).await;
+    assert_eq!(report.expired_removed.failed, 1);
+    assert!(engine_ids(&c).await.is_empty());
+}

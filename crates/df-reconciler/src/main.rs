@@ -209,8 +209,13 @@ async fn run(cfg: &Config) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    daemon::run(&pool, cfg, shutdown_on_signal()).await;
-    exit_code::OK
+    match daemon::run(&pool, cfg, shutdown_on_signal()).await {
+        Ok(()) => exit_code::OK,
+        Err(e) => {
+            eprintln!("df-reconciler: {e}");
+            e.exit_code()
+        }
+    }
 }
 
 /// A token cancelled by SIGTERM or SIGINT; the current batch finishes first.
