@@ -137,6 +137,8 @@ struct Statements {
     /// (`schema.table` label, statement) for df rows, then engine rows, in deletion order.
     delete_df: Vec<(String, String)>,
     delete_engine: Vec<(String, String)>,
+    /// The engine's queue tables alone, for df rows that never got an engine record.
+    delete_queues: Vec<(String, String)>,
 }
 
 impl Statements {
@@ -173,6 +175,7 @@ impl Statements {
             drift: r(reconcile::DRIFT),
             delete_df: deletes(&schemas.control, "{control}", &control::PER_INSTANCE_TABLES),
             delete_engine: deletes(&schemas.engine, "{engine}", &engine::PER_INSTANCE_TABLES),
+            delete_queues: deletes(&schemas.engine, "{engine}", &engine::QUEUE_TABLES),
         }
     }
 }
@@ -554,17 +557,17 @@ async fn expired_batch(
     if df_ids.is_empty() {
         return Ok(Step::Continue { watermark: next });
     }
-    // Engine rows: every instance of the cleared trees, plus stray rows (queue items)
-    // carrying the id of a df row that has no engine record.
-    let mut engine_ids: Vec<String> = trees.members.clone();
-    engine_ids.extend(
-        bare_ids
-            .iter()
-            .filter(|id| trees.deletable.contains(*id))
-            .cloned(),
-    );
+    // Engine rows: every instance of the cleared trees. A df row without an engine record
+    // takes only the queue items carrying its id: should the engine create its instance
+    // meanwhile, that instance is left whole, to be reclaimed later as an orphan.
+    let cleared_bare: Vec<String> = bare_ids
+        .iter()
+        .filter(|id| trees.deletable.contains(*id))
+        .cloned()
+        .collect();
     delete_rows(tx, &st.delete_df, &df_ids, tally).await?;
-    delete_rows(tx, &st.delete_engine, &engine_ids, tally).await?;
+    delete_rows(tx, &st.delete_engine, &trees.members, tally).await?;
+    delete_rows(tx, &st.delete_queues, &cleared_bare, tally).await?;
     for id in &df_ids {
         let c = &candidates[id];
         tally.expired.push((c.status, c.window_expired));
@@ -647,16 +650,23 @@ async fn lock_trees(
     tally: &mut BatchTally,
 ) -> Result<ClearedTrees, Error> {
     let mut trees: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    if !roots.is_empty() {
+    // Bare ids are expanded too: an engine record that appeared since selection shows here.
+    let expand: Vec<&String> = roots.iter().chain(bare_ids).collect();
+    if !expand.is_empty() {
         for row in tx
-            .query(&st.trees, &[&roots])
+            .query(&st.trees, &[&expand])
             .await
             .context("expanding engine trees")?
         {
             trees.entry(row.get(0)).or_default().push(row.get(1));
         }
     }
-    let members: Vec<String> = trees.values().flatten().cloned().collect();
+    let members: Vec<String> = roots
+        .iter()
+        .filter_map(|r| trees.get(r))
+        .flatten()
+        .cloned()
+        .collect();
     let locked: HashSet<String> = if members.is_empty() {
         HashSet::new()
     } else {
@@ -727,7 +737,10 @@ async fn lock_trees(
         }
     }
     for id in bare_ids {
-        if leased.contains(id) {
+        if trees.contains_key(id) {
+            // The engine started it after all: it is not bare any more; next pass decides.
+            tally.skipped_unsettled += 1;
+        } else if leased.contains(id) {
             tally.skipped_locked += 1;
         } else {
             cleared.deletable.insert(id.clone());

@@ -65,6 +65,9 @@ pub const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
     },
 ];
 
+/// The queue tables: all a df row that never got an engine record can have there.
+pub const QUEUE_TABLES: [InstanceTable; 2] = [PER_INSTANCE_TABLES[2], PER_INSTANCE_TABLES[3]];
+
 /// Engine migrations this version of the daemon was written against.
 pub const KNOWN_MIGRATION_VERSIONS: std::ops::RangeInclusive<i64> = 1..=21;
 
@@ -122,3 +125,21 @@ pub const LEASED: &str = "
     UNION
     SELECT wq.instance_id FROM {engine}.worker_queue wq, now_ms
      WHERE wq.instance_id = ANY($1::text[]) AND wq.locked_until > now_ms.ms";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_tables_are_the_queues() {
+        let names: Vec<&str> = QUEUE_TABLES.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["orchestrator_queue", "worker_queue"]);
+    }
+
+    #[test]
+    fn child_shape_sql_names_the_column() {
+        let sql = child_shape("ei.instance_id");
+        assert!(!sql.contains("$id"));
+        assert_eq!(sql.matches("ei.instance_id").count(), 3);
+    }
+}
