@@ -213,6 +213,7 @@ async fn run_passes_at_start_and_exits_0_on_sigterm() {
     let mut cmd = binary();
     cmd.arg("run")
         .env("DF_RECONCILER__DATABASE__URL", &db.dsn)
+        .env("DF_RECONCILER__HTTP__LISTEN", "127.0.0.1:0")
         .env("DF_RECONCILER__PASS__INTERVAL", "1h")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -276,7 +277,9 @@ async fn run_refuses_a_database_it_must_not_touch() {
         .await
         .unwrap();
     let mut cmd = binary();
-    cmd.arg("run").env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    cmd.arg("run")
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn)
+        .env("DF_RECONCILER__HTTP__LISTEN", "127.0.0.1:0");
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("_duroxide.kv_store does not exist"));

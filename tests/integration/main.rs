@@ -6,5 +6,7 @@ mod cli;
 mod fail_closed;
 mod guarantees;
 mod harness;
+mod model;
 mod smoke;
 mod support;
+mod tls;

@@ -18,7 +18,7 @@ pub fn config_for(db: &TestDb) -> Config {
 
 /// Runs one pass with `cfg`, returning the report or the failure.
 pub async fn try_pass(cfg: &Config, dry_run: bool) -> Result<PassReport, PassFailed> {
-    let pool = df_reconciler_core::db::build_pool(&cfg.database).expect("pool builds");
+    let pool = df_reconciler_core::db::build_pool(cfg).expect("pool builds");
     let result = pass::run_pass(&pool, cfg, dry_run, &CancellationToken::new()).await;
     pool.close();
     result
@@ -133,6 +133,8 @@ pub async fn violations(client: &Client) -> Vec<String> {
 /// A report with the fields that legitimately differ between two runs blanked out.
 pub fn comparable(report: &PassReport) -> PassReport {
     PassReport {
+        pass_id: String::new(),
+        backlog_oldest_age_s: None,
         dry_run: false,
         started_at: String::new(),
         duration_ms: 0,

@@ -41,17 +41,22 @@ pub enum ConfigError {
     NoDatabase,
     #[error("database.url is not a valid PostgreSQL connection string: {0}")]
     BadDsn(String),
+    /// The TLS settings cannot be used (unreadable CA file, no trusted roots, ...).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub database: DatabaseConfig,
+    pub tls: TlsConfig,
     pub schemas: SchemasConfig,
     pub retention: RetentionConfig,
     pub pass: PassConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
 }
 
 /// A connection string that never appears in logs, reports or `Debug` output.
@@ -124,19 +129,24 @@ impl DatabaseConfig {
 
     /// Parsed connection settings, with the application name filled in when the DSN has none.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        self.connection_settings().map(|(pg, _)| pg)
+    }
+
+    /// [`Self::pg_config`] plus the DSN's libpq TLS parameters (`sslmode=verify-full`,
+    /// `sslrootcert`, ...), which tokio-postgres cannot parse itself; see [`crate::tls`].
+    pub fn connection_settings(
+        &self,
+    ) -> Result<(tokio_postgres::Config, crate::tls::DsnTls), ConfigError> {
         let dsn = self.connection_string()?;
-        let mut pg: tokio_postgres::Config =
-            dsn.expose().parse().map_err(|e: tokio_postgres::Error| {
-                // The parser's message never echoes the password; the DSN itself is not shown.
-                ConfigError::BadDsn(e.to_string())
-            })?;
+        // The parser's messages never echo the password; the DSN itself is not shown.
+        let (mut pg, tls) = crate::tls::parse_dsn(dsn.expose())?;
         if pg.get_application_name().is_none() {
             pg.application_name(&self.application_name);
         }
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(self.connect_timeout);
         }
-        Ok(pg)
+        Ok((pg, tls))
     }
 }
 
@@ -223,6 +233,15 @@ pub struct PassConfig {
     /// Stop a pass (between batches) after this long; the next pass continues. None: no limit.
     #[serde(with = "humantime_serde")]
     pub max_duration: Option<Duration>,
+    /// Random delay before the first pass and added to each interval, so replicas started
+    /// together do not collide on every tick.
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Cap of the exponential backoff after a failed pass.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// Hold a session advisory lock on a dedicated connection; only the holder runs passes.
+    pub leader_election: bool,
 }
 
 impl Default for PassConfig {
@@ -233,6 +252,9 @@ impl Default for PassConfig {
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(2),
             max_duration: None,
+            jitter: Duration::from_secs(10),
+            retry_backoff_max: Duration::from_secs(300),
+            leader_election: true,
         }
     }
 }
@@ -242,12 +264,41 @@ impl Default for PassConfig {
 pub struct HttpConfig {
     /// Address of /metrics, /healthz, /readyz; "" disables.
     pub listen: String,
+    /// /readyz turns unready once passes have been failing for longer than this.
+    #[serde(with = "humantime_serde")]
+    pub ready_max_failing: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9187".into(),
+            ready_max_failing: Duration::from_secs(900),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The daemon's own schema, created by `df-reconciler migrate`.
+    pub schema: String,
+    /// Apply pending migrations at start (under an advisory lock).
+    pub auto_migrate: bool,
+    /// Write one row per removed root into `<schema>.deletions`, in the batch transaction.
+    pub record_deletions: bool,
+    /// Rows of `passes` and `deletions` older than this are removed after each pass.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            schema: "df_reconciler".into(),
+            auto_migrate: false,
+            record_deletions: false,
+            retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -258,6 +309,18 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// TLS of the database connections. Whether TLS is used, and how strictly the server is
+/// checked, is the DSN's `sslmode` (libpq semantics, see [`crate::tls`]); this section only
+/// says whom to trust.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificate(s) the server's certificate must chain to. None: the
+    /// system's trust store (verify-ca / verify-full), no verification (prefer / require).
+    /// A `sslrootcert` in the DSN takes precedence.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -365,6 +428,7 @@ impl Config {
         for (key, name) in [
             ("schemas.control", &self.schemas.control),
             ("schemas.engine", &self.schemas.engine),
+            ("audit.schema", &self.audit.schema),
         ] {
             if name.is_empty() || name.len() > 63 {
                 return Err(invalid(key, format!("{name:?}"), "must be 1 to 63 bytes"));

@@ -1,41 +1,364 @@
-//! The `run` loop: a pass at start, then one every `pass.interval`, until shutdown.
+//! The `run` loop: serve health and metrics, verify the database, then a pass at start
+//! (after a small random jitter) and one every `pass.interval`, until shutdown.
 //!
-//! The loop never opens a transaction itself. A database the first pass refuses to touch
-//! (fail closed: RLS, missing schema, privilege) stops the daemon with that error; any later
-//! failure, including an unreachable server, is logged and retried at the next tick.
+//! - A database the daemon must not touch (fail closed: RLS, missing schema, privilege) at
+//!   start stops it with that error. Any later failure, an unreachable server included, is
+//!   logged and retried with capped exponential backoff and jitter; the loop never dies.
+//! - With `pass.leader_election`, only the replica holding the leader lock runs passes;
+//!   the others idle cheaply. Correctness never depends on it: every batch also takes the
+//!   transaction-level fence (see [`crate::locks`]).
+//! - SIGHUP (delivered as [`Event::Reload`]) swaps in a new configuration when it is valid
+//!   and keeps the old one otherwise.
+//! - The loop itself never opens a transaction; only [`crate::pass`] does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::error::Error;
-use crate::pass;
+use crate::http::{self, Health};
+use crate::metrics::Metrics;
+use crate::pass::{self, PassOptions};
+use crate::{audit, db, lifecycle, locks, preflight};
 
-/// Runs passes until `shutdown` is cancelled. A pass in progress stops after its current
-/// batch. `pass.interval = 0` idles: no passes, the process stays up.
-pub async fn run(pool: &Pool, cfg: &Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let interval = cfg.pass.interval;
-    if interval.is_zero() {
-        info!("pass.interval is 0: passes are disabled, idling until shutdown");
-        shutdown.cancelled().await;
-        return Ok(());
+/// How often an idle loop wakes to prove it is alive (health, watchdog).
+const IDLE_TICK: Duration = Duration::from_secs(5);
+/// First retry delay after a failure; doubles up to `pass.retry_backoff_max`.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+
+/// Something from outside the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Re-read the configuration (SIGHUP).
+    Reload,
+}
+
+/// Produces a freshly loaded configuration for a reload.
+pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// The daemon's shared state, exposed so tests and the binary can look inside.
+pub struct Daemon {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+impl Daemon {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            metrics: Arc::new(Metrics::new()),
+            health: Health::new(cfg.http.ready_max_failing),
+        }
     }
-    info!(interval = %humantime::format_duration(interval), "reconciler started");
-    let mut first = true;
-    loop {
-        if let Err(failed) = pass::run_pass(pool, cfg, false, &shutdown).await {
-            if first && matches!(failed.error, Error::Refused(_) | Error::Config(_)) {
-                return Err(failed.error);
+
+    /// Runs until `shutdown` is cancelled. Returns an error only for a start-up refusal
+    /// (fail closed) or an HTTP address that cannot be bound.
+    pub async fn run(
+        &self,
+        mut cfg: Config,
+        reload: Reloader,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let http_stop = shutdown.child_token();
+        if !cfg.http.listen.is_empty() {
+            let listener = http::bind(&cfg.http.listen).await.map_err(Error::Startup)?;
+            info!(listen = %cfg.http.listen, "serving /metrics, /healthz, /readyz");
+            let (health, metrics, stop) =
+                (self.health.clone(), self.metrics.clone(), http_stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = http::serve(listener, health, metrics, stop).await {
+                    error!(error = %e, "HTTP endpoint stopped");
+                }
+            });
+        }
+        self.health.tick();
+        let mut pool = db::build_pool(&cfg)?;
+        *self.health.pool.write().await = Some(pool.clone());
+
+        if !self.start_up(&cfg, &pool, &shutdown).await? {
+            return Ok(());
+        }
+        lifecycle::ready();
+        info!(interval = %humantime::format_duration(cfg.pass.interval), "reconciler ready");
+
+        let mut leader = Leader::default();
+        let mut failures: u32 = 0;
+        let mut due = Instant::now() + jitter(cfg.pass.jitter);
+        loop {
+            match self.wait_until(due, &mut events, &shutdown).await {
+                Wake::Shutdown => break,
+                Wake::Reload => {
+                    if let Some(new) = self.reload(&reload) {
+                        if connection_settings_differ(&new, &cfg) {
+                            match db::build_pool(&new) {
+                                Ok(p) => {
+                                    pool = p;
+                                    *self.health.pool.write().await = Some(pool.clone());
+                                    leader = Leader::default();
+                                }
+                                Err(e) => {
+                                    error!(error = %e, "reloaded database settings unusable; keeping the old configuration");
+                                    continue;
+                                }
+                            }
+                        }
+                        *self.health.ready_max_failing.write().await = new.http.ready_max_failing;
+                        cfg = new;
+                    }
+                    continue;
+                }
+                Wake::Due => {}
             }
-            error!(error = %failed.error, "pass failed; retrying at the next interval");
+            if cfg.pass.interval.is_zero() {
+                // Passes disabled: stay up, answer health checks, wait for a reload.
+                due = Instant::now() + Duration::from_secs(3600);
+                continue;
+            }
+            if cfg.pass.leader_election && !leader.hold(&cfg).await {
+                self.metrics.leader.set(0);
+                due = Instant::now() + cfg.pass.interval + jitter(cfg.pass.jitter);
+                continue;
+            }
+            self.metrics.leader.set(i64::from(cfg.pass.leader_election));
+            let health = self.health.clone();
+            let options = PassOptions {
+                dry_run: false,
+                metrics: Some(self.metrics.clone()),
+                on_batch: Some(Arc::new(move || {
+                    health.tick();
+                    lifecycle::watchdog();
+                })),
+            };
+            match pass::run_pass_with(&pool, &cfg, &options, &shutdown).await {
+                Ok(report) => {
+                    failures = 0;
+                    self.health.pass_succeeded();
+                    lifecycle::status(&report.summary());
+                    due = Instant::now() + cfg.pass.interval + jitter(cfg.pass.jitter);
+                }
+                Err(failed) => {
+                    failures += 1;
+                    self.health.pass_failed();
+                    let delay =
+                        backoff(failures, cfg.pass.retry_backoff_max.min(cfg.pass.interval));
+                    lifecycle::status(&format!(
+                        "pass failing ({failures} in a row): {}; retry in {}",
+                        failed.error,
+                        humantime::format_duration(delay)
+                    ));
+                    error!(error = %failed.error, failures, retry_in = %humantime::format_duration(delay), "pass failed");
+                    due = Instant::now() + delay;
+                }
+            }
         }
-        first = false;
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+        lifecycle::stopping();
+        http_stop.cancel();
+        pool.close();
+        info!("reconciler stopped");
+        Ok(())
+    }
+
+    /// Connects and verifies until it works. Ok(false): shut down while waiting.
+    async fn start_up(
+        &self,
+        cfg: &Config,
+        pool: &Pool,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Error> {
+        let target = db::describe_target(&cfg.database.pg_config()?);
+        let mut failures = 0;
+        loop {
+            let attempt = async {
+                let mut client = db::connect(pool, &target).await?;
+                if cfg.audit.auto_migrate {
+                    let applied = audit::migrate(&mut client, &cfg.audit).await?;
+                    if !applied.is_empty() {
+                        info!(?applied, schema = %cfg.audit.schema, "audit migrations applied");
+                    }
+                }
+                let verified = preflight::verify(&**client, cfg, preflight::Intent::Delete).await?;
+                for w in &verified.warnings {
+                    warn!("{w}");
+                }
+                if let Ok(Some(w)) = preflight::in_database_reconcile_warning(&**client).await {
+                    warn!("{w}");
+                }
+                Ok::<_, Error>(())
+            };
+            match attempt.await {
+                Ok(()) => return Ok(true),
+                Err(e @ (Error::Refused(_) | Error::Config(_))) => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(failures, cfg.pass.retry_backoff_max);
+                    error!(error = %e, retry_in = %humantime::format_duration(delay), "database not usable yet");
+                    lifecycle::status(&format!("waiting for the database: {e}"));
+                    self.health.pass_failed();
+                    let mut no_events = mpsc::channel(1).1;
+                    if let Wake::Shutdown = self
+                        .wait_until(Instant::now() + delay, &mut no_events, shutdown)
+                        .await
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
         }
     }
-    info!("reconciler stopped");
-    Ok(())
+
+    /// Sleeps until `due`, waking every [`IDLE_TICK`] (or the watchdog period) to prove
+    /// liveness, and returning early on shutdown or an event.
+    async fn wait_until(
+        &self,
+        due: Instant,
+        events: &mut mpsc::Receiver<Event>,
+        shutdown: &CancellationToken,
+    ) -> Wake {
+        let tick = lifecycle::watchdog_period().map_or(IDLE_TICK, |w| w.min(IDLE_TICK));
+        loop {
+            self.health.tick();
+            lifecycle::watchdog();
+            let now = Instant::now();
+            if now >= due {
+                return Wake::Due;
+            }
+            let sleep = tokio::time::sleep((due - now).min(tick));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Wake::Shutdown,
+                Some(Event::Reload) = events.recv() => return Wake::Reload,
+                _ = sleep => {}
+            }
+        }
+    }
+
+    fn reload(&self, reload: &Reloader) -> Option<Config> {
+        match reload() {
+            Ok(new) => {
+                info!("configuration reloaded");
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&crate::metrics::ReloadOutcome { outcome: "ok" })
+                    .inc();
+                Some(new)
+            }
+            Err(e) => {
+                error!(error = %e, "configuration reload rejected; keeping the running configuration");
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&crate::metrics::ReloadOutcome {
+                        outcome: "rejected",
+                    })
+                    .inc();
+                None
+            }
+        }
+    }
+}
+
+/// Whether a reload changed anything that needs a new pool (DSN, pool, TLS settings).
+fn connection_settings_differ(a: &Config, b: &Config) -> bool {
+    let section = |c: &Config| {
+        (
+            serde_json::to_value(&c.database).ok(),
+            serde_json::to_value(&c.tls).ok(),
+            c.database.connection_string().ok(),
+        )
+    };
+    section(a) != section(b)
+}
+
+enum Wake {
+    Due,
+    Reload,
+    Shutdown,
+}
+
+/// The leader lock, held on a dedicated connection outside the pool: a pooled connection
+/// could be recycled and silently drop the session lock.
+#[derive(Default)]
+struct Leader {
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Leader {
+    /// True while this replica holds (or just took) leadership.
+    async fn hold(&mut self, cfg: &Config) -> bool {
+        if let Some(client) = &self.client {
+            // The lock lives as long as the session: a dead session means it is gone.
+            if !client.is_closed() && client.simple_query("SELECT 1").await.is_ok() {
+                return true;
+            }
+            warn!("leader connection lost; leadership released");
+            self.client = None;
+        }
+        let client = match db::connect_dedicated(cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot open the leader connection");
+                return false;
+            }
+        };
+        match client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&locks::LEADER])
+            .await
+        {
+            Ok(row) if row.get::<_, bool>(0) => {
+                info!("became leader");
+                self.client = Some(client);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = %crate::error::describe_pg_error(&e), "leader lock query failed");
+                false
+            }
+        }
+    }
+}
+
+/// A random delay in [0, max].
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(fastrand::u64(..=max.as_millis() as u64))
+}
+
+/// Exponential backoff from [`RETRY_BASE`], capped, with ±20% jitter.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    let base = exp.min(cap.max(RETRY_BASE));
+    let spread = base.as_millis() as u64 / 5;
+    let ms = base.as_millis() as u64 - spread + fastrand::u64(..=spread * 2);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(60);
+        let first = backoff(1, cap);
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        let fifth = backoff(5, cap);
+        assert!(fifth >= Duration::from_millis(12_800) && fifth <= Duration::from_millis(19_200));
+        for n in [10, 30, u32::MAX] {
+            assert!(backoff(n, cap) <= Duration::from_secs(72));
+        }
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_secs(3)) <= Duration::from_secs(3));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
 }

@@ -4,18 +4,20 @@ use std::time::Duration;
 
 pub use deadpool_postgres::Pool;
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
-use crate::config::DatabaseConfig;
+use crate::config::Config;
 use crate::error::Error;
 
 /// A pool for the daemon. Connections are created lazily, so building it never fails on a
-/// dead server; the first `get` does.
-pub fn build_pool(db: &DatabaseConfig) -> Result<Pool, Error> {
-    let pg = db.pg_config()?;
+/// dead server; the first `get` does. TLS follows the DSN's `sslmode` and `[tls]` (see
+/// [`crate::tls`]); a CA file that cannot be read fails here, by name.
+pub fn build_pool(cfg: &Config) -> Result<Pool, Error> {
+    let db = &cfg.database;
+    let (pg, dsn_tls) = db.connection_settings()?;
+    let tls = crate::tls::connector(&dsn_tls, &cfg.tls)?;
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -68,4 +70,22 @@ pub async fn connect(pool: &Pool, target: &str) -> Result<deadpool_postgres::Obj
         };
         Error::Pool(format!("{target}: {cause}"))
     })
+}
+
+/// A connection outside the pool, for state that must live exactly as long as one session
+/// (the leader's session advisory lock). Same DSN and TLS settings as the pool.
+pub async fn connect_dedicated(cfg: &Config) -> Result<tokio_postgres::Client, Error> {
+    let (pg, dsn_tls) = cfg.database.connection_settings()?;
+    let tls = crate::tls::connector(&dsn_tls, &cfg.tls)?;
+    let target = describe_target(&pg);
+    let (client, connection) = pg
+        .connect(tls)
+        .await
+        .map_err(|e| Error::Pool(format!("{target}: {}", crate::error::describe_pg_error(&e))))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "dedicated connection ended");
+        }
+    });
+    Ok(client)
 }

@@ -82,8 +82,8 @@ impl Demo {
 
     /// A dry run, a real pass, and a second real pass.
     pub async fn run(&self) -> Result<DemoOutcome, DemoError> {
-        let pool = crate::db::build_pool(&self.config.database)
-            .map_err(|e| DemoError::Seed(e.to_string()))?;
+        let pool =
+            crate::db::build_pool(&self.config).map_err(|e| DemoError::Seed(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let pass = |dry_run: bool, what: &'static str| {
             let pool = &pool;

@@ -30,6 +30,9 @@ pub enum Error {
     },
     #[error("cannot get a database connection: {0}")]
     Pool(String),
+    /// The daemon cannot start (e.g. the HTTP address cannot be bound).
+    #[error("cannot start: {0}")]
+    Startup(String),
 }
 
 impl Error {
@@ -37,7 +40,7 @@ impl Error {
         match self {
             Error::Config(_) => exit_code::USAGE,
             Error::Refused(_) => exit_code::REFUSED,
-            Error::Database { .. } | Error::Pool(_) => exit_code::FAILED,
+            Error::Database { .. } | Error::Pool(_) | Error::Startup(_) => exit_code::FAILED,
         }
     }
 
@@ -53,12 +56,16 @@ impl Error {
 /// Attaches what the daemon was doing to a database error.
 pub trait DbContext<T> {
     fn context(self, what: &str) -> Result<T, Error>;
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
 }
 
 impl<T> DbContext<T> for Result<T, tokio_postgres::Error> {
     fn context(self, what: &str) -> Result<T, Error> {
+        self.with_context(|| what.to_owned())
+    }
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
         self.map_err(|source| Error::Database {
-            context: what.to_owned(),
+            context: what(),
             source,
         })
     }

@@ -8,20 +8,32 @@
 //! - [`pass`]: one reconciliation pass: keyset batches, locking, deletion, the report.
 //! - [`report`]: [`report::PassReport`], the numbers of one pass.
 //! - [`db`]: the connection pool and DSN handling (secrets never printed).
-//! - [`daemon`]: the `run` loop: a pass every interval until shutdown.
+//! - [`tls`]: libpq's `sslmode` on rustls (verify-full, verify-ca, CA file).
+//! - [`daemon`]: the `run` loop: leadership, backoff, reload, a pass every interval.
+//! - [`locks`]: every advisory-lock key (batch fence, leader, migration).
+//! - [`metrics`]: the Prometheus registry, fed from pass reports.
+//! - [`http`]: /metrics, /healthz, /readyz.
+//! - [`lifecycle`]: systemd notifications (READY, WATCHDOG, STATUS, STOPPING).
+//! - [`audit`]: the daemon's own schema: passes and deletions, and its migrations.
 //! - [`demo`]: the zero-setup tour behind `df-reconciler demo`.
 //! - [`throwaway`]: a disposable PostgreSQL cluster for `demo` and the tests.
 //! - [`fixture`]: the pg_durable + duroxide schemas and seed data used by `demo` and tests.
 
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod demo;
 pub mod error;
 pub mod fixture;
+pub mod http;
+pub mod lifecycle;
+pub mod locks;
+pub mod metrics;
 pub mod pass;
 pub mod policy;
 pub mod preflight;
 pub mod report;
 pub mod sql;
 pub mod throwaway;
+pub mod tls;

@@ -13,16 +13,20 @@
 //! same selections in READ ONLY transactions and counts instead of deleting.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deadpool_postgres::{Object, Pool, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::audit::{self, DeletedRoot};
 use crate::config::Config;
 use crate::db;
 use crate::error::{DbContext, Error};
+use crate::locks;
+use crate::metrics::Metrics;
 use crate::policy::{EngineStatus, TerminalStatus};
 use crate::preflight::{self, Intent};
 use crate::report::PassReport;
@@ -38,6 +42,15 @@ pub struct PassFailed {
 /// After this many clean batches a batch size halved by a timeout doubles again.
 const BATCHES_BEFORE_GROWING: u32 = 8;
 
+/// How a pass runs and whom it tells.
+#[derive(Clone, Default)]
+pub struct PassOptions {
+    pub dry_run: bool,
+    pub metrics: Option<Arc<Metrics>>,
+    /// Called after every batch: the run loop's watchdog and liveness tick.
+    pub on_batch: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
 /// Runs one pass: preflight, both phases, drift counts. `shutdown` is honoured between
 /// batches, never inside one.
 pub async fn run_pass(
@@ -46,46 +59,100 @@ pub async fn run_pass(
     dry_run: bool,
     shutdown: &CancellationToken,
 ) -> Result<PassReport, PassFailed> {
-    let started = Instant::now();
-    let mut report = PassReport {
+    let options = PassOptions {
         dry_run,
-        complete: true,
-        ..PassReport::default()
+        ..PassOptions::default()
     };
-    let result = run_phases(pool, cfg, dry_run, shutdown, &mut report).await;
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(()) => {
-            info!(
-                dry_run,
-                duration_ms = report.duration_ms,
-                expired_removed = report.expired_removed.total(),
-                capped_removed = report.capped_removed,
-                orphans_reclaimed = report.orphans_reclaimed,
-                engine_children_removed = report.engine_children_removed,
-                skipped_unsettled = report.skipped_unsettled,
-                skipped_locked = report.skipped_locked,
-                batches = report.batches,
-                report = %report.to_json(),
-                "pass finished"
-            );
-            Ok(report)
-        }
-        Err(error) => {
+    run_pass_with(pool, cfg, &options, shutdown).await
+}
+
+/// [`run_pass`] with metrics and a progress callback. Records the pass in the audit trail
+/// when its schema is installed.
+pub async fn run_pass_with(
+    pool: &Pool,
+    cfg: &Config,
+    options: &PassOptions,
+    shutdown: &CancellationToken,
+) -> Result<PassReport, PassFailed> {
+    let pass_id = format!("{:016x}", fastrand::u64(..));
+    let span = info_span!("pass", pass_id = %pass_id, dry_run = options.dry_run);
+    async move {
+        let started = Instant::now();
+        let mut report = PassReport {
+            pass_id,
+            dry_run: options.dry_run,
+            complete: true,
+            ..PassReport::default()
+        };
+        let result = run_phases(pool, cfg, options, shutdown, &mut report).await;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        if let Err(error) = &result {
             report.errors.push(error.to_string());
-            warn!(dry_run, error = %error, report = %report.to_json(), "pass failed");
-            Err(PassFailed { error, report })
+        }
+        let error = result.as_ref().err().map(|e| e.to_string());
+        if let Err(e) = record_in_audit(pool, cfg, &report, error.as_deref()).await {
+            warn!(error = %e, "could not record the pass in the audit trail");
+        }
+        if let Some(metrics) = &options.metrics {
+            metrics.observe_pass(&report, result.is_err());
+        }
+        match result {
+            Ok(()) => {
+                info!(
+                    duration_ms = report.duration_ms,
+                    expired_removed = report.expired_removed.total(),
+                    capped_removed = report.capped_removed,
+                    orphans_reclaimed = report.orphans_reclaimed,
+                    engine_children_removed = report.engine_children_removed,
+                    skipped_unsettled = report.skipped_unsettled,
+                    skipped_locked = report.skipped_locked,
+                    batches = report.batches,
+                    fenced = report.fenced,
+                    report = %report.to_json(),
+                    "pass finished"
+                );
+                Ok(report)
+            }
+            Err(error) => {
+                warn!(error = %error, report = %report.to_json(), "pass failed");
+                Err(PassFailed { error, report })
+            }
         }
     }
+    .instrument(span)
+    .await
+}
+
+/// Writes the passes row when the audit schema exists; a missing schema is not an error
+/// (the trail is installed by `migrate`).
+async fn record_in_audit(
+    pool: &Pool,
+    cfg: &Config,
+    report: &PassReport,
+    error: Option<&str>,
+) -> Result<(), Error> {
+    let client = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+    if !audit::is_installed(&**client, &cfg.audit).await? {
+        return Ok(());
+    }
+    audit::record_pass(
+        &**client,
+        &cfg.audit,
+        report,
+        report.outcome(error.is_some()),
+        error,
+    )
+    .await
 }
 
 async fn run_phases(
     pool: &Pool,
     cfg: &Config,
-    dry_run: bool,
+    options: &PassOptions,
     shutdown: &CancellationToken,
     report: &mut PassReport,
 ) -> Result<(), Error> {
+    let dry_run = options.dry_run;
     let target = db::describe_target(&cfg.database.pg_config()?);
     let mut client = db::connect(pool, &target).await?;
     let intent = if dry_run {
@@ -102,16 +169,31 @@ async fn run_phases(
         // Without pg_read_all_stats other sessions' xact_start is hidden: rely on the floor.
         debug!("open-transaction guard limited to visible sessions and prepared transactions");
     }
+    let deletions_schema = if cfg.audit.record_deletions && !dry_run {
+        if audit::is_installed(&**client, &cfg.audit).await? {
+            Some(cfg.audit.schema.clone())
+        } else {
+            report.warnings.push(format!(
+                "audit.record_deletions is on but schema {:?} has no audit tables; run `df-reconciler migrate`",
+                cfg.audit.schema
+            ));
+            None
+        }
+    } else {
+        None
+    };
     let mut pass = Pass {
         client: &mut client,
         cfg,
+        options,
         statements,
         clock,
-        dry_run,
         batch_size: cfg.pass.batch_size,
         clean_batches: 0,
         deadline: cfg.pass.max_duration.map(|d| Instant::now() + d),
         shutdown,
+        deletions_schema,
+        oldest_skipped: None,
         report,
     };
     for phase in [Phase::Expired, Phase::Orphans] {
@@ -120,7 +202,14 @@ async fn run_phases(
             return Ok(());
         }
     }
-    pass.read_drift().await
+    pass.read_drift().await?;
+    let oldest = pass.oldest_skipped;
+    let r = &mut *pass.report;
+    r.backlog_eligible = r.skipped_unsettled + r.skipped_locked + r.skipped_inconsistent;
+    r.backlog_oldest_age_s = oldest
+        .and_then(|t| pass.clock.db_now.duration_since(t).ok())
+        .map(|d| d.as_secs_f64());
+    Ok(())
 }
 
 /// The statements of one pass, rendered for the verified schemas.
@@ -245,6 +334,18 @@ struct BatchTally {
     skipped_unsettled: u64,
     skipped_locked: u64,
     skipped_inconsistent: u64,
+    /// Oldest terminal_at (or orphan age) among candidates the batch left in place.
+    oldest_skipped: Option<SystemTime>,
+    /// Removed roots, for the opt-in deletions audit table.
+    deleted_roots: Vec<DeletedRoot>,
+}
+
+impl BatchTally {
+    fn skipped_since(&mut self, at: Option<SystemTime>) {
+        if let Some(at) = at {
+            self.oldest_skipped = Some(self.oldest_skipped.map_or(at, |o| o.min(at)));
+        }
+    }
 }
 
 /// Where a phase stands after a batch.
@@ -254,6 +355,8 @@ enum Step {
     Continue {
         watermark: String,
     },
+    /// Another replica holds the batch fence: this pass stands down.
+    Fenced,
 }
 
 /// Known as soon as a batch has read its candidates, so a batch abandoned after that still
@@ -266,13 +369,16 @@ struct Progress {
 struct Pass<'a> {
     client: &'a mut Object,
     cfg: &'a Config,
+    options: &'a PassOptions,
     statements: Statements,
     clock: PassClock,
-    dry_run: bool,
     batch_size: u32,
     clean_batches: u32,
     deadline: Option<Instant>,
     shutdown: &'a CancellationToken,
+    /// Set when removed roots are written to the audit deletions table.
+    deletions_schema: Option<String>,
+    oldest_skipped: Option<SystemTime>,
     report: &'a mut PassReport,
 }
 
@@ -288,6 +394,16 @@ impl Pass<'_> {
             let result = self.batch(phase, &watermark, &mut progress).await;
             match result {
                 Ok(Step::Exhausted) => return Ok(true),
+                Ok(Step::Fenced) => {
+                    info!(
+                        "another replica holds the batch fence; standing down until the next pass"
+                    );
+                    self.report.fenced = true;
+                    if let Some(m) = &self.options.metrics {
+                        m.fenced.inc();
+                    }
+                    return Ok(false);
+                }
                 Ok(Step::Continue { watermark: next }) => {
                     watermark = next;
                     self.report.batches += 1;
@@ -334,14 +450,32 @@ impl Pass<'_> {
         watermark: &str,
         progress: &mut Option<Progress>,
     ) -> Result<Step, Error> {
+        let dry_run = self.options.dry_run;
+        let started = Instant::now();
         let tx = self
             .client
             .build_transaction()
-            .read_only(self.dry_run)
+            .read_only(dry_run)
             .start()
             .await
             .context("starting a batch")?;
         set_local_limits(&tx, self.cfg).await?;
+        if !dry_run {
+            // The fence: one batch at a time across replicas. Transaction-scoped, so it
+            // also works behind a transaction-pooling proxy.
+            let got: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock($1)",
+                    &[&locks::BATCH_FENCE],
+                )
+                .await
+                .context("taking the batch fence")?
+                .get(0);
+            if !got {
+                tx.rollback().await.context("standing down")?;
+                return Ok(Step::Fenced);
+            }
+        }
         let mut tally = BatchTally::default();
         let step = match phase {
             Phase::Expired => {
@@ -369,25 +503,44 @@ impl Pass<'_> {
                 .await?
             }
         };
-        if self.dry_run {
+        if dry_run {
             tx.rollback().await.context("ending a dry-run batch")?;
         } else {
+            if let Some(schema) = &self.deletions_schema {
+                audit::record_deletions(&tx, schema, &self.report.pass_id, &tally.deleted_roots)
+                    .await?;
+            }
             tx.commit().await.context("committing a batch")?;
         }
         if matches!(step, Step::Continue { .. }) {
-            debug!(?phase, watermark, ?tally, "batch done");
+            debug!(
+                ?phase,
+                watermark,
+                removed = tally.deleted_roots.len(),
+                "batch done"
+            );
+            if let Some(m) = &self.options.metrics {
+                m.observe_batch(started.elapsed());
+            }
+            if let Some(on_batch) = &self.options.on_batch {
+                on_batch();
+            }
         }
-        self.apply(tally);
+        self.apply(phase, tally);
         Ok(step)
     }
 
-    fn apply(&mut self, tally: BatchTally) {
+    fn apply(&mut self, phase: Phase, tally: BatchTally) {
+        if let Some(at) = tally.oldest_skipped {
+            self.oldest_skipped = Some(self.oldest_skipped.map_or(at, |o| o.min(at)));
+        }
         let r = &mut *self.report;
         for (status, window_expired) in tally.expired {
             if window_expired {
                 r.expired_removed.add(status, 1);
             } else {
                 r.capped_removed += 1;
+                r.capped_by_status.add(status, 1);
             }
         }
         for status in tally.orphans {
@@ -401,7 +554,7 @@ impl Pass<'_> {
         }
         r.engine_children_removed += tally.children;
         for (table, n) in tally.rows {
-            r.add_rows(table, n);
+            r.add_rows(&table, phase == Phase::Orphans, n);
         }
         r.skipped_unsettled += tally.skipped_unsettled;
         r.skipped_locked += tally.skipped_locked;
@@ -418,7 +571,14 @@ impl Pass<'_> {
             .context("starting the drift report")?;
         set_local_limits(&tx, self.cfg).await?;
         let row = tx
-            .query_one(&self.statements.drift, &[&self.clock.drift_cutoff])
+            .query_one(
+                &self.statements.drift,
+                &[
+                    &self.clock.drift_cutoff,
+                    &self.clock.orphan_cutoff,
+                    &self.clock.orphan_created_before,
+                ],
+            )
             .await
             .context("counting drift between the stores")?;
         tx.commit().await.context("ending the drift report")?;
@@ -426,6 +586,7 @@ impl Pass<'_> {
         self.report.running_without_df_row = count(0);
         self.report.df_rows_without_engine = count(1);
         self.report.queue_items_without_instance = count(2);
+        self.report.orphans_waiting = count(3);
         Ok(())
     }
 }
@@ -497,6 +658,8 @@ async fn expired_batch(
         window_expired: bool,
         has_engine_record: bool,
     }
+    let terminal_at: BTreeMap<String, Option<SystemTime>> =
+        rows.iter().map(|r| (r.get(0), r.get(6))).collect();
     let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
     for row in &rows {
         let id: String = row.get(0);
@@ -521,18 +684,17 @@ async fn expired_batch(
             );
         }
     }
-    if candidates.is_empty() {
-        return Ok(Step::Continue { watermark: next });
-    }
-
     let ids: Vec<String> = candidates.keys().cloned().collect();
-    let locked: HashSet<String> = tx
-        .query(&st.lock_df_rows, &[&ids])
-        .await
-        .context("locking expired df rows")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let locked: HashSet<String> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(&st.lock_df_rows, &[&ids])
+            .await
+            .context("locking expired df rows")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
     tally.skipped_locked += (ids.len() - locked.len()) as u64;
     candidates.retain(|id, _| locked.contains(id));
 
@@ -554,6 +716,11 @@ async fn expired_batch(
         .filter(|id| trees.deletable.contains(*id))
         .cloned()
         .collect();
+    for (id, at) in &terminal_at {
+        if !trees.deletable.contains(id) {
+            tally.skipped_since(*at);
+        }
+    }
     if df_ids.is_empty() {
         return Ok(Step::Continue { watermark: next });
     }
@@ -571,6 +738,16 @@ async fn expired_batch(
     for id in &df_ids {
         let c = &candidates[id];
         tally.expired.push((c.status, c.window_expired));
+        tally.deleted_roots.push(DeletedRoot {
+            instance_id: id.clone(),
+            reason: if c.window_expired {
+                "expired"
+            } else {
+                "capped"
+            },
+            status: c.status.as_str().to_owned(),
+            terminal_at: terminal_at.get(id).copied().flatten(),
+        });
     }
     tally.children += trees.children;
     Ok(Step::Continue { watermark: next })
@@ -607,12 +784,27 @@ async fn orphan_batch(
         candidates: rows.len() as u64,
     });
     let roots: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let aged_from: BTreeMap<String, Option<SystemTime>> =
+        rows.iter().map(|r| (r.get(0), r.get(2))).collect();
     let trees = lock_trees(tx, st, &roots, &[], RootRule::Orphan, tally).await?;
+    for (id, at) in &aged_from {
+        if !trees.deletable.contains(id) {
+            tally.skipped_since(*at);
+        }
+    }
     if trees.members.is_empty() {
         return Ok(Step::Continue { watermark: next });
     }
     delete_rows(tx, &st.delete_engine, &trees.members, tally).await?;
-    tally.orphans.extend(trees.root_statuses);
+    for (id, status) in &trees.root_statuses {
+        tally.orphans.push(*status);
+        tally.deleted_roots.push(DeletedRoot {
+            instance_id: id.clone(),
+            reason: "orphan",
+            status: format!("{status:?}"),
+            terminal_at: aged_from.get(id).copied().flatten(),
+        });
+    }
     tally.children += trees.children;
     Ok(Step::Continue { watermark: next })
 }
@@ -634,7 +826,7 @@ struct ClearedTrees {
     /// Every engine instance of the cleared trees, roots included.
     members: Vec<String>,
     children: u64,
-    root_statuses: Vec<EngineStatus>,
+    root_statuses: Vec<(String, EngineStatus)>,
 }
 
 /// Expands `roots` into whole trees, locks every instance without waiting, and clears a
@@ -733,7 +925,7 @@ async fn lock_trees(
         cleared.members.extend(tree.iter().cloned());
         cleared.children += (tree.len() - 1) as u64;
         if let Some(s) = status {
-            cleared.root_statuses.push(s);
+            cleared.root_statuses.push((root.clone(), s));
         }
     }
     for id in bare_ids {
@@ -773,17 +965,4 @@ async fn delete_rows(
         }
     }
     Ok(())
-}
-
-trait WithContext<T> {
-    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
-}
-
-impl<T> WithContext<T> for Result<T, tokio_postgres::Error> {
-    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
-        self.map_err(|source| Error::Database {
-            context: what(),
-            source,
-        })
-    }
 }

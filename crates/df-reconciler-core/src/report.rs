@@ -38,8 +38,19 @@ pub struct ByEngineStatus {
     pub continued_as_new: u64,
 }
 
+/// Rows per `schema.table`, split by why their instance went.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RowsByReason {
+    /// Instances of expired (window or cap) df rows.
+    pub expired: BTreeMap<String, u64>,
+    /// Orphan engine trees.
+    pub orphan: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct PassReport {
+    /// Random id carried by every log line of the pass and by its audit row.
+    pub pass_id: String,
     pub dry_run: bool,
     /// Database clock at the start of the pass (RFC 3339, UTC).
     pub started_at: String,
@@ -48,6 +59,7 @@ pub struct PassReport {
     pub expired_removed: ByStatus,
     /// Terminal df instances removed only because they fell outside the hard cap.
     pub capped_removed: u64,
+    pub capped_by_status: ByStatus,
     /// Engine roots with no df row, reclaimed with their trees.
     pub orphans_reclaimed: u64,
     pub orphans_by_status: ByEngineStatus,
@@ -55,6 +67,8 @@ pub struct PassReport {
     pub engine_children_removed: u64,
     /// Rows per `schema.table`.
     pub rows_deleted: BTreeMap<String, u64>,
+    /// The same rows, by reason.
+    pub rows_by_reason: RowsByReason,
     /// Expired df rows whose engine root is still Running: retried next pass.
     pub skipped_unsettled: u64,
     /// Candidates locked by another session or leased by a dispatcher: retried next pass.
@@ -67,12 +81,20 @@ pub struct PassReport {
     pub df_rows_without_engine: u64,
     /// Orchestrator queue items whose id has neither engine instance nor df row (drift).
     pub queue_items_without_instance: u64,
+    /// Terminal orphan roots not old enough yet (kept; reclaimed by a later pass).
+    pub orphans_waiting: u64,
+    /// Eligible instances left after the pass (skipped ones), when the pass completed.
+    pub backlog_eligible: u64,
+    /// How long the oldest of those has been terminal (seconds), if any.
+    pub backlog_oldest_age_s: Option<f64>,
     /// Batch transactions committed (or, in a dry run, evaluated).
     pub batches: u64,
     /// Batches rolled back on a lock or statement timeout; their candidates count as skipped.
     pub batches_abandoned: u64,
-    /// False when the pass stopped early (shutdown or pass.max_duration); the next continues.
+    /// False when the pass stopped early (shutdown, pass.max_duration, fence); the next continues.
     pub complete: bool,
+    /// True when another replica held the batch fence, so this pass stood down.
+    pub fenced: bool,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -82,8 +104,41 @@ impl PassReport {
         self.expired_removed.total() + self.capped_removed + self.orphans_reclaimed
     }
 
-    pub fn add_rows(&mut self, table: String, n: u64) {
-        *self.rows_deleted.entry(table).or_default() += n;
+    pub fn add_rows(&mut self, table: &str, orphan: bool, n: u64) {
+        *self.rows_deleted.entry(table.to_owned()).or_default() += n;
+        let by_reason = if orphan {
+            &mut self.rows_by_reason.orphan
+        } else {
+            &mut self.rows_by_reason.expired
+        };
+        *by_reason.entry(table.to_owned()).or_default() += n;
+    }
+
+    /// Outcome word used by the audit trail and the metrics.
+    pub fn outcome(&self, failed: bool) -> &'static str {
+        if failed {
+            "failed"
+        } else if self.fenced {
+            "fenced"
+        } else if !self.complete {
+            "stopped"
+        } else {
+            "ok"
+        }
+    }
+
+    /// One line for `systemctl status` and the log.
+    pub fn summary(&self) -> String {
+        format!(
+            "last pass {}: removed {} (expired {}, capped {}, orphans {}), skipped {}, {} ms",
+            self.started_at,
+            self.instances_removed(),
+            self.expired_removed.total(),
+            self.capped_removed,
+            self.orphans_reclaimed,
+            self.skipped_unsettled + self.skipped_locked + self.skipped_inconsistent,
+            self.duration_ms
+        )
     }
 
     pub fn to_json(&self) -> String {
@@ -100,8 +155,9 @@ impl fmt::Display for PassReport {
         };
         writeln!(
             f,
-            "{} started {} took {} ms in {} batches{}",
+            "{} {} started {} took {} ms in {} batches{}",
             if self.dry_run { "DRY RUN" } else { "pass" },
+            self.pass_id,
             self.started_at,
             self.duration_ms,
             self.batches,
@@ -112,7 +168,7 @@ impl fmt::Display for PassReport {
             }
         )?;
         let e = &self.expired_removed;
-        let rows: [(&str, u64); 14] = [
+        let rows: [(&str, u64); 15] = [
             ("expired completed", e.completed),
             ("expired failed", e.failed),
             ("expired cancelled", e.cancelled),
@@ -137,6 +193,7 @@ impl fmt::Display for PassReport {
                 "drift: queue item, no instance",
                 self.queue_items_without_instance,
             ),
+            ("orphans not old enough yet", self.orphans_waiting),
             ("batches abandoned (timeouts)", self.batches_abandoned),
             ("errors", self.errors.len() as u64),
         ];

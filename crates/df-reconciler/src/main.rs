@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use df_reconciler_core::config::{Config, LogFormat};
 use df_reconciler_core::error::{exit_code, Error};
-use df_reconciler_core::{daemon, db, demo, pass, preflight};
+use df_reconciler_core::{audit, daemon, db, demo, pass, preflight};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -61,6 +61,17 @@ enum Command {
     },
     /// Zero-setup tour on a throwaway PostgreSQL: seed, dry run, real pass, clean up.
     Demo,
+    /// Create or upgrade the daemon's own audit schema (audit.schema).
+    Migrate,
+    /// Print the most recent passes from the audit trail.
+    History {
+        /// How many passes.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -117,13 +128,15 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
         }
         Command::Check { offline: false } => check(&cfg).await,
         Command::Once { dry_run, json } => once(&cfg, *dry_run, *json).await,
-        Command::Run => run(&cfg).await,
+        Command::Run => run(cfg, cli_reloader()).await,
+        Command::Migrate => migrate(&cfg).await,
+        Command::History { limit, json } => history(&cfg, *limit, *json).await,
         Command::Demo => unreachable!("demo needs no configuration"),
     }
 }
 
 fn pool_or_exit(cfg: &Config) -> Result<db::Pool, i32> {
-    db::build_pool(&cfg.database).map_err(|e| {
+    db::build_pool(cfg).map_err(|e| {
         eprintln!("df-reconciler: {e}");
         e.exit_code()
     })
@@ -204,18 +217,134 @@ async fn once(cfg: &Config, dry_run: bool, json: bool) -> i32 {
     code
 }
 
-async fn run(cfg: &Config) -> i32 {
-    let pool = match pool_or_exit(cfg) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    match daemon::run(&pool, cfg, shutdown_on_signal()).await {
+/// Re-reads the same file, environment and `--set` flags the process started with.
+fn cli_reloader() -> daemon::Reloader {
+    let cli = Cli::parse();
+    Box::new(move || Config::load(cli.config.as_deref(), &cli.overrides))
+}
+
+async fn run(cfg: Config, reload: daemon::Reloader) -> i32 {
+    let (events, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("SIGHUP handler installs");
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            if events.send(daemon::Event::Reload).await.is_err() {
+                break;
+            }
+        }
+    });
+    let daemon = daemon::Daemon::new(&cfg);
+    match daemon
+        .run(cfg, reload, receiver, shutdown_on_signal())
+        .await
+    {
         Ok(()) => exit_code::OK,
         Err(e) => {
             eprintln!("df-reconciler: {e}");
             e.exit_code()
         }
     }
+}
+
+async fn migrate(cfg: &Config) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let target = describe(cfg);
+    let result = async {
+        let mut client = db::connect(&pool, &target).await?;
+        audit::migrate(&mut client, &cfg.audit).await
+    }
+    .await;
+    match result {
+        Ok(applied) if applied.is_empty() => {
+            println!("audit schema {:?} is up to date", cfg.audit.schema);
+            exit_code::OK
+        }
+        Ok(applied) => {
+            println!(
+                "audit schema {:?}: applied migrations {applied:?}",
+                cfg.audit.schema
+            );
+            exit_code::OK
+        }
+        Err(e) => {
+            eprintln!("df-reconciler: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn history(cfg: &Config, limit: i64, json: bool) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let target = describe(cfg);
+    let result = async {
+        let client = db::connect(&pool, &target).await?;
+        if !audit::is_installed(&**client, &cfg.audit).await? {
+            return Ok(None);
+        }
+        audit::recent_passes(&**client, &cfg.audit, limit)
+            .await
+            .map(Some)
+    }
+    .await;
+    match result {
+        Ok(None) => {
+            eprintln!(
+                "df-reconciler: no audit trail in schema {:?}; run `df-reconciler migrate`",
+                cfg.audit.schema
+            );
+            exit_code::FAILED
+        }
+        Ok(Some(rows)) => {
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row).expect("rows serialize"));
+                }
+            } else {
+                println!(
+                    "{:<24} {:<16} {:<8} {:<8} {:>10} {:>10}  host",
+                    "started", "pass", "kind", "outcome", "instances", "rows"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<24} {:<16} {:<8} {:<8} {:>10} {:>10}  {}{}",
+                        humantime::format_rfc3339_seconds(r.started_at),
+                        r.pass_id,
+                        if r.dry_run { "dry-run" } else { "real" },
+                        r.outcome,
+                        r.instances_removed,
+                        r.rows_deleted,
+                        r.host,
+                        if r.error.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  error: {}", r.error)
+                        }
+                    );
+                }
+            }
+            exit_code::OK
+        }
+        Err(e) => {
+            eprintln!("df-reconciler: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// `user@host:port/db` of the configured DSN, for messages.
+fn describe(cfg: &Config) -> String {
+    cfg.database
+        .pg_config()
+        .map(|pg| db::describe_target(&pg))
+        .unwrap_or_else(|_| "the configured database".into())
 }
 
 /// A token cancelled by SIGTERM or SIGINT; the current batch finishes first.

@@ -60,7 +60,8 @@ pub const EXPIRED_CANDIDATES: &str = concat!(
                                                   ELSE $5::timestamptz END, false) AS window_expired,
            ei.instance_id IS NOT NULL AS has_engine_record,
            coalesce(ei.parent_instance_id IS NULL AND NOT {ei_is_child}, false) AS engine_is_root,
-           ex.status AS engine_status",
+           ex.status AS engine_status,
+           t.terminal_at",
     df_with_engine!(),
     "
     WHERE d.id::text > $1
@@ -82,7 +83,7 @@ pub const EXPIRED_CANDIDATES: &str = concat!(
 /// aged (completed_at, else updated_at) before `$3`, created before the oldest open
 /// transaction `$4`. Young orphans are filtered here, so they cannot hide old ones.
 pub const ORPHAN_CANDIDATES: &str = "
-    SELECT ei.instance_id, ex.status
+    SELECT ei.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
     FROM {engine}.instances ei
     JOIN {engine}.executions ex
       ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
@@ -107,12 +108,15 @@ pub const ROOT_STATE: &str = "
            ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
     WHERE ei.instance_id = ANY($1::text[])";
 
-/// Drift between the stores, reported only. `$1`: now - orphan_min_age.
+/// Drift between the stores, reported only. `$1`: now - orphan_min_age; `$2`, `$3`: the
+/// orphan age cutoff and the oldest open transaction, as in [`ORPHAN_CANDIDATES`].
 /// - running_without_df_row: engine roots Running with no df row.
 /// - df_rows_without_engine: pending/running df rows older than `$1` with neither an
 ///   engine record nor a queue item (the engine will never run them).
 /// - queue_items_without_instance: orchestrator items older than `$1` whose id has neither
 ///   an engine instance nor a df row (a rolled-back start the engine never picked up).
+/// - orphans_waiting: terminal orphan roots not yet old enough (or younger than the oldest
+///   open transaction); they are reclaimed by a later pass.
 pub const DRIFT: &str = "
     SELECT
       (SELECT count(*)
@@ -135,4 +139,14 @@ pub const DRIFT: &str = "
         WHERE oq.created_at < $1::timestamptz
           AND NOT EXISTS (SELECT 1 FROM {engine}.instances ei WHERE ei.instance_id = oq.instance_id)
           AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = oq.instance_id)
-      ) AS queue_items_without_instance";
+      ) AS queue_items_without_instance,
+      (SELECT count(*)
+         FROM {engine}.instances ei
+         JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+        WHERE ei.parent_instance_id IS NULL AND NOT {ei_is_child}
+          AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
+          AND NOT (coalesce(ex.completed_at, ei.updated_at) < $2::timestamptz
+                   AND ei.created_at < $3::timestamptz)
+          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
+      ) AS orphans_waiting";

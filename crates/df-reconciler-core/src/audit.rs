@@ -1,0 +1,236 @@
+//! The daemon's own audit trail: schema `df_reconciler` (configurable) with a `passes`
+//! table and an opt-in `deletions` table, created by `df-reconciler migrate` from the files
+//! in the repository's `migrations/` folder.
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::GenericClient;
+
+use crate::config::AuditConfig;
+use crate::error::{DbContext, Error};
+use crate::locks;
+use crate::report::PassReport;
+use crate::sql::quote_ident;
+
+/// The migrations, in order: (version, name, SQL with `{audit}` for the schema).
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "audit",
+    include_str!("../../../migrations/0001_audit.sql"),
+)];
+
+/// Applies pending migrations in one transaction under [`locks::MIGRATION`], so replicas
+/// starting together cannot race. Returns the versions applied now.
+pub async fn migrate(
+    client: &mut deadpool_postgres::Object,
+    cfg: &AuditConfig,
+) -> Result<Vec<i32>, Error> {
+    let schema = quote_ident(&cfg.schema);
+    let tx = client
+        .transaction()
+        .await
+        .context("starting the migration")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&locks::MIGRATION])
+        .await
+        .context("taking the migration lock")?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .context("creating the audit schema")?;
+    let applied: Vec<i32> = tx
+        .query(
+            &format!("SELECT version FROM {schema}.schema_migrations"),
+            &[],
+        )
+        .await
+        .context("reading applied migrations")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut now_applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{audit}", &schema))
+            .await
+            .with_context(|| format!("applying migration {version} ({name})"))?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
+            &[version, name],
+        )
+        .await
+        .context("recording a migration")?;
+        now_applied.push(*version);
+    }
+    tx.commit().await.context("committing the migration")?;
+    Ok(now_applied)
+}
+
+/// Whether the audit tables exist (migrate has run).
+pub async fn is_installed(client: &impl GenericClient, cfg: &AuditConfig) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT to_regclass(format('%I.passes', $1::text)) IS NOT NULL",
+            &[&cfg.schema],
+        )
+        .await
+        .context("looking for the audit schema")?
+        .get(0))
+}
+
+/// Records a finished pass and applies the audit retention.
+pub async fn record_pass(
+    client: &impl GenericClient,
+    cfg: &AuditConfig,
+    report: &PassReport,
+    outcome: &str,
+    error: Option<&str>,
+) -> Result<(), Error> {
+    let schema = quote_ident(&cfg.schema);
+    let host = hostname();
+    let json: serde_json::Value =
+        serde_json::to_value(report).expect("a PassReport always serializes");
+    let started: Option<std::time::SystemTime> = humantime::parse_rfc3339(&report.started_at).ok();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.passes
+                   (pass_id, host, started_at, dry_run, outcome, error, instances_removed, rows_deleted, report)
+                 VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7, $8, $9)"
+            ),
+            &[
+                &report.pass_id,
+                &host,
+                &started,
+                &report.dry_run,
+                &outcome,
+                &error,
+                &(report.instances_removed() as i64),
+                &(report.rows_deleted.values().sum::<u64>() as i64),
+                &json,
+            ],
+        )
+        .await
+        .context("recording the pass in the audit trail")?;
+    let retention = cfg.retention.as_secs_f64();
+    // Bounded: an audit table that grew while retention was long shrinks over a few passes.
+    for (table, column) in [("passes", "started_at"), ("deletions", "deleted_at")] {
+        client
+            .execute(
+                &format!(
+                    "DELETE FROM {schema}.{table} WHERE ctid IN (
+                         SELECT ctid FROM {schema}.{table}
+                          WHERE {column} < now() - make_interval(secs => $1) LIMIT 10000)"
+                ),
+                &[&retention],
+            )
+            .await
+            .context("applying the audit retention")?;
+    }
+    Ok(())
+}
+
+/// One removed root, for the opt-in deletions table.
+#[derive(Debug, Clone)]
+pub struct DeletedRoot {
+    pub instance_id: String,
+    pub reason: &'static str,
+    pub status: String,
+    pub terminal_at: Option<std::time::SystemTime>,
+}
+
+/// Writes the batch's removed roots inside the batch transaction: the audit row exists
+/// exactly when the deletion committed.
+pub async fn record_deletions(
+    tx: &Transaction<'_>,
+    schema: &str,
+    pass_id: &str,
+    roots: &[DeletedRoot],
+) -> Result<(), Error> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = roots.iter().map(|r| r.instance_id.as_str()).collect();
+    let reasons: Vec<&str> = roots.iter().map(|r| r.reason).collect();
+    let statuses: Vec<&str> = roots.iter().map(|r| r.status.as_str()).collect();
+    let times: Vec<Option<std::time::SystemTime>> = roots.iter().map(|r| r.terminal_at).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {}.deletions (pass_id, instance_id, reason, status, terminal_at)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[])",
+            quote_ident(schema)
+        ),
+        &[&pass_id, &ids, &reasons, &statuses, &times],
+    )
+    .await
+    .context("recording deletions in the audit trail")?;
+    Ok(())
+}
+
+/// Recent passes, newest first, for `df-reconciler history`.
+pub async fn recent_passes(
+    client: &impl GenericClient,
+    cfg: &AuditConfig,
+    limit: i64,
+) -> Result<Vec<PassRow>, Error> {
+    let schema = quote_ident(&cfg.schema);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT pass_id, coalesce(host, ''), started_at, finished_at, dry_run, outcome,
+                        coalesce(error, ''), instances_removed, rows_deleted, report
+                   FROM {schema}.passes ORDER BY started_at DESC, id DESC LIMIT $1"
+            ),
+            &[&limit],
+        )
+        .await
+        .context("reading the audit trail")?;
+    Ok(rows
+        .iter()
+        .map(|r| PassRow {
+            pass_id: r.get(0),
+            host: r.get(1),
+            started_at: r.get(2),
+            finished_at: r.get(3),
+            dry_run: r.get(4),
+            outcome: r.get(5),
+            error: r.get(6),
+            instances_removed: r.get(7),
+            rows_deleted: r.get(8),
+            report: r.get(9),
+        })
+        .collect())
+}
+
+/// A row of the passes table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PassRow {
+    pub pass_id: String,
+    pub host: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub started_at: std::time::SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub finished_at: std::time::SystemTime,
+    pub dry_run: bool,
+    pub outcome: String,
+    pub error: String,
+    pub instances_removed: i64,
+    pub rows_deleted: i64,
+    pub report: serde_json::Value,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}

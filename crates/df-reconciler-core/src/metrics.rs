@@ -1,0 +1,292 @@
+//! Prometheus metrics, in a registry owned by the daemon (no global registry).
+//!
+//! Counters are fed from each finished [`PassReport`], so the numbers on /metrics, in the
+//! log and in the audit trail are the same numbers. Batch durations are observed as they
+//! happen. Metric names are listed in docs/METRICS.md.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::report::PassReport;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableReason {
+    pub table: String,
+    /// `expired` (df-owned instances, window or cap) or `orphan`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonStatus {
+    /// `expired`, `capped` or `orphan`.
+    pub reason: &'static str,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `ok`, `failed`, `fenced` (another replica held the fence) or `stopped`.
+    pub outcome: &'static str,
+    pub dry_run: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadOutcome {
+    /// `ok` or `rejected` (the old configuration stays in force).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftKind {
+    pub kind: &'static str,
+}
+
+/// Every metric of the daemon. Cheap to clone handles live inside; share it in an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub rows_deleted: Family<TableReason, Counter>,
+    pub instances_removed: Family<ReasonStatus, Counter>,
+    pub orphans_reclaimed: Counter,
+    pub engine_children_removed: Counter,
+    pub skipped: Family<Reason, Counter>,
+    pub passes: Family<Outcome, Counter>,
+    pub pass_duration: Histogram,
+    pub batch_duration: Histogram,
+    pub batches_abandoned: Counter,
+    pub last_success: Gauge<f64, AtomicU64>,
+    pub consecutive_failures: Gauge,
+    pub backlog_eligible: Gauge,
+    pub backlog_oldest_age: Gauge<f64, AtomicU64>,
+    pub drift: Family<DriftKind, Gauge>,
+    pub leader: Gauge,
+    pub fenced: Counter,
+    pub config_reloads: Family<ReloadOutcome, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("df_reconciler");
+        let m = Metrics {
+            rows_deleted: Family::default(),
+            instances_removed: Family::default(),
+            orphans_reclaimed: Counter::default(),
+            engine_children_removed: Counter::default(),
+            skipped: Family::default(),
+            passes: Family::default(),
+            // 10 ms .. ~80 min
+            pass_duration: Histogram::new(exponential_buckets(0.01, 2.0, 19)),
+            // 1 ms .. ~65 s
+            batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            batches_abandoned: Counter::default(),
+            last_success: Gauge::default(),
+            consecutive_failures: Gauge::default(),
+            backlog_eligible: Gauge::default(),
+            backlog_oldest_age: Gauge::default(),
+            drift: Family::default(),
+            leader: Gauge::default(),
+            fenced: Counter::default(),
+            config_reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "rows_deleted",
+            "Rows deleted (or, in dry runs, not counted here) per table and reason",
+            m.rows_deleted.clone(),
+        );
+        r.register(
+            "instances_removed",
+            "Instances removed per reason (expired, capped, orphan) and status",
+            m.instances_removed.clone(),
+        );
+        r.register(
+            "orphans_reclaimed",
+            "Orphan engine roots reclaimed with their trees",
+            m.orphans_reclaimed.clone(),
+        );
+        r.register(
+            "engine_children_removed",
+            "Sub-orchestrations removed as part of their root's tree",
+            m.engine_children_removed.clone(),
+        );
+        r.register(
+            "skipped",
+            "Candidates skipped per reason (unsettled, locked, inconsistent, young_orphan)",
+            m.skipped.clone(),
+        );
+        r.register("passes", "Passes per outcome", m.passes.clone());
+        r.register(
+            "pass_duration_seconds",
+            "Duration of real passes",
+            m.pass_duration.clone(),
+        );
+        r.register(
+            "batch_duration_seconds",
+            "Duration of batch transactions",
+            m.batch_duration.clone(),
+        );
+        r.register(
+            "batches_abandoned",
+            "Batches rolled back on a lock or statement timeout",
+            m.batches_abandoned.clone(),
+        );
+        r.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful real pass",
+            m.last_success.clone(),
+        );
+        r.register(
+            "consecutive_failures",
+            "Passes failed in a row (0 after a success)",
+            m.consecutive_failures.clone(),
+        );
+        r.register(
+            "backlog_eligible",
+            "Instances eligible for removal after the last pass (skipped or not reached)",
+            m.backlog_eligible.clone(),
+        );
+        r.register(
+            "backlog_oldest_age_seconds",
+            "Age past its cutoff of the oldest eligible instance after the last pass",
+            m.backlog_oldest_age.clone(),
+        );
+        r.register(
+            "drift",
+            "Drift between the stores at the last pass, per kind",
+            m.drift.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader lock",
+            m.leader.clone(),
+        );
+        r.register(
+            "fenced",
+            "Batches not run because another replica held the fence",
+            m.fenced.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) per outcome",
+            m.config_reloads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn observe_batch(&self, elapsed: Duration) {
+        self.batch_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Folds a finished pass into the metrics. Dry runs only count as passes.
+    pub fn observe_pass(&self, report: &PassReport, failed: bool) {
+        let outcome = report.outcome(failed);
+        self.passes
+            .get_or_create(&Outcome {
+                outcome,
+                dry_run: if report.dry_run { "true" } else { "false" },
+            })
+            .inc();
+        if report.dry_run {
+            return;
+        }
+        if failed {
+            self.consecutive_failures.inc();
+        } else {
+            self.consecutive_failures.set(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_success.set(now.as_secs_f64());
+        }
+        self.pass_duration
+            .observe(Duration::from_millis(report.duration_ms).as_secs_f64());
+        for (table, n) in &report.rows_by_reason.expired {
+            self.rows_deleted
+                .get_or_create(&TableReason {
+                    table: table.clone(),
+                    reason: "expired",
+                })
+                .inc_by(*n);
+        }
+        for (table, n) in &report.rows_by_reason.orphan {
+            self.rows_deleted
+                .get_or_create(&TableReason {
+                    table: table.clone(),
+                    reason: "orphan",
+                })
+                .inc_by(*n);
+        }
+        let e = &report.expired_removed;
+        let c = &report.capped_by_status;
+        let o = &report.orphans_by_status;
+        for (reason, status, n) in [
+            ("expired", "completed", e.completed),
+            ("expired", "failed", e.failed),
+            ("expired", "cancelled", e.cancelled),
+            ("capped", "completed", c.completed),
+            ("capped", "failed", c.failed),
+            ("capped", "cancelled", c.cancelled),
+            ("orphan", "Completed", o.completed),
+            ("orphan", "Failed", o.failed),
+            ("orphan", "ContinuedAsNew", o.continued_as_new),
+        ] {
+            self.instances_removed
+                .get_or_create(&ReasonStatus { reason, status })
+                .inc_by(n);
+        }
+        self.orphans_reclaimed.inc_by(report.orphans_reclaimed);
+        self.engine_children_removed
+            .inc_by(report.engine_children_removed);
+        for (reason, n) in [
+            ("unsettled", report.skipped_unsettled),
+            ("locked", report.skipped_locked),
+            ("inconsistent", report.skipped_inconsistent),
+            ("young_orphan", report.orphans_waiting),
+        ] {
+            self.skipped.get_or_create(&Reason { reason }).inc_by(n);
+        }
+        self.batches_abandoned.inc_by(report.batches_abandoned);
+        if report.complete {
+            self.backlog_eligible.set(report.backlog_eligible as i64);
+            self.backlog_oldest_age
+                .set(report.backlog_oldest_age_s.unwrap_or(0.0));
+            for (kind, n) in [
+                ("running_without_df_row", report.running_without_df_row),
+                ("df_rows_without_engine", report.df_rows_without_engine),
+                (
+                    "queue_items_without_instance",
+                    report.queue_items_without_instance,
+                ),
+            ] {
+                self.drift.get_or_create(&DriftKind { kind }).set(n as i64);
+            }
+        }
+    }
+}
