@@ -7,6 +7,7 @@ mod fail_closed;
 mod guarantees;
 mod harness;
 mod model;
+mod operations;
 mod smoke;
 mod support;
 mod tls;

@@ -197,7 +197,10 @@ async fn sslmodes_against_a_server_with_a_private_ca() {
         "UnknownIssuer",
     )
     .await;
-    assert!(message.contains("certificate"), "{message}");
+    assert!(
+        message.contains("tls.ca_file"),
+        "the hint names the key: {message}"
+    );
     // The failure is a run-time one (exit 1), as for any unreachable server.
     let failed =
         crate::support::try_pass(&config(url("sslmode=verify-ca"), Some(&wrong_ca)), false)
@@ -253,6 +256,17 @@ async fn sslmodes_against_a_server_with_a_private_ca() {
         session_ssl(&config(url("sslmode=disable"), Some(&wrong_ca))).await,
         Ok(false)
     );
+
+    // require against a server without TLS (the shared test cluster): refused, saying why.
+    let plain = TestDb::new().await;
+    let dsn = plain
+        .dsn
+        .replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
+    expect_failure(
+        &config(format!("{dsn}?sslmode=require"), None),
+        "server does not support TLS",
+    )
+    .await;
 
     // A CA file that does not exist is a configuration error, named, before connecting.
     let missing = config(

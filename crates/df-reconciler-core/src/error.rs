@@ -94,6 +94,7 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
                 s.push_str(&format!(": {inner}"));
                 src = inner.source();
             }
+            s.push_str(crate::tls::hint(&s));
             s
         }
     }

@@ -366,6 +366,18 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// What an operator should look at after a TLS failure, appended to connection errors;
+/// empty when `message` is not one.
+pub fn hint(message: &str) -> &'static str {
+    if message.contains("invalid peer certificate") {
+        " (the server's certificate is not trusted: check sslmode and the CA in tls.ca_file or the DSN's sslrootcert)"
+    } else if message.contains("server does not support TLS") {
+        " (sslmode requires TLS: enable ssl on the server, or lower sslmode)"
+    } else {
+        ""
+    }
+}
+
 /// The TLS parameters found in a DSN (raw values, percent-decoded for URLs).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct TlsParams {

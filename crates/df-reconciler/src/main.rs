@@ -104,7 +104,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn init_logging(cli: &Cli, configured: LogFormat) {
-    let default = if cli.verbose { "debug" } else { "info" };
+    // tokio_postgres logs server NOTICEs at info; they are noise for operators.
+    let default = if cli.verbose {
+        "debug,tokio_postgres=info"
+    } else {
+        "info,tokio_postgres=warn"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let format = match cli.log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,

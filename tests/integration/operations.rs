@@ -1,0 +1,616 @@
+//! Operating the daemon: HTTP endpoints and metrics, many replicas, the audit trail,
+//! signals (SIGTERM mid-pass, SIGHUP reloads) and a server that goes away and comes back.
+//! These run the real binary (`run`, `once`, `migrate`, `history`) as operators would.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::classification::workflow;
+use crate::harness::{private_cluster, wait_until, TestDb};
+use crate::support::{count, df_ids, violations};
+
+const DAY: f64 = 86_400.0;
+
+/// The binary with the test's DSN and no inherited configuration.
+fn daemon(dsn: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DF_RECONCILER") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("DF_RECONCILER__DATABASE__URL", dsn)
+        .env("DF_RECONCILER__HTTP__LISTEN", "")
+        .env("DF_RECONCILER__PASS__JITTER", "0s");
+    cmd
+}
+
+/// A free port on the loopback (bound and released; the daemon binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET: (status code, body). None when nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+async fn get(port: u16, path: &'static str) -> Option<(u16, String)> {
+    tokio::task::spawn_blocking(move || http_get(port, path))
+        .await
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name}");
+}
+
+/// Waits for the child to exit within `limit`; kills it and panics otherwise.
+async fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn endpoints_report_health_readiness_and_the_pass_in_metrics() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(
+        &c,
+        "50000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        1,
+    )
+    .await;
+    let port = free_port();
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _d = Running(cmd.spawn().unwrap());
+
+    wait_until(
+        "the first pass removed the instance",
+        Duration::from_secs(30),
+        || async { df_ids(&c).await.is_empty() },
+    )
+    .await;
+    wait_until(
+        "/metrics shows the pass",
+        Duration::from_secs(10),
+        || async {
+            get(port, "/metrics").await.is_some_and(|(_, body)| {
+                metric(
+                    &body,
+                    "df_reconciler_passes_total{outcome=\"ok\",dry_run=\"false\"}",
+                ) == Some(1.0)
+            })
+        },
+    )
+    .await;
+    let (status, body) = get(port, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(
+            &body,
+            "df_reconciler_instances_removed_total{reason=\"expired\",status=\"completed\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "df_reconciler_engine_children_removed_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "df_reconciler_rows_deleted_total{table=\"df.instances\",reason=\"expired\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&body, "df_reconciler_leader"), Some(1.0));
+    assert_eq!(
+        metric(&body, "df_reconciler_consecutive_failures"),
+        Some(0.0)
+    );
+    assert!(metric(&body, "df_reconciler_last_success_timestamp_seconds").unwrap() > 1.0e9);
+    assert!(body.contains("df_reconciler_batch_duration_seconds_bucket"));
+    assert!(body.contains("df_reconciler_drift{kind=\"running_without_df_row\"} 0"));
+    assert_eq!(get(port, "/healthz").await.unwrap().0, 200);
+    assert_eq!(get(port, "/readyz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn three_replicas_finish_the_work_without_errors_or_double_counting() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute("SELECT df_fixture.backlog(3000)", &[])
+        .await
+        .unwrap();
+    let expected = crate::support::pass(&crate::support::config_for(&db), true)
+        .await
+        .instances_removed();
+    assert!(expected > 2000);
+
+    // Two replicas rely on the fence alone, one also on leader election; all three
+    // apply the audit migration at start, at the same time.
+    let mut replicas = Vec::new();
+    for leader_election in ["false", "false", "true"] {
+        let mut cmd = daemon(&db.dsn);
+        cmd.arg("run")
+            .env("DF_RECONCILER__PASS__INTERVAL", "1s")
+            .env("DF_RECONCILER__PASS__BATCH_SIZE", "25")
+            .env("DF_RECONCILER__PASS__LEADER_ELECTION", leader_election)
+            .env("DF_RECONCILER__AUDIT__AUTO_MIGRATE", "true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        replicas.push(Running(cmd.spawn().unwrap()));
+    }
+    wait_until(
+        "the backlog is cleared",
+        Duration::from_secs(120),
+        || async {
+            crate::support::pass(&crate::support::config_for(&db), true)
+                .await
+                .instances_removed()
+                == 0
+        },
+    )
+    .await;
+    for r in &mut replicas {
+        signal(&r.0, "TERM");
+        let status = exit_within(&mut r.0, Duration::from_secs(30)).await;
+        assert_eq!(status.code(), Some(0));
+    }
+    assert!(violations(&c).await.is_empty());
+    let failed = count(
+        &c,
+        "SELECT count(*) FROM df_reconciler.passes WHERE outcome = 'failed'",
+    )
+    .await;
+    assert_eq!(failed, 0, "no replica saw an error");
+    let removed = count(
+        &c,
+        "SELECT coalesce(sum(instances_removed), 0)::bigint FROM df_reconciler.passes WHERE NOT dry_run",
+    )
+    .await;
+    assert_eq!(
+        removed, expected as i64,
+        "every instance counted exactly once"
+    );
+    let migrations = count(&c, "SELECT count(*) FROM df_reconciler.schema_migrations").await;
+    assert_eq!(migrations, 1, "the migration applied once");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_long_pass_finishes_the_batch_and_exits_0() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute("SELECT df_fixture.backlog(20000)", &[])
+        .await
+        .unwrap();
+    let total = count(&c, "SELECT count(*) FROM df.instances").await;
+    let mut migrate = daemon(&db.dsn);
+    migrate.arg("migrate");
+    assert!(migrate.status().unwrap().success());
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .env("DF_RECONCILER__PASS__BATCH_SIZE", "20")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut d = Running(cmd.spawn().unwrap());
+    wait_until("the pass is under way", Duration::from_secs(60), || async {
+        count(&c, "SELECT count(*) FROM df.instances").await < total - 100
+    })
+    .await;
+    signal(&d.0, "TERM");
+    let status = exit_within(&mut d.0, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        count(&c, "SELECT count(*) FROM df.instances").await > 0,
+        "it stopped before finishing the backlog"
+    );
+    assert!(violations(&c).await.is_empty());
+    let outcome = crate::support::ids(&c, "SELECT outcome FROM df_reconciler.passes").await;
+    assert_eq!(outcome, vec!["stopped"]);
+}
+
+#[tokio::test]
+async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let write = |toml: &str| std::fs::write(&file, toml).unwrap();
+    write("[pass]\ninterval = \"1s\"\n[retention]\nwindow = \"90d\"\n");
+    workflow(
+        &c,
+        "51000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    let port = free_port();
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&file)
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let d = Running(cmd.spawn().unwrap());
+    let passes = || async move {
+        get(port, "/metrics")
+            .await
+            .and_then(|(_, b)| {
+                metric(
+                    &b,
+                    "df_reconciler_passes_total{outcome=\"ok\",dry_run=\"false\"}",
+                )
+            })
+            .unwrap_or(0.0)
+    };
+    wait_until(
+        "two passes under the 90-day window",
+        Duration::from_secs(30),
+        || async { passes().await >= 2.0 },
+    )
+    .await;
+    assert_eq!(
+        df_ids(&c).await,
+        vec!["51000001"],
+        "60 days < 90-day window"
+    );
+
+    // A bad file: rejected, the old configuration (90d) stays in force.
+    write("[retention]\nwindow = \"30m\"\n");
+    signal(&d.0, "HUP");
+    wait_until(
+        "the reload is rejected",
+        Duration::from_secs(10),
+        || async {
+            get(port, "/metrics").await.is_some_and(|(_, b)| {
+                metric(
+                    &b,
+                    "df_reconciler_config_reloads_total{outcome=\"rejected\"}",
+                ) == Some(1.0)
+            })
+        },
+    )
+    .await;
+    let after_bad = passes().await;
+    wait_until(
+        "more passes after the bad reload",
+        Duration::from_secs(30),
+        || async { passes().await >= after_bad + 2.0 },
+    )
+    .await;
+    assert_eq!(
+        df_ids(&c).await,
+        vec!["51000001"],
+        "still under the old window"
+    );
+
+    // A good file: the 30-day window applies from the next pass on.
+    write("[pass]\ninterval = \"1s\"\n[retention]\nwindow = \"30d\"\n");
+    signal(&d.0, "HUP");
+    wait_until(
+        "the new window removes the instance",
+        Duration::from_secs(30),
+        || async { df_ids(&c).await.is_empty() },
+    )
+    .await;
+    let (_, body) = get(port, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&body, "df_reconciler_config_reloads_total{outcome=\"ok\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_survives_a_server_restart_and_recovers_by_itself() {
+    let mut cluster = private_cluster().await;
+    let db = TestDb::new_in(&cluster).await;
+    let port = free_port();
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .env("DF_RECONCILER__PASS__INTERVAL", "1s")
+        .env("DF_RECONCILER__PASS__RETRY_BACKOFF_MAX", "2s")
+        .env("DF_RECONCILER__DATABASE__CONNECT_TIMEOUT", "2s")
+        .env("DF_RECONCILER__HTTP__READY_MAX_FAILING", "1s")
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut d = Running(cmd.spawn().unwrap());
+    wait_until("ready", Duration::from_secs(30), || async {
+        get(port, "/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+
+    // The throwaway cluster commits asynchronously (synchronous_commit = off): make what
+    // the fixture wrote durable before crashing the server.
+    db.client().await.batch_execute("CHECKPOINT").await.unwrap();
+    tokio::task::block_in_place(|| cluster.stop_immediate()).unwrap();
+    wait_until(
+        "unready while the server is down",
+        Duration::from_secs(30),
+        || async { get(port, "/readyz").await.is_some_and(|(s, _)| s == 503) },
+    )
+    .await;
+    assert_eq!(
+        get(port, "/healthz").await.unwrap().0,
+        200,
+        "alive all the same"
+    );
+    assert!(
+        d.0.try_wait().unwrap().is_none(),
+        "the daemon keeps running"
+    );
+
+    tokio::task::block_in_place(|| cluster.restart()).unwrap();
+    let c = db.client().await;
+    workflow(
+        &c,
+        "52000001",
+        "failed",
+        Some("Failed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    wait_until(
+        "passes resume after the restart",
+        Duration::from_secs(60),
+        || async { df_ids(&c).await.is_empty() },
+    )
+    .await;
+    wait_until("ready again", Duration::from_secs(30), || async {
+        get(port, "/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_audit_trail_records_passes_and_optionally_every_removed_root() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(
+        &c,
+        "53000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(59.0 * DAY),
+        1,
+    )
+    .await;
+    workflow(&c, "53000002", "cancelled", None, 60.0 * DAY, None, 0).await;
+    c.execute(
+        "SELECT df_fixture.orphan_root('53000003', 'Failed', now() - interval '60 days', now() - interval '60 days', 0)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut migrate = daemon(&db.dsn);
+    migrate.arg("migrate");
+    let out = migrate.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut again = daemon(&db.dsn);
+    again.arg("migrate");
+    assert!(again.status().unwrap().success(), "migrate is idempotent");
+
+    let mut dry = daemon(&db.dsn);
+    dry.args(["once", "--dry-run"]);
+    assert!(dry.status().unwrap().success());
+    let mut once = daemon(&db.dsn);
+    once.args(["once", "--json"])
+        .env("DF_RECONCILER__AUDIT__RECORD_DELETIONS", "true");
+    let out = once.output().unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let rows = c
+        .query(
+            "SELECT pass_id, dry_run, outcome, instances_removed FROM df_reconciler.passes ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].get::<_, bool>(1));
+    assert_eq!(
+        rows[1].get::<_, String>(0),
+        report["pass_id"].as_str().unwrap()
+    );
+    assert_eq!(rows[1].get::<_, String>(2), "ok");
+    assert_eq!(rows[1].get::<_, i64>(3), 3);
+    let deletions = crate::support::ids(
+        &c,
+        "SELECT instance_id || ':' || reason || ':' || status FROM df_reconciler.deletions ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        deletions,
+        vec![
+            "53000001:expired:completed",
+            "53000002:expired:cancelled",
+            "53000003:orphan:Failed"
+        ]
+    );
+
+    let mut history = daemon(&db.dsn);
+    history.args(["history", "--json"]);
+    let out = history.output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["pass_id"], report["pass_id"], "newest first");
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_pass_id_on_every_line_of_a_pass() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(
+        &c,
+        "54000001",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    let mut once = daemon(&db.dsn);
+    once.args(["once", "--json", "--log-format", "json", "-v"]);
+    let out = once.output().unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pass_id = report["pass_id"].as_str().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+        .collect();
+    let of_pass: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"].as_str().is_some_and(|t| t.contains("pass")))
+        .collect();
+    assert!(of_pass.len() >= 2, "{lines:?}");
+    for line in of_pass {
+        assert_eq!(line["span"]["pass_id"], pass_id, "{line}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("postgres://"),
+        "no DSN in logs"
+    );
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut d = Running(cmd.spawn().unwrap());
+
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let messages = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let stop = text.contains("STOPPING=1");
+                    messages.lock().unwrap().push(text);
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let heard = |what: &'static str| {
+        let messages = messages.clone();
+        move || {
+            let found = messages.lock().unwrap().iter().any(|m| m.contains(what));
+            async move { found }
+        }
+    };
+    wait_until("READY=1", Duration::from_secs(30), heard("READY=1")).await;
+    wait_until(
+        "STATUS with the pass summary",
+        Duration::from_secs(30),
+        heard("STATUS=last pass"),
+    )
+    .await;
+    wait_until(
+        "WATCHDOG=1 while idle",
+        Duration::from_secs(10),
+        heard("WATCHDOG=1"),
+    )
+    .await;
+    signal(&d.0, "TERM");
+    assert_eq!(
+        exit_within(&mut d.0, Duration::from_secs(20)).await.code(),
+        Some(0)
+    );
+    wait_until("STOPPING=1", Duration::from_secs(10), heard("STOPPING=1")).await;
+    reader.join().unwrap();
+}
