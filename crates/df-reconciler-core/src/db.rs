@@ -13,7 +13,8 @@ use crate::error::Error;
 /// [`crate::tls`]); a CA file that cannot be read fails here, by name.
 pub fn build_pool(cfg: &Config) -> Result<Pool, Error> {
     let db = &cfg.database;
-    let (pg, dsn_tls) = db.connection_settings()?;
+    let (mut pg, dsn_tls) = db.connection_settings()?;
+    bound_network_waits(&mut pg, cfg);
     let tls = crate::tls::connector(&dsn_tls, &cfg.tls)?;
     let manager = Manager::from_config(
         pg,
@@ -75,7 +76,8 @@ pub async fn connect(pool: &Pool, target: &str) -> Result<deadpool_postgres::Obj
 /// A connection outside the pool, for state that must live exactly as long as one session
 /// (the leader's session advisory lock). Same DSN and TLS settings as the pool.
 pub async fn connect_dedicated(cfg: &Config) -> Result<tokio_postgres::Client, Error> {
-    let (pg, dsn_tls) = cfg.database.connection_settings()?;
+    let (mut pg, dsn_tls) = cfg.database.connection_settings()?;
+    bound_network_waits(&mut pg, cfg);
     let tls = crate::tls::connector(&dsn_tls, &cfg.tls)?;
     let target = describe_target(&pg);
     let (client, connection) = pg
@@ -88,4 +90,23 @@ pub async fn connect_dedicated(cfg: &Config) -> Result<tokio_postgres::Client, E
         }
     });
     Ok(client)
+}
+
+/// A server that vanishes without closing the connection (a cut cable, a black-holing
+/// proxy) must not hang a pass: TCP keepalives find an idle dead peer, and
+/// `tcp_user_timeout` bounds how long sent data may stay unacknowledged. Both are only set
+/// when the DSN does not choose them.
+fn bound_network_waits(pg: &mut tokio_postgres::Config, cfg: &Config) {
+    if pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        pg.keepalives_idle(Duration::from_secs(30));
+    }
+    if pg.get_keepalives_interval().is_none() {
+        pg.keepalives_interval(Duration::from_secs(10));
+    }
+    if pg.get_keepalives_retries().is_none() {
+        pg.keepalives_retries(3);
+    }
+    if pg.get_tcp_user_timeout().is_none() {
+        pg.tcp_user_timeout(cfg.pass.statement_timeout + Duration::from_secs(30));
+    }
 }
