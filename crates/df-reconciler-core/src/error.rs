@@ -30,6 +30,13 @@ pub enum Error {
     },
     #[error("cannot get a database connection: {0}")]
     Pool(String),
+    /// A step of a pass got no answer within its client-side bound; its connection is
+    /// discarded and the server rolls the open transaction back.
+    #[error("no answer from the database while {what} within {}", humantime::format_duration(*.after))]
+    ClientTimeout {
+        what: &'static str,
+        after: std::time::Duration,
+    },
     /// The daemon cannot start (e.g. the HTTP address cannot be bound).
     #[error("cannot start: {0}")]
     Startup(String),
@@ -40,7 +47,10 @@ impl Error {
         match self {
             Error::Config(_) => exit_code::USAGE,
             Error::Refused(_) => exit_code::REFUSED,
-            Error::Database { .. } | Error::Pool(_) | Error::Startup(_) => exit_code::FAILED,
+            Error::Database { .. }
+            | Error::Pool(_)
+            | Error::Startup(_)
+            | Error::ClientTimeout { .. } => exit_code::FAILED,
         }
     }
 

@@ -152,25 +152,62 @@ async fn run_phases(
     shutdown: &CancellationToken,
     report: &mut PassReport,
 ) -> Result<(), Error> {
-    let dry_run = options.dry_run;
     let target = db::describe_target(&cfg.database.pg_config()?);
     let mut client = db::connect(pool, &target).await?;
+    let result = run_phases_on(&mut client, cfg, options, shutdown, report).await;
+    if matches!(result, Err(Error::ClientTimeout { .. })) {
+        // The connection may still be waiting for a reply that will never come: never
+        // hand it back to the pool.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    result
+}
+
+/// Client-side bound on one step of a pass (a batch, the clock, preflight, drift): the
+/// server enforces statement_timeout per statement, but a server or path that stopped
+/// answering (a black-holing proxy) never delivers that error.
+fn step_deadline(cfg: &Config) -> Duration {
+    cfg.pass.statement_timeout * 2 + STEP_GRACE
+}
+
+/// Slack on top of two statement timeouts before a step counts as hung.
+const STEP_GRACE: Duration = Duration::from_secs(5);
+
+async fn bounded<T>(
+    cfg: &Config,
+    what: &'static str,
+    step: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let limit = step_deadline(cfg);
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or(Err(Error::ClientTimeout { what, after: limit }))
+}
+
+async fn run_phases_on(
+    client: &mut Object,
+    cfg: &Config,
+    options: &PassOptions,
+    shutdown: &CancellationToken,
+    report: &mut PassReport,
+) -> Result<(), Error> {
+    let dry_run = options.dry_run;
     let intent = if dry_run {
         Intent::DryRun
     } else {
         Intent::Delete
     };
-    let verified = preflight::verify(&**client, cfg, intent).await?;
+    let verified = bounded(cfg, "checking the database", preflight::verify(&***client, cfg, intent)).await?;
     report.warnings.extend(verified.warnings.iter().cloned());
     let statements = Statements::new(&verified.schemas, dry_run);
-    let clock = PassClock::read(&mut client, cfg, &statements).await?;
+    let clock = bounded(cfg, "reading the clock", PassClock::read(client, cfg, &statements)).await?;
     report.started_at = humantime::format_rfc3339_millis(clock.db_now).to_string();
     if !verified.sees_all_sessions {
         // Without pg_read_all_stats other sessions' xact_start is hidden: rely on the floor.
         debug!("open-transaction guard limited to visible sessions and prepared transactions");
     }
     let deletions_schema = if cfg.audit.record_deletions && !dry_run {
-        if audit::is_installed(&**client, &cfg.audit).await? {
+        if audit::is_installed(&***client, &cfg.audit).await? {
             Some(cfg.audit.schema.clone())
         } else {
             report.warnings.push(format!(
@@ -183,7 +220,7 @@ async fn run_phases(
         None
     };
     let mut pass = Pass {
-        client: &mut client,
+        client,
         cfg,
         options,
         statements,
@@ -202,7 +239,7 @@ async fn run_phases(
             return Ok(());
         }
     }
-    pass.read_drift().await?;
+    bounded(cfg, "counting drift", pass.read_drift()).await?;
     let oldest = pass.oldest_skipped;
     let r = &mut *pass.report;
     r.backlog_eligible = r.skipped_unsettled + r.skipped_locked + r.skipped_inconsistent;
@@ -391,7 +428,8 @@ impl Pass<'_> {
                 return Ok(false);
             }
             let mut progress = None;
-            let result = self.batch(phase, &watermark, &mut progress).await;
+            let cfg = self.cfg;
+            let result = bounded(cfg, "running a batch", self.batch(phase, &watermark, &mut progress)).await;
             match result {
                 Ok(Step::Exhausted) => return Ok(true),
                 Ok(Step::Fenced) => {
@@ -598,12 +636,15 @@ fn is_timeout(e: &Error) -> bool {
     )
 }
 
-/// Bounds every statement of the transaction, and makes PostgreSQL raise an error instead
-/// of silently filtering rows should a row-level security policy ever apply to this role.
+/// Bounds every statement of the transaction, makes the server end it should the daemon
+/// vanish mid-batch (its locks must not outlive it), and makes PostgreSQL raise an error
+/// instead of silently filtering rows should a row-level security policy ever apply.
 async fn set_local_limits(tx: &Transaction<'_>, cfg: &Config) -> Result<(), Error> {
+    let statement_ms = cfg.pass.statement_timeout.as_millis();
     let sql = format!(
-        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; SET LOCAL row_security = off",
-        cfg.pass.statement_timeout.as_millis(),
+        "SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {};
+         SET LOCAL idle_in_transaction_session_timeout = {statement_ms};
+         SET LOCAL row_security = off",
         cfg.pass.lock_timeout.as_millis()
     );
     tx.batch_execute(&sql).await.context("setting batch limits")
