@@ -1,0 +1,782 @@
+//! Reliability: crashes (server and daemon), cut and black-holed connections through an
+//! in-test TCP proxy, and a live engine-like workload running against the reconciler.
+//! Invariant throughout: no instance is ever half-deleted, nothing live, unsettled, leased
+//! or possibly-still-owned is deleted, and the next pass finishes the work.
+//!
+//! `DF_RECONCILER_LONG_TESTS=1` stretches the workload and load scenarios (see
+//! docs/RELIABILITY.md); the default run keeps them short.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{connect, private_cluster, wait_until, TestDb};
+use crate::support::{config_for, count, pass, try_pass, violations};
+
+/// Scales the long-running scenarios: 1 by default, more with DF_RECONCILER_LONG_TESTS.
+fn scale() -> u64 {
+    match std::env::var("DF_RECONCILER_LONG_TESTS").ok().as_deref() {
+        Some("1") | Some("true") => 20,
+        _ => 1,
+    }
+}
+
+fn binary(dsn: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DF_RECONCILER") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("DF_RECONCILER__DATABASE__URL", dsn)
+        .env("DF_RECONCILER__HTTP__LISTEN", "")
+        .env("DF_RECONCILER__PASS__JITTER", "0s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn remaining(db: &TestDb) -> u64 {
+    pass(&config_for(db), true).await.instances_removed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_crash_mid_pass_leaves_every_instance_whole() {
+    let mut cluster = private_cluster().await;
+    let db = TestDb::new_in(&cluster).await;
+    let c = db.client().await;
+    c.execute("SELECT df_fixture.backlog(20000)", &[])
+        .await
+        .unwrap();
+    // The throwaway cluster commits asynchronously: make the seed durable first.
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    let total = count(&c, "SELECT count(*) FROM df.instances").await;
+    let mut once = binary(&db.dsn);
+    once.arg("once")
+        .env("DF_RECONCILER__PASS__BATCH_SIZE", "50");
+    let mut daemon = Running(once.spawn().unwrap());
+    wait_until("the pass is deleting", Duration::from_secs(60), || async {
+        count(&c, "SELECT count(*) FROM df.instances").await < total - 500
+    })
+    .await;
+
+    tokio::task::block_in_place(|| cluster.stop_immediate()).unwrap();
+    let status = tokio::task::block_in_place(|| daemon.0.wait()).unwrap();
+    assert_ne!(status.code(), Some(0), "the pass noticed the crash");
+    tokio::task::block_in_place(|| cluster.restart()).unwrap();
+
+    let c = db.client().await;
+    assert!(
+        violations(&c).await.is_empty(),
+        "{:?}",
+        violations(&c).await
+    );
+    let left = count(&c, "SELECT count(*) FROM df.instances").await;
+    assert!(left < total, "committed batches survived the crash");
+    let report = pass(&config_for(&db), false).await;
+    assert!(report.instances_removed() > 0);
+    assert_eq!(remaining(&db).await, 0, "the next pass completed the work");
+    assert!(violations(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_daemon_killed_mid_pass_leaves_every_instance_whole() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute("SELECT df_fixture.backlog(20000)", &[])
+        .await
+        .unwrap();
+    let total = count(&c, "SELECT count(*) FROM df.instances").await;
+    let mut once = binary(&db.dsn);
+    once.arg("once")
+        .env("DF_RECONCILER__PASS__BATCH_SIZE", "20");
+    let mut daemon = Running(once.spawn().unwrap());
+    wait_until("the pass is deleting", Duration::from_secs(60), || async {
+        count(&c, "SELECT count(*) FROM df.instances").await < total - 200
+    })
+    .await;
+    daemon.0.kill().unwrap(); // SIGKILL
+    daemon.0.wait().unwrap();
+    // Its backend notices the closed socket and rolls back; wait until it is gone.
+    wait_until("the killed daemon's session ended", Duration::from_secs(30), || async {
+        count(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'df-reconciler' AND datname = current_database()",
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert!(
+        violations(&c).await.is_empty(),
+        "{:?}",
+        violations(&c).await
+    );
+    pass(&config_for(&db), false).await;
+    assert_eq!(remaining(&db).await, 0);
+    assert!(violations(&c).await.is_empty());
+}
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Forward,
+    /// Accepts and reads, never delivers: a dead path that does not close.
+    BlackHole,
+    /// Closes every connection and refuses new ones.
+    Cut,
+}
+
+/// An in-test TCP proxy in front of the server.
+struct Proxy {
+    port: u16,
+    path: watch::Sender<Path>,
+    stop: CancellationToken,
+}
+
+impl Proxy {
+    async fn start(upstream_port: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (path, watcher) = watch::channel(Path::Forward);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((client, _)) = accepted else { continue };
+                if *watcher.borrow() == Path::Cut {
+                    continue; // dropped: closed at once
+                }
+                let watcher = watcher.clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = pump(cr, sw, watcher.clone()) => {}
+                        _ = pump(sr, cw, watcher) => {}
+                        _ = stopped.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, path, stop }
+    }
+
+    fn set(&self, path: Path) {
+        self.path.send_replace(path);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Copies one direction while the path forwards; holds data while black-holed; returns
+/// (closing both halves) when cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut path: watch::Receiver<Path>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+            _ = path.changed() => {
+                if *path.borrow() == Path::Cut { return; }
+                continue;
+            }
+        };
+        loop {
+            let now = *path.borrow_and_update();
+            match now {
+                Path::Forward => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Path::Cut => return,
+                Path::BlackHole => {
+                    if path.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn failed_passes(body: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with("df_reconciler_passes_total{outcome=\"failed\",dry_run=\"false\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_black_holed_connections_are_noticed_and_recovered_from() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute("SELECT df_fixture.backlog(4000)", &[])
+        .await
+        .unwrap();
+    let proxy = Proxy::start(db.port()).await;
+    let via_proxy = db
+        .dsn
+        .replace(&format!(":{}/", db.port()), &format!(":{}/", proxy.port));
+    let http = free_port();
+    let mut run = binary(&via_proxy);
+    run.arg("run")
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env("DF_RECONCILER__PASS__INTERVAL", "1s")
+        .env("DF_RECONCILER__PASS__BATCH_SIZE", "20")
+        .env("DF_RECONCILER__PASS__STATEMENT_TIMEOUT", "1s")
+        .env("DF_RECONCILER__PASS__RETRY_BACKOFF_MAX", "1s")
+        .env("DF_RECONCILER__DATABASE__CONNECT_TIMEOUT", "2s")
+        .env("DF_RECONCILER__PASS__LEADER_ELECTION", "false");
+    let mut daemon = Running(run.spawn().unwrap());
+    let total = count(&c, "SELECT count(*) FROM df.instances").await;
+    wait_until("passes are deleting", Duration::from_secs(60), || async {
+        count(&c, "SELECT count(*) FROM df.instances").await < total - 200
+    })
+    .await;
+
+    for (fault, notice_within) in [(Path::BlackHole, 30), (Path::Cut, 15)] {
+        let failures_before = failed_passes(
+            &tokio::task::spawn_blocking(move || metrics(http))
+                .await
+                .unwrap(),
+        );
+        let at = Instant::now();
+        proxy.set(fault);
+        wait_until(
+            &format!("a failed pass is reported under {fault:?}"),
+            Duration::from_secs(notice_within),
+            || async {
+                failed_passes(
+                    &tokio::task::spawn_blocking(move || metrics(http))
+                        .await
+                        .unwrap(),
+                ) > failures_before
+            },
+        )
+        .await;
+        eprintln!("{fault:?} noticed after {:?}", at.elapsed());
+        assert!(
+            daemon.0.try_wait().unwrap().is_none(),
+            "the daemon keeps running"
+        );
+        // Locks of an abandoned batch do not outlive it on the server.
+        wait_until(
+            "no reconciler transaction left open",
+            Duration::from_secs(20),
+            || async {
+                count(
+                    &c,
+                    "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'df-reconciler' AND datname = current_database()
+                    AND xact_start IS NOT NULL",
+                )
+                .await
+                    == 0
+            },
+        )
+        .await;
+        assert!(
+            violations(&c).await.is_empty(),
+            "{:?}",
+            violations(&c).await
+        );
+        let before = count(&c, "SELECT count(*) FROM df.instances").await;
+        proxy.set(Path::Forward);
+        wait_until(
+            "passes resume once the path returns",
+            Duration::from_secs(60),
+            || async { count(&c, "SELECT count(*) FROM df.instances").await < before },
+        )
+        .await;
+    }
+    wait_until(
+        "the backlog is cleared",
+        Duration::from_secs(120),
+        || async { remaining(&db).await == 0 },
+    )
+    .await;
+    assert!(violations(&c).await.is_empty());
+    drop(daemon);
+}
+
+/// SQL run once per test database: triggers that make any forbidden deletion abort the
+/// reconciler's batch, and a log of every engine instance it deleted.
+const GUARDS: &str = r#"
+CREATE SCHEMA test_guard;
+CREATE TABLE test_guard.deleted_engine (instance_id text, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION test_guard.df_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.status IS NULL OR OLD.status NOT IN ('completed', 'failed', 'cancelled') THEN
+    RAISE EXCEPTION 'GUARD: live df row % (%) deleted', OLD.id, OLD.status;
+  END IF;
+  RETURN OLD;
+END $$;
+CREATE TRIGGER guard BEFORE DELETE ON df.instances FOR EACH ROW EXECUTE FUNCTION test_guard.df_delete();
+CREATE FUNCTION test_guard.execution_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.status = 'Running' AND EXISTS (
+       SELECT 1 FROM _duroxide.instances i
+        WHERE i.instance_id = OLD.instance_id AND i.parent_instance_id IS NULL
+          AND i.current_execution_id = OLD.execution_id) THEN
+    RAISE EXCEPTION 'GUARD: running root % deleted', OLD.instance_id;
+  END IF;
+  RETURN OLD;
+END $$;
+CREATE TRIGGER guard BEFORE DELETE ON _duroxide.executions FOR EACH ROW EXECUTE FUNCTION test_guard.execution_delete();
+CREATE FUNCTION test_guard.lease_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
+    RAISE EXCEPTION 'GUARD: leased instance % deleted', OLD.instance_id;
+  END IF;
+  RETURN OLD;
+END $$;
+CREATE TRIGGER guard BEFORE DELETE ON _duroxide.instance_locks FOR EACH ROW EXECUTE FUNCTION test_guard.lease_delete();
+CREATE FUNCTION test_guard.instance_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO test_guard.deleted_engine (instance_id) VALUES (OLD.instance_id);
+  RETURN OLD;
+END $$;
+CREATE TRIGGER guard BEFORE DELETE ON _duroxide.instances FOR EACH ROW EXECUTE FUNCTION test_guard.instance_delete();
+"#;
+
+/// What the workload saw go wrong on its side.
+#[derive(Default)]
+struct WorkloadHealth {
+    transactions: AtomicU64,
+    lock_timeouts: AtomicU64,
+    deadlocks: AtomicU64,
+    other_errors: AtomicU64,
+    slowest_ms: AtomicU64,
+}
+
+impl WorkloadHealth {
+    fn record(&self, started: Instant, result: Result<(), tokio_postgres::Error>) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.slowest_ms
+            .fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Err(e) = result {
+            let code = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
+            match code.as_str() {
+                "55P03" => self.lock_timeouts.fetch_add(1, Ordering::Relaxed),
+                "40P01" => self.deadlocks.fetch_add(1, Ordering::Relaxed),
+                _ => {
+                    eprintln!("workload error: {e:?}");
+                    self.other_errors.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+    }
+}
+
+fn hex_id() -> String {
+    format!("{:08x}", fastrand_u32())
+}
+
+fn fastrand_u32() -> u32 {
+    // A tiny xorshift seeded from the clock: the test needs spread, not quality.
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = Cell::new(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    ));
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 16) as u32
+    })
+}
+
+/// Starts workflows like df.start(): df rows in the caller's transaction, the engine item
+/// on a separate auto-committing connection; commits at once, commits late, or rolls back.
+async fn starter(dsn: String, stop: Arc<AtomicBool>, health: Arc<WorkloadHealth>) {
+    let caller = connect(&dsn).await;
+    let engine = connect(&dsn).await;
+    caller
+        .batch_execute("SET lock_timeout = '3s'")
+        .await
+        .unwrap();
+    let mut n = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let id = hex_id();
+        let started = Instant::now();
+        let result = async {
+            caller.batch_execute("BEGIN").await?;
+            caller
+                .execute(
+                    "SELECT df_fixture.workflow($1, 'pending', NULL, clock_timestamp(), NULL, 0)",
+                    &[&id],
+                )
+                .await?;
+            engine
+                .execute(
+                    "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item) VALUES ($1, '{\"StartOrchestration\":{}}')",
+                    &[&id],
+                )
+                .await?;
+            match n % 5 {
+                0 => {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    caller.batch_execute("COMMIT").await
+                }
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    caller.batch_execute("ROLLBACK").await
+                }
+                _ => caller.batch_execute("COMMIT").await,
+            }
+        }
+        .await;
+        if result.is_err() {
+            let _ = caller.batch_execute("ROLLBACK").await;
+        }
+        health.record(started, result);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The engine: picks up start items, runs orchestrations (with a child), and finishes them,
+/// writing df first and the engine second as pg_durable does. Starts whose df row never
+/// appears end Failed: the rolled-back-start orphans.
+async fn engine(dsn: String, stop: Arc<AtomicBool>, health: Arc<WorkloadHealth>) {
+    let c = connect(&dsn).await;
+    c.batch_execute("SET lock_timeout = '3s'").await.unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = async {
+            // Pick up one start item.
+            let picked = c
+                .query(
+                    "DELETE FROM _duroxide.orchestrator_queue WHERE id = (
+                        SELECT id FROM _duroxide.orchestrator_queue
+                         WHERE work_item LIKE '%StartOrchestration%'
+                         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                     RETURNING instance_id",
+                    &[],
+                )
+                .await?;
+            for row in picked {
+                let id: String = row.get(0);
+                c.execute(
+                    "SELECT df_fixture.orphan_root($1, 'Running', clock_timestamp(), NULL, 1)",
+                    &[&id],
+                )
+                .await?;
+                c.execute(
+                    "UPDATE df.instances SET status = 'running' WHERE id = $1 AND status = 'pending'",
+                    &[&id],
+                )
+                .await?;
+            }
+            // Finish one orchestration that has run a little while: df first, then engine.
+            let due = c
+                .query(
+                    "SELECT i.instance_id, EXISTS (SELECT 1 FROM df.instances d WHERE d.id = i.instance_id)
+                       FROM _duroxide.instances i
+                       JOIN _duroxide.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+                      WHERE i.parent_instance_id IS NULL AND e.status = 'Running'
+                        AND i.created_at < clock_timestamp() - interval '300 milliseconds'
+                      ORDER BY i.created_at LIMIT 1",
+                    &[],
+                )
+                .await?;
+            for row in due {
+                let id: String = row.get(0);
+                let has_df: bool = row.get(1);
+                let failed = !has_df || fastrand_u32() % 4 == 0;
+                if has_df {
+                    c.execute(
+                        "UPDATE df.instances SET status = $2,
+                                completed_at = CASE WHEN $2 = 'completed' THEN clock_timestamp() END
+                          WHERE id = $1",
+                        &[&id, &if failed { "failed" } else { "completed" }],
+                    )
+                    .await?;
+                }
+                c.execute(
+                    "UPDATE _duroxide.executions e SET status = $2, completed_at = clock_timestamp()
+                       FROM _duroxide.instances i
+                      WHERE i.instance_id = e.instance_id AND e.execution_id = i.current_execution_id
+                        AND (i.instance_id = $1 OR i.parent_instance_id = $1)",
+                    &[&id, &if failed { "Failed" } else { "Completed" }],
+                )
+                .await?;
+                c.execute(
+                    "UPDATE _duroxide.instances SET updated_at = clock_timestamp()
+                      WHERE instance_id = $1 OR parent_instance_id = $1",
+                    &[&id],
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        health.record(started, result);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A dispatcher holding leases and row locks on instances, finished or not.
+async fn locker(dsn: String, stop: Arc<AtomicBool>, health: Arc<WorkloadHealth>) {
+    let c = connect(&dsn).await;
+    c.batch_execute("SET lock_timeout = '3s'").await.unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = async {
+            c.batch_execute("BEGIN").await?;
+            let rows = c
+                .query(
+                    "SELECT instance_id FROM _duroxide.instances WHERE parent_instance_id IS NULL
+                      ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[],
+                )
+                .await?;
+            for row in &rows {
+                let id: String = row.get(0);
+                c.execute(
+                    "INSERT INTO _duroxide.instance_locks (instance_id, lock_token, locked_until, locked_at)
+                     VALUES ($1, 'w', (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 400,
+                             (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                     ON CONFLICT (instance_id) DO UPDATE SET locked_until = EXCLUDED.locked_until",
+                    &[&id],
+                )
+                .await?;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            c.batch_execute("COMMIT").await
+        }
+        .await;
+        if result.is_err() {
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        health.record(started, result);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_engine_never_loses_live_unsettled_leased_or_still_owned_work() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(GUARDS).await.unwrap();
+    // Something old to reclaim from the start, next to the live traffic.
+    c.execute("SELECT df_fixture.backlog(2000)", &[])
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(WorkloadHealth::default());
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(starter(
+            db.dsn.clone(),
+            stop.clone(),
+            health.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(engine(
+        db.dsn.clone(),
+        stop.clone(),
+        health.clone(),
+    )));
+    tasks.push(tokio::spawn(locker(
+        db.dsn.clone(),
+        stop.clone(),
+        health.clone(),
+    )));
+
+    // An aggressive reconciler: everything terminal expires at once and orphans need no
+    // age; only settledness, locks, leases and the open-transaction guard protect.
+    let mut cfg = config_for(&db);
+    cfg.retention.window = Duration::ZERO;
+    cfg.retention.orphan_min_age = Duration::ZERO;
+    cfg.retention.allow_short_retention = true;
+    cfg.pass.batch_size = 25;
+    let until = Instant::now() + Duration::from_secs(12 * scale());
+    let mut passes = 0;
+    let mut removed = 0;
+    while Instant::now() < until {
+        match try_pass(&cfg, false).await {
+            Ok(r) => removed += r.instances_removed(),
+            Err(f) => panic!(
+                "pass failed under the live workload: {}\n{}",
+                f.error, f.report
+            ),
+        }
+        passes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    assert!(
+        passes > 5 && removed > 1000,
+        "the reconciler did real work: {passes} passes, {removed} removed"
+    );
+    assert!(health.transactions.load(Ordering::Relaxed) > 50);
+    assert_eq!(health.deadlocks.load(Ordering::Relaxed), 0, "no deadlock");
+    assert_eq!(
+        health.lock_timeouts.load(Ordering::Relaxed),
+        0,
+        "the workload never waited out a lock"
+    );
+    assert_eq!(health.other_errors.load(Ordering::Relaxed), 0);
+    let slowest = health.slowest_ms.load(Ordering::Relaxed);
+    assert!(
+        slowest < 2_000 + 1_000,
+        "slowest workload transaction {slowest} ms"
+    );
+    // No engine record was taken from a df row that exists now (a start committed late).
+    let stolen = count(
+        &c,
+        "SELECT count(*) FROM test_guard.deleted_engine g JOIN df.instances d ON d.id = g.instance_id",
+    )
+    .await;
+    assert_eq!(
+        stolen, 0,
+        "an engine record of a committed start was reclaimed"
+    );
+    assert!(
+        violations(&c).await.is_empty(),
+        "{:?}",
+        violations(&c).await
+    );
+    eprintln!(
+        "live workload: {passes} passes, {removed} removed, {} workload transactions, slowest {slowest} ms",
+        health.transactions.load(Ordering::Relaxed)
+    );
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_load_keeps_memory_flat_and_connections_bounded() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut run = binary(&db.dsn);
+    run.arg("run")
+        .env("DF_RECONCILER__PASS__INTERVAL", "300ms")
+        .env("DF_RECONCILER__PASS__BATCH_SIZE", "50");
+    let mut daemon = Running(run.spawn().unwrap());
+    let pid = daemon.0.id();
+    let duration = Duration::from_secs(12 * scale());
+    let started = Instant::now();
+    let mut round = 0i64;
+    let mut samples = Vec::new();
+    let mut peak_sessions = 0;
+    while started.elapsed() < duration {
+        round += 1;
+        c.execute(
+            "SELECT df_fixture.backlog(100, 0.9, 0.05, 10, $1)",
+            &[&(round * 1_000)],
+        )
+        .await
+        .unwrap();
+        samples.push(rss_kib(pid).expect("the daemon is alive"));
+        peak_sessions = peak_sessions.max(
+            count(
+                &c,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'df-reconciler' AND datname = current_database()",
+            )
+            .await,
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_until("the daemon catches up", Duration::from_secs(60), || async {
+        remaining(&db).await == 0
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::block_in_place(|| daemon.0.wait()).unwrap();
+    assert_eq!(exit.code(), Some(0));
+
+    // Pool (2) plus the leader's dedicated connection.
+    assert!(peak_sessions <= 3, "{peak_sessions} sessions");
+    let warm = samples[samples.len() / 4..samples.len() / 2]
+        .iter()
+        .max()
+        .copied()
+        .unwrap();
+    let last = *samples.iter().rev().take(4).max().unwrap();
+    eprintln!(
+        "RSS KiB: warm {warm}, end {last}, {} rounds, peak sessions {peak_sessions}",
+        round
+    );
+    assert!(
+        last < warm + 10 * 1024,
+        "memory grew from {warm} KiB to {last} KiB"
+    );
+    assert!(violations(&c).await.is_empty());
+}
