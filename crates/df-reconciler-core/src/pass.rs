@@ -197,10 +197,20 @@ async fn run_phases_on(
     } else {
         Intent::Delete
     };
-    let verified = bounded(cfg, "checking the database", preflight::verify(&***client, cfg, intent)).await?;
+    let verified = bounded(
+        cfg,
+        "checking the database",
+        preflight::verify(&***client, cfg, intent),
+    )
+    .await?;
     report.warnings.extend(verified.warnings.iter().cloned());
     let statements = Statements::new(&verified.schemas, dry_run);
-    let clock = bounded(cfg, "reading the clock", PassClock::read(client, cfg, &statements)).await?;
+    let clock = bounded(
+        cfg,
+        "reading the clock",
+        PassClock::read(client, cfg, &statements),
+    )
+    .await?;
     report.started_at = humantime::format_rfc3339_millis(clock.db_now).to_string();
     if !verified.sees_all_sessions {
         // Without pg_read_all_stats other sessions' xact_start is hidden: rely on the floor.
@@ -429,7 +439,12 @@ impl Pass<'_> {
             }
             let mut progress = None;
             let cfg = self.cfg;
-            let result = bounded(cfg, "running a batch", self.batch(phase, &watermark, &mut progress)).await;
+            let result = bounded(
+                cfg,
+                "running a batch",
+                self.batch(phase, &watermark, &mut progress),
+            )
+            .await;
             match result {
                 Ok(Step::Exhausted) => return Ok(true),
                 Ok(Step::Fenced) => {

@@ -670,6 +670,28 @@ mod tests {
     }
 
     #[test]
+    fn the_tls_section_loads_and_rejects_unknown_keys() {
+        use std::io::Write;
+        let load = |toml: &str| {
+            let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+            file.write_all(toml.as_bytes()).unwrap();
+            crate::config::Config::load_from(Some(file.path()), Vec::new(), &[])
+        };
+        let cfg = load("[tls]\nca_file = \"/etc/ca.pem\"\n").unwrap();
+        assert_eq!(cfg.tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        let err = load("[tls]\ncafile = \"/etc/ca.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cafile"), "{err}");
+        let env = [(
+            "DF_RECONCILER__TLS__CA_FILE".to_owned(),
+            "/x.pem".to_owned(),
+        )];
+        let cfg = crate::config::Config::load_from(None, env, &[]).unwrap();
+        assert_eq!(cfg.tls.ca_file, Some(PathBuf::from("/x.pem")));
+    }
+
+    #[test]
     fn a_missing_or_empty_ca_file_is_named() {
         let dsn = DsnTls {
             sslmode: SslMode::VerifyFull,

@@ -1,0 +1,834 @@
+//! `df-reconciler-bench`: how fast and how heavy a reconciliation pass is, on a throwaway
+//! PostgreSQL seeded with `df_fixture.backlog`. One run measures and prints a Markdown
+//! table:
+//!
+//! - floor: the daemon's exact selection deleted set-wise in ONE transaction;
+//! - pass: `df-reconciler once --json` (release binary, default config) on an identical
+//!   copy: wall time, roots/s, rows/s, floor/daemon ratio, and the batch latencies of an
+//!   in-process pass on a third copy;
+//! - rss: the daemon's peak RSS at 10k (and, with --big, 1M) roots;
+//! - idle: a pass that finds nothing to delete on a 1M-row df table;
+//! - impact: p99 latency of an engine-like workload without and during a pass.
+//!
+//! See docs/PERFORMANCE.md for the figures and how to read them.
+
+mod daemon;
+mod floor;
+mod server;
+mod stats;
+mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use df_reconciler_core::metrics::Metrics;
+use df_reconciler_core::pass::{self, PassOptions};
+use df_reconciler_core::{db, report::PassReport};
+use tokio_util::sync::CancellationToken;
+
+use server::{Seed, Server};
+use stats::{mib, ms, percentile, rate, secs, thousands};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "df-reconciler-bench",
+    about = "Benchmark df-reconciler on a throwaway PostgreSQL"
+)]
+struct Args {
+    /// Roots seeded for floor, pass and impact.
+    #[arg(long, default_value_t = 200_000)]
+    n: u32,
+    /// Also run floor, pass and peak RSS at 1,000,000 roots.
+    #[arg(long)]
+    big: bool,
+    /// Measure only these (comma-separated).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Measure>,
+    /// Runs of floor and pass per size (each on a fresh copy).
+    #[arg(long, default_value_t = 2)]
+    repeat: u32,
+    /// Roots of the idle database (nothing eligible).
+    #[arg(long, default_value_t = 1_000_000)]
+    idle_n: u32,
+    /// Seconds of workload without and during a pass.
+    #[arg(long, default_value_t = 15)]
+    impact_secs: u64,
+    /// Concurrent workload tasks (one connection each).
+    #[arg(long, default_value_t = 4)]
+    impact_tasks: usize,
+    /// Think time of each workload task between two transactions, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    impact_pause_ms: u64,
+    /// The daemon binary (default: df-reconciler next to this executable).
+    #[arg(long)]
+    daemon_bin: Option<PathBuf>,
+    /// Do not run `cargo build -p df-reconciler` first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Measure {
+    Floor,
+    Pass,
+    Rss,
+    Idle,
+    Impact,
+}
+
+const BIG_N: u32 = 1_000_000;
+const SMALL_N: u32 = 10_000;
+
+/// One line of the summary table.
+struct Line {
+    measure: String,
+    n: String,
+    figure: String,
+    target: String,
+    verdict: String,
+}
+
+#[derive(Default)]
+struct Results {
+    lines: Vec<Line>,
+    notes: Vec<String>,
+    /// Peak RSS (KiB) of `once` per seeded size.
+    rss: BTreeMap<u32, u64>,
+}
+
+impl Results {
+    fn line(&mut self, measure: &str, n: &str, figure: String, target: &str, verdict: &str) {
+        eprintln!("  => {measure} [{n}]: {figure} {target} {verdict}");
+        self.lines.push(Line {
+            measure: measure.into(),
+            n: n.into(),
+            figure,
+            target: target.into(),
+            verdict: verdict.into(),
+        });
+    }
+}
+
+fn holds(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match start(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("df-reconciler-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: &Args) -> Result<()> {
+    let bin = daemon::locate(args.daemon_bin.clone(), !args.no_build)?;
+    eprintln!("starting a throwaway PostgreSQL");
+    let server = Server::start()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = runtime.block_on(bench(&server, args, &bin));
+    // Connections close with the runtime, before the cluster stops.
+    drop(runtime);
+    drop(server);
+    result
+}
+
+async fn bench(server: &Server, args: &Args, bin: &Path) -> Result<()> {
+    let measures: BTreeSet<Measure> = if args.only.is_empty() {
+        Measure::value_variants().iter().copied().collect()
+    } else {
+        args.only.iter().copied().collect()
+    };
+    let began = Instant::now();
+    server.create_base().await?;
+    let environment = environment(server, args).await?;
+    eprintln!("{environment}");
+
+    let mut results = Results::default();
+    let mut sizes = vec![args.n];
+    if args.big && args.n != BIG_N {
+        sizes.push(BIG_N);
+    }
+    if measures.contains(&Measure::Floor) || measures.contains(&Measure::Pass) {
+        for &n in &sizes {
+            let (seed_db, expected) = prepare_size(server, n, &mut results).await?;
+            let mut floor_times = Vec::new();
+            if measures.contains(&Measure::Floor) {
+                for r in 0..args.repeat {
+                    floor_times.push(floor_run(server, &seed_db, n, r, &expected.rows).await?);
+                }
+                let roots = expected.roots;
+                let total: u64 = expected.rows.values().sum();
+                let figure = floor_times
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} ({} roots/s, {} rows/s)",
+                            secs(*t),
+                            rate(roots, *t),
+                            rate(total, *t)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                results.line(
+                    "floor: set-wise delete, one transaction",
+                    &thousands(n.into()),
+                    figure,
+                    "",
+                    "",
+                );
+            }
+            if measures.contains(&Measure::Pass) {
+                pass_runs(server, bin, &seed_db, n, args, &expected, &floor_times, &mut results)
+                    .await?;
+            }
+        }
+    }
+    if measures.contains(&Measure::Rss) {
+        rss(server, bin, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::Idle) {
+        idle(server, bin, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::Impact) {
+        impact(server, bin, args, &mut results).await?;
+    }
+
+    println!("{environment}");
+    println!("| measure | N (roots) | figure | target | holds |");
+    println!("|---|---|---|---|---|");
+    for l in &results.lines {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            l.measure, l.n, l.figure, l.target, l.verdict
+        );
+    }
+    if !results.notes.is_empty() {
+        println!();
+        for note in &results.notes {
+            println!("- {note}");
+        }
+    }
+    println!();
+    println!(
+        "Benchmark wall time {}; load average at the end: {}",
+        secs(began.elapsed()),
+        loadavg()
+    );
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+async fn environment(server: &Server, args: &Args) -> Result<String> {
+    let client = server.connect(server::BASE_DB).await?;
+    let version: String = client
+        .query_one("SELECT version()", &[])
+        .await?
+        .get(0);
+    let mut settings = Vec::new();
+    for name in [
+        "shared_buffers",
+        "work_mem",
+        "maintenance_work_mem",
+        "effective_cache_size",
+        "fsync",
+        "synchronous_commit",
+        "full_page_writes",
+        "jit",
+        "max_wal_size",
+    ] {
+        let v: String = client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await?
+            .get(0);
+        settings.push(format!("{name}={v}"));
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    Ok(format!(
+        "## Environment\n\n- cores: {cores} ({cpu}), memory {mem}\n- {version}\n- server: {}\n- N = {}{}, repeat = {}, load average at start: {}\n",
+        settings.join(", "),
+        thousands(args.n.into()),
+        if args.big { " (+ 1,000,000 with --big)" } else { "" },
+        args.repeat,
+        loadavg()
+    ))
+}
+
+/// What the daemon's dry run says a pass over a seeded database removes.
+#[derive(Clone)]
+struct Expected {
+    /// Rows per `schema.table`, zeros left out.
+    rows: BTreeMap<String, u64>,
+    /// df instances (expired and capped) plus orphan engine roots.
+    roots: u64,
+}
+
+/// Seeds (or reuses) the realistic database of size `n`, records its shape, and returns
+/// the rows per table the daemon's dry run says a pass deletes.
+async fn prepare_size(
+    server: &Server,
+    n: u32,
+    results: &mut Results,
+) -> Result<(String, Expected)> {
+    let seed = Seed::realistic(n);
+    eprintln!("seeding {} roots (backlog({n}))", thousands(n.into()));
+    let (db, took) = server.seeded(seed).await?;
+    let client = server.connect(&db).await?;
+    let sizes = server::table_sizes(&client).await?;
+    let size = server::database_size(&client).await?;
+    drop(client);
+    if !took.is_zero() {
+        results.notes.push(format!(
+            "N = {}: seeded in {} (backlog + VACUUM ANALYZE, {} roots/s); {} MiB; rows: {}",
+            thousands(n.into()),
+            secs(took),
+            rate(n.into(), took),
+            size / (1024 * 1024),
+            sizes
+                .iter()
+                .map(|(t, c)| format!("{t} {}", thousands(*c as u64)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    eprintln!("  dry run for the expected counts");
+    let cfg = server.config(&db);
+    let pool = db::build_pool(&cfg)?;
+    let started = Instant::now();
+    let report = pass::run_pass(&pool, &cfg, true, &CancellationToken::new())
+        .await
+        .map_err(|f| anyhow::anyhow!("dry run failed: {}", f.error))?;
+    pool.close();
+    drop(pool);
+    let rows: BTreeMap<String, u64> = report
+        .rows_deleted
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    results.notes.push(format!(
+        "N = {}: dry run ({}) would remove {} expired + {} capped df instances, {} orphan roots, {} engine children; {} rows: {}",
+        thousands(n.into()),
+        secs(started.elapsed()),
+        thousands(report.expired_removed.total()),
+        thousands(report.capped_removed),
+        thousands(report.orphans_reclaimed),
+        thousands(report.engine_children_removed),
+        thousands(rows.values().sum()),
+        rows.iter()
+            .map(|(t, c)| format!("{t} {}", thousands(*c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let roots = report.instances_removed();
+    Ok((db, Expected { rows, roots }))
+}
+
+async fn floor_run(
+    server: &Server,
+    seed_db: &str,
+    n: u32,
+    run: u32,
+    expected: &BTreeMap<String, u64>,
+) -> Result<Duration> {
+    let db = format!("floor_{n}_{run}");
+    server.fresh_copy(seed_db, &db).await?;
+    let mut client = server.connect(&db).await?;
+    let cfg = server.config(&db);
+    let selection = floor::select(&client, &cfg).await?;
+    eprintln!(
+        "  floor run {}: selection {} df roots ({} bare), {} orphans, {} engine instances, computed in {}",
+        run + 1,
+        selection.df_roots,
+        selection.bare,
+        selection.orphans,
+        selection.engine_members,
+        secs(selection.took)
+    );
+    let (took, rows) = floor::delete(&mut client).await?;
+    drop(client);
+    server.drop_db(&db).await?;
+    if &rows != expected {
+        bail!("the floor deleted {rows:?}, the daemon's dry run expects {expected:?}");
+    }
+    eprintln!(
+        "  floor run {}: {} rows in {}",
+        run + 1,
+        thousands(rows.values().sum()),
+        secs(took)
+    );
+    Ok(took)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pass_runs(
+    server: &Server,
+    bin: &Path,
+    seed_db: &str,
+    n: u32,
+    args: &Args,
+    expected: &Expected,
+    floor_times: &[Duration],
+    results: &mut Results,
+) -> Result<()> {
+    let label = thousands(n.into());
+    let mut runs = Vec::new();
+    for r in 0..args.repeat {
+        let db = format!("pass_{n}_{r}");
+        server.fresh_copy(seed_db, &db).await?;
+        let dsn = server.dsn(&db);
+        let bin = bin.to_owned();
+        let run = tokio::task::spawn_blocking(move || daemon::once(&bin, &dsn, &[])).await??;
+        server.drop_db(&db).await?;
+        if run.rows_deleted != expected.rows || run.instances_removed != expected.roots {
+            bail!(
+                "the daemon removed {} roots, rows {:?}; the dry run (and the floor) expect {} roots, rows {:?}",
+                run.instances_removed,
+                run.rows_deleted,
+                expected.roots,
+                expected.rows
+            );
+        }
+        eprintln!(
+            "  pass run {}: {} ({} in the pass), {} batches, peak RSS {}",
+            r + 1,
+            secs(run.wall),
+            ms(Duration::from_millis(run.pass_ms)),
+            run.batches,
+            run.max_rss_kb.map_or("?".into(), mib)
+        );
+        runs.push(run);
+    }
+    let roots = runs[0].instances_removed;
+    let total = runs[0].rows_total();
+    let figure = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{} ({} roots/s, {} rows/s)",
+                secs(r.wall),
+                rate(roots, r.wall),
+                rate(total, r.wall)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    results.line(
+        "pass: `df-reconciler once`, batch 1000",
+        &label,
+        format!(
+            "{figure}; {} roots, {} rows, {} batches",
+            thousands(roots),
+            thousands(total),
+            runs[0].batches
+        ),
+        "",
+        "",
+    );
+    if !floor_times.is_empty() {
+        let floor = mean(floor_times);
+        let daemon = mean(&runs.iter().map(|r| r.wall).collect::<Vec<_>>());
+        let ratio = floor.as_secs_f64() / daemon.as_secs_f64();
+        results.line(
+            "ratio floor / daemon (means)",
+            &label,
+            format!("{ratio:.2} ({} / {})", secs(floor), secs(daemon)),
+            ">= 0.6",
+            holds(ratio >= 0.6),
+        );
+    }
+    if let Some(kb) = runs.iter().filter_map(|r| r.max_rss_kb).max() {
+        results.rss.insert(n, kb);
+        results.line(
+            "peak RSS of `once`",
+            &label,
+            mib(kb),
+            "",
+            runs[0].rss_method,
+        );
+    }
+    batch_latency(server, seed_db, n, results).await
+}
+
+fn mean(values: &[Duration]) -> Duration {
+    values.iter().sum::<Duration>() / values.len().max(1) as u32
+}
+
+/// An in-process pass with the daemon's metrics and a per-batch callback: batch k's
+/// duration is the time between the callbacks of batches k-1 and k (the callback fires
+/// right after each commit; between two batches the loop does nothing measurable).
+async fn batch_latency(
+    server: &Server,
+    seed_db: &str,
+    n: u32,
+    results: &mut Results,
+) -> Result<()> {
+    let db = format!("latency_{n}");
+    server.fresh_copy(seed_db, &db).await?;
+    let cfg = server.config(&db);
+    let pool = db::build_pool(&cfg)?;
+    let metrics = Arc::new(Metrics::new());
+    let ticks: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let sink = ticks.clone();
+    let options = PassOptions {
+        dry_run: false,
+        metrics: Some(metrics.clone()),
+        on_batch: Some(Arc::new(move || {
+            if let Ok(mut t) = sink.lock() {
+                t.push(Instant::now());
+            }
+        })),
+    };
+    let started = Instant::now();
+    let report: PassReport = pass::run_pass_with(&pool, &cfg, &options, &CancellationToken::new())
+        .await
+        .map_err(|f| anyhow::anyhow!("in-process pass failed: {}", f.error))?;
+    let wall = started.elapsed();
+    pool.close();
+    drop(pool);
+    server.drop_db(&db).await?;
+    let ticks = ticks.lock().map(|t| t.clone()).unwrap_or_default();
+    let intervals: Vec<Duration> = ticks.windows(2).map(|w| w[1] - w[0]).collect();
+    let buckets = stats::histogram_buckets(
+        &metrics.encode(),
+        "df_reconciler_batch_duration_seconds",
+    );
+    let hist_p99 = stats::histogram_quantile_bound(&buckets, 99.0);
+    let hist_max = stats::histogram_quantile_bound(&buckets, 100.0);
+    let label = thousands(n.into());
+    let (Some(p50), Some(p99), Some(max)) = (
+        percentile(&intervals, 50.0),
+        percentile(&intervals, 99.0),
+        percentile(&intervals, 100.0),
+    ) else {
+        results.notes.push(format!(
+            "N = {label}: too few batches ({}) for batch latencies",
+            report.batches
+        ));
+        return Ok(());
+    };
+    results.line(
+        "batch transaction (in-process pass)",
+        &label,
+        format!(
+            "p50 {}, p99 {}, max {} over {} batches; histogram: p99 <= {} s, max <= {} s; pass {}",
+            ms(p50),
+            ms(p99),
+            ms(max),
+            intervals.len(),
+            hist_p99.map_or("?".into(), |v| format!("{v}")),
+            hist_max.map_or("?".into(), |v| format!("{v}")),
+            secs(wall)
+        ),
+        "",
+        "",
+    );
+    Ok(())
+}
+
+async fn rss(server: &Server, bin: &Path, args: &Args, results: &mut Results) -> Result<()> {
+    let mut sizes = vec![SMALL_N];
+    if args.big {
+        sizes.push(BIG_N);
+    }
+    for n in sizes {
+        if results.rss.contains_key(&n) {
+            continue;
+        }
+        eprintln!("peak RSS at {} roots", thousands(n.into()));
+        let (seed_db, took) = server.seeded(Seed::realistic(n)).await?;
+        if !took.is_zero() {
+            eprintln!("  seeded in {}", secs(took));
+        }
+        let db = format!("rss_{n}");
+        server.fresh_copy(&seed_db, &db).await?;
+        let dsn = server.dsn(&db);
+        let bin = bin.to_owned();
+        let run = tokio::task::spawn_blocking(move || daemon::once(&bin, &dsn, &[])).await??;
+        server.drop_db(&db).await?;
+        if let Some(kb) = run.max_rss_kb {
+            results.rss.insert(n, kb);
+            results.line(
+                "peak RSS of `once`",
+                &thousands(n.into()),
+                format!(
+                    "{} (pass {}, {} roots removed)",
+                    mib(kb),
+                    secs(run.wall),
+                    thousands(run.instances_removed)
+                ),
+                "",
+                run.rss_method,
+            );
+        }
+    }
+    let small = results.rss.get(&SMALL_N).copied();
+    let largest = results.rss.iter().next_back().map(|(n, kb)| (*n, *kb));
+    if let (Some(small), Some((n, large))) = (small, largest) {
+        if n > SMALL_N {
+            let growth = large as f64 / 1024.0 - small as f64 / 1024.0;
+            results.line(
+                "peak RSS growth",
+                &format!("10,000 -> {}", thousands(n.into())),
+                format!("{growth:+.1} MiB"),
+                "< 10 MB",
+                holds(growth * 1.048_576 < 10.0),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A pass with nothing to delete on a df table of `idle_n` live or young rows.
+///
+/// `backlog(idle_n, 0, 0)` seeds no expired row and no orphan: 50% young terminal, 40%
+/// running, 5% unsettled (df terminal and expired, engine still Running: skipped, never
+/// deleted), 5% pending. Under the default hard cap of 10,000 the young terminal rows
+/// would be capped, so the first measurement raises the cap (`retention.hard_cap`) above
+/// the table size: every row stays and the pass walks all of them. Then a default-config
+/// pass applies the cap (deleting the capped young rows), and a second default-config
+/// pass is the steady state of a daemon with defaults: nothing eligible.
+async fn idle(server: &Server, bin: &Path, args: &Args, results: &mut Results) -> Result<()> {
+    let n = args.idle_n;
+    let label = thousands(n.into());
+    eprintln!("idle: seeding {label} live roots (backlog({n}, 0, 0))");
+    let (seed_db, took) = server.seeded(Seed::live(n)).await?;
+    let client = server.connect(&seed_db).await?;
+    let df_rows: i64 = client
+        .query_one("SELECT count(*) FROM df.instances", &[])
+        .await?
+        .get(0);
+    let engine_rows: i64 = client
+        .query_one("SELECT count(*) FROM _duroxide.instances", &[])
+        .await?
+        .get(0);
+    drop(client);
+    if !took.is_zero() {
+        results.notes.push(format!(
+            "idle: {label} live roots seeded in {} ({} df rows, {} engine instances)",
+            secs(took),
+            thousands(df_rows as u64),
+            thousands(engine_rows as u64)
+        ));
+    }
+    let db = format!("idle_{n}");
+    server.fresh_copy(&seed_db, &db).await?;
+    let dsn = server.dsn(&db);
+    let keep_all = vec![format!("retention.hard_cap={}", (n as u64) * 10)];
+    let mut figures = Vec::new();
+    let mut worst = Duration::ZERO;
+    for run in 0..2 {
+        let (b, d, s) = (bin.to_owned(), dsn.clone(), keep_all.clone());
+        let r = tokio::task::spawn_blocking(move || daemon::once(&b, &d, &s)).await??;
+        if r.rows_total() != 0 {
+            bail!("the idle pass deleted rows: {:?}", r.rows_deleted);
+        }
+        eprintln!(
+            "  idle pass {} (hard cap raised): {} (pass {} ms), skipped_unsettled {}",
+            run + 1,
+            secs(r.wall),
+            r.pass_ms,
+            r.report["skipped_unsettled"]
+        );
+        worst = worst.max(r.wall);
+        figures.push(secs(r.wall));
+    }
+    results.line(
+        "idle pass, hard cap raised (every row kept)",
+        &format!("{} df rows", thousands(df_rows as u64)),
+        figures.join("; "),
+        "< 1 s",
+        holds(worst < Duration::from_secs(1)),
+    );
+
+    // Default config: the first pass applies the hard cap, the next ones are idle.
+    let (b, d) = (bin.to_owned(), dsn.clone());
+    let capping = tokio::task::spawn_blocking(move || daemon::once(&b, &d, &[])).await??;
+    results.notes.push(format!(
+        "idle: the first default-config pass on the live database removed {} capped rows ({} rows in all) in {}",
+        thousands(capping.instances_removed),
+        thousands(capping.rows_total()),
+        secs(capping.wall)
+    ));
+    let client = server.connect(&db).await?;
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM df.instances", &[])
+        .await?
+        .get(0);
+    client.batch_execute("VACUUM ANALYZE").await?;
+    drop(client);
+    let mut figures = Vec::new();
+    let mut worst = Duration::ZERO;
+    for run in 0..2 {
+        let (b, d) = (bin.to_owned(), dsn.clone());
+        let r = tokio::task::spawn_blocking(move || daemon::once(&b, &d, &[])).await??;
+        if r.rows_total() != 0 {
+            bail!("the idle pass deleted rows: {:?}", r.rows_deleted);
+        }
+        eprintln!(
+            "  idle pass {} (defaults): {} (pass {} ms)",
+            run + 1,
+            secs(r.wall),
+            r.pass_ms
+        );
+        worst = worst.max(r.wall);
+        figures.push(secs(r.wall));
+    }
+    server.drop_db(&db).await?;
+    results.line(
+        "idle pass, default config (after the cap was applied)",
+        &format!("{} df rows", thousands(left as u64)),
+        figures.join("; "),
+        "< 1 s",
+        holds(worst < Duration::from_secs(1)),
+    );
+    Ok(())
+}
+
+async fn connect_many(server: &Server, db: &str, k: usize) -> Result<Vec<tokio_postgres::Client>> {
+    let mut clients = Vec::with_capacity(k);
+    for _ in 0..k {
+        clients.push(server.connect(db).await?);
+    }
+    Ok(clients)
+}
+
+/// p99 of the workload's transactions for `impact_secs` without a pass, then while a
+/// pass runs over a fresh backlog of N roots.
+async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results) -> Result<()> {
+    let n = args.n;
+    let label = thousands(n.into());
+    let (seed_db, _) = server.seeded(Seed::realistic(n)).await?;
+    let db = format!("impact_{n}");
+    server.fresh_copy(&seed_db, &db).await?;
+    let pause = Duration::from_millis(args.impact_pause_ms);
+    let window = Duration::from_secs(args.impact_secs);
+
+    eprintln!("impact: warm-up 2 s");
+    let stop = CancellationToken::new();
+    let warm = tokio::spawn(workload::run(connect_many(server, &db, args.impact_tasks).await?, 0, pause, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    warm.await??;
+
+    eprintln!("impact: {} s without a pass", window.as_secs());
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let baseline = tokio::spawn(workload::run(connect_many(server, &db, args.impact_tasks).await?, 1, pause, stop.clone()));
+    tokio::time::sleep(window).await;
+    stop.cancel();
+    let baseline = baseline.await??;
+    let baseline_window = started.elapsed();
+
+    eprintln!("impact: up to {} s during a pass", window.as_secs());
+    let stop = CancellationToken::new();
+    let during = tokio::spawn(workload::run(connect_many(server, &db, args.impact_tasks).await?, 2, pause, stop.clone()));
+    let started = Instant::now();
+    let (b, d) = (bin.to_owned(), server.dsn(&db));
+    let mut pass = tokio::task::spawn_blocking(move || daemon::once(&b, &d, &[]));
+    let pass_result = tokio::select! {
+        r = &mut pass => { stop.cancel(); Some(r) }
+        _ = tokio::time::sleep(window) => { stop.cancel(); None }
+    };
+    let during_window = started.elapsed();
+    let during = during.await??;
+    let pass_run = match pass_result {
+        Some(r) => r??,
+        None => pass.await??,
+    };
+    server.drop_db(&db).await?;
+
+    let p99 = |s: &workload::Samples| percentile(&s.all, 99.0).unwrap_or_default();
+    let (b99, d99) = (p99(&baseline), p99(&during));
+    let describe = |s: &workload::Samples, w: Duration| {
+        format!(
+            "p50 {}, p99 {}, max {}, {} tx/s{}",
+            ms(percentile(&s.all, 50.0).unwrap_or_default()),
+            ms(p99(s)),
+            ms(percentile(&s.all, 100.0).unwrap_or_default()),
+            rate(s.all.len() as u64, w),
+            if s.errors > 0 {
+                format!(", {} errors", s.errors)
+            } else {
+                String::new()
+            }
+        )
+    };
+    results.line(
+        "workload without a pass",
+        &label,
+        format!(
+            "{} ({} tasks, {} s)",
+            describe(&baseline, baseline_window),
+            args.impact_tasks,
+            secs(baseline_window)
+        ),
+        "",
+        "",
+    );
+    results.line(
+        "workload during a pass",
+        &label,
+        format!(
+            "{} ({} s of a {} pass)",
+            describe(&during, during_window),
+            secs(during_window),
+            secs(pass_run.wall)
+        ),
+        "",
+        "",
+    );
+    let ratio = d99.as_secs_f64() / b99.as_secs_f64().max(1e-9);
+    results.line(
+        "workload p99 during / without",
+        &label,
+        format!("{ratio:.2}x"),
+        "<= 1.5x",
+        holds(ratio <= 1.5),
+    );
+    for op in workload::OPS {
+        results.notes.push(format!(
+            "impact, {op:?}: p99 {} without, {} during a pass",
+            ms(percentile(&baseline.of(op), 99.0).unwrap_or_default()),
+            ms(percentile(&during.of(op), 99.0).unwrap_or_default())
+        ));
+    }
+    Ok(())
+}

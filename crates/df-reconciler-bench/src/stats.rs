@@ -1,0 +1,110 @@
+//! Percentiles, the batch-duration histogram of the daemon's metrics, and number formatting.
+
+use std::time::Duration;
+
+/// Nearest-rank percentile (`p` in 0..=100) of unsorted samples.
+pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Cumulative buckets `(le, count)` of one histogram in a Prometheus text exposition.
+pub fn histogram_buckets(exposition: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding the `p`-th percentile, from cumulative buckets.
+pub fn histogram_quantile_bound(buckets: &[(f64, u64)], p: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = ((p / 100.0) * total as f64).ceil() as u64;
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= rank.max(1))
+        .map(|(le, _)| *le)
+}
+
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+pub fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+/// 1234567 -> "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn rate(count: u64, d: Duration) -> String {
+    thousands((count as f64 / d.as_secs_f64().max(1e-9)).round() as u64)
+}
+
+pub fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&s, 99.0), Some(Duration::from_millis(99)));
+        assert_eq!(percentile(&s, 100.0), Some(Duration::from_millis(100)));
+        assert_eq!(percentile(&s, 50.0), Some(Duration::from_millis(50)));
+        assert_eq!(percentile(&[], 99.0), None);
+    }
+
+    #[test]
+    fn reads_histogram_buckets() {
+        let text = "# TYPE x histogram\nx_sum 1.5\nx_count 3\nx_bucket{le=\"0.001\"} 0\nx_bucket{le=\"0.002\"} 2\nx_bucket{le=\"+Inf\"} 3\n";
+        let b = histogram_buckets(text, "x");
+        assert_eq!(b, vec![(0.001, 0), (0.002, 2), (f64::INFINITY, 3)]);
+        assert_eq!(histogram_quantile_bound(&b, 50.0), Some(0.002));
+        assert_eq!(histogram_quantile_bound(&b, 99.0), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn formats_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}
