@@ -530,31 +530,16 @@ impl Pass<'_> {
             }
         }
         let mut tally = BatchTally::default();
+        let batch = Batch {
+            tx: &tx,
+            st: &self.statements,
+            clock: &self.clock,
+            batch_size: self.batch_size,
+            watermark,
+        };
         let step = match phase {
-            Phase::Expired => {
-                expired_batch(
-                    &tx,
-                    &self.statements,
-                    &self.clock,
-                    self.batch_size,
-                    watermark,
-                    progress,
-                    &mut tally,
-                )
-                .await?
-            }
-            Phase::Orphans => {
-                orphan_batch(
-                    &tx,
-                    &self.statements,
-                    &self.clock,
-                    self.batch_size,
-                    watermark,
-                    progress,
-                    &mut tally,
-                )
-                .await?
-            }
+            Phase::Expired => expired_batch(batch, progress, &mut tally).await?,
+            Phase::Orphans => orphan_batch(batch, progress, &mut tally).await?,
         };
         if dry_run {
             tx.rollback().await.context("ending a dry-run batch")?;
@@ -665,20 +650,34 @@ async fn set_local_limits(tx: &Transaction<'_>, cfg: &Config) -> Result<(), Erro
     tx.batch_execute(&sql).await.context("setting batch limits")
 }
 
+/// What one batch works with: its transaction, the pass's statements and clock, and where
+/// the keyset stands.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    tx: &'a Transaction<'a>,
+    st: &'a Statements,
+    clock: &'a PassClock,
+    batch_size: u32,
+    watermark: &'a str,
+}
+
 fn limit(batch_size: u32) -> i64 {
     i64::from(batch_size)
 }
 
 /// Phase 1: the next batch of expired terminal df rows.
 async fn expired_batch(
-    tx: &Transaction<'_>,
-    st: &Statements,
-    clock: &PassClock,
-    batch_size: u32,
-    watermark: &str,
+    batch: Batch<'_>,
     progress: &mut Option<Progress>,
     tally: &mut BatchTally,
 ) -> Result<Step, Error> {
+    let Batch {
+        tx,
+        st,
+        clock,
+        batch_size,
+        watermark,
+    } = batch;
     let (edge_at, edge_id) = match &clock.cap_edge {
         Some((at, id)) => (*at, Some(id.as_str())),
         None => (None, None),
@@ -811,14 +810,17 @@ async fn expired_batch(
 
 /// Phase 2: the next batch of orphan engine roots.
 async fn orphan_batch(
-    tx: &Transaction<'_>,
-    st: &Statements,
-    clock: &PassClock,
-    batch_size: u32,
-    watermark: &str,
+    batch: Batch<'_>,
     progress: &mut Option<Progress>,
     tally: &mut BatchTally,
 ) -> Result<Step, Error> {
+    let Batch {
+        tx,
+        st,
+        clock,
+        batch_size,
+        watermark,
+    } = batch;
     let rows = tx
         .query(
             &st.orphan_candidates,
