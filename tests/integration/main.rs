@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one throwaway PostgreSQL cluster shared by all tests
 //! (see `harness`), one database per test.
 
+mod bad_input;
 mod classification;
 mod cli;
 mod fail_closed;

@@ -52,9 +52,13 @@ struct Args {
     /// Runs of floor and pass per size (each on a fresh copy).
     #[arg(long, default_value_t = 2)]
     repeat: u32,
-    /// Roots of the idle database (nothing eligible).
-    #[arg(long, default_value_t = 1_000_000)]
-    idle_n: u32,
+    /// Roots of the idle database (default: N, or 1,000,000 with --big).
+    #[arg(long)]
+    idle_n: Option<u32>,
+    /// Largest N for which the daemon's dry run is run first to cross-check the floor
+    /// (a dry run deletes nothing, so it pays the full cost of every keyset rescan).
+    #[arg(long, default_value_t = 200_000)]
+    dry_run_max: u32,
     /// Seconds of workload without and during a pass.
     #[arg(long, default_value_t = 15)]
     impact_secs: u64,
@@ -166,21 +170,33 @@ async fn bench(server: &Server, args: &Args, bin: &Path) -> Result<()> {
     }
     if measures.contains(&Measure::Floor) || measures.contains(&Measure::Pass) {
         for &n in &sizes {
-            let (seed_db, expected) = prepare_size(server, n, &mut results).await?;
+            // 1M runs once: seeding, floor and pass take minutes each there.
+            let repeat = if n == BIG_N { 1 } else { args.repeat };
+            let (seed_db, mut expected) =
+                prepare_size(server, n, n <= args.dry_run_max, &mut results).await?;
             let mut floor_times = Vec::new();
             if measures.contains(&Measure::Floor) {
-                for r in 0..args.repeat {
-                    floor_times.push(floor_run(server, &seed_db, n, r, &expected.rows).await?);
+                for r in 0..repeat {
+                    let (took, got) = floor_run(server, &seed_db, n, r).await?;
+                    match &expected {
+                        Some(e) if *e != got => bail!(
+                            "the floor removes {} roots, rows {:?}; the reference (dry run or first floor run) {} roots, rows {:?}",
+                            got.roots, got.rows, e.roots, e.rows
+                        ),
+                        Some(_) => {}
+                        None => expected = Some(got),
+                    }
+                    floor_times.push(took);
                 }
-                let roots = expected.roots;
-                let total: u64 = expected.rows.values().sum();
+                let e = expected.as_ref().expect("set by the first floor run");
+                let total: u64 = e.rows.values().sum();
                 let figure = floor_times
                     .iter()
                     .map(|t| {
                         format!(
                             "{} ({} roots/s, {} rows/s)",
                             secs(*t),
-                            rate(roots, *t),
+                            rate(e.roots, *t),
                             rate(total, *t)
                         )
                     })
@@ -189,14 +205,25 @@ async fn bench(server: &Server, args: &Args, bin: &Path) -> Result<()> {
                 results.line(
                     "floor: set-wise delete, one transaction",
                     &thousands(n.into()),
-                    figure,
+                    format!(
+                        "{figure}; {} roots, {} rows",
+                        thousands(e.roots),
+                        thousands(total)
+                    ),
                     "",
                     "",
                 );
             }
             if measures.contains(&Measure::Pass) {
-                pass_runs(server, bin, &seed_db, n, args, &expected, &floor_times, &mut results)
-                    .await?;
+                let runs = PassRuns {
+                    n,
+                    repeat,
+                    seed_db: &seed_db,
+                    expected: expected.as_ref(),
+                    floor_times: &floor_times,
+                    latency: n == args.n,
+                };
+                pass_runs(server, bin, &runs, &mut results).await?;
             }
         }
     }
@@ -242,10 +269,7 @@ fn loadavg() -> String {
 
 async fn environment(server: &Server, args: &Args) -> Result<String> {
     let client = server.connect(server::BASE_DB).await?;
-    let version: String = client
-        .query_one("SELECT version()", &[])
-        .await?
-        .get(0);
+    let version: String = client.query_one("SELECT version()", &[]).await?.get(0);
     let mut settings = Vec::new();
     for name in [
         "shared_buffers",
@@ -258,10 +282,7 @@ async fn environment(server: &Server, args: &Args) -> Result<String> {
         "jit",
         "max_wal_size",
     ] {
-        let v: String = client
-            .query_one(&format!("SHOW {name}"), &[])
-            .await?
-            .get(0);
+        let v: String = client.query_one(&format!("SHOW {name}"), &[]).await?.get(0);
         settings.push(format!("{name}={v}"));
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -291,8 +312,9 @@ async fn environment(server: &Server, args: &Args) -> Result<String> {
     ))
 }
 
-/// What the daemon's dry run says a pass over a seeded database removes.
-#[derive(Clone)]
+/// What a pass over a seeded database removes: from the daemon's dry run, else from the
+/// floor's selection.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Expected {
     /// Rows per `schema.table`, zeros left out.
     rows: BTreeMap<String, u64>,
@@ -300,13 +322,14 @@ struct Expected {
     roots: u64,
 }
 
-/// Seeds (or reuses) the realistic database of size `n`, records its shape, and returns
-/// the rows per table the daemon's dry run says a pass deletes.
+/// Seeds (or reuses) the realistic database of size `n`, records its shape, and, with
+/// `dry_run`, returns what the daemon's dry run says a pass removes.
 async fn prepare_size(
     server: &Server,
     n: u32,
+    dry_run: bool,
     results: &mut Results,
-) -> Result<(String, Expected)> {
+) -> Result<(String, Option<Expected>)> {
     let seed = Seed::realistic(n);
     eprintln!("seeding {} roots (backlog({n}))", thousands(n.into()));
     let (db, took) = server.seeded(seed).await?;
@@ -315,6 +338,7 @@ async fn prepare_size(
     let size = server::database_size(&client).await?;
     drop(client);
     if !took.is_zero() {
+        eprintln!("  seeded in {}", secs(took));
         results.notes.push(format!(
             "N = {}: seeded in {} (backlog + VACUUM ANALYZE, {} roots/s); {} MiB; rows: {}",
             thousands(n.into()),
@@ -328,13 +352,17 @@ async fn prepare_size(
                 .join(", ")
         ));
     }
-    eprintln!("  dry run for the expected counts");
+    if !dry_run {
+        return Ok((db, None));
+    }
+    eprintln!("  dry run (in-process) for the expected counts");
     let cfg = server.config(&db);
     let pool = db::build_pool(&cfg)?;
     let started = Instant::now();
     let report = pass::run_pass(&pool, &cfg, true, &CancellationToken::new())
         .await
         .map_err(|f| anyhow::anyhow!("dry run failed: {}", f.error))?;
+    let took = started.elapsed();
     pool.close();
     drop(pool);
     let rows: BTreeMap<String, u64> = report
@@ -343,14 +371,21 @@ async fn prepare_size(
         .filter(|(_, v)| **v > 0)
         .map(|(k, v)| (k.clone(), *v))
         .collect();
+    let label = thousands(n.into());
+    results.line(
+        "dry run (in-process, nothing deleted)",
+        &label,
+        format!("{} ({} batches)", secs(took), report.batches),
+        "",
+        "",
+    );
     results.notes.push(format!(
-        "N = {}: dry run ({}) would remove {} expired + {} capped df instances, {} orphan roots, {} engine children; {} rows: {}",
-        thousands(n.into()),
-        secs(started.elapsed()),
+        "N = {label}: a pass removes {} expired + {} capped df instances, {} orphan roots, {} engine children, skips {} unsettled; {} rows: {}",
         thousands(report.expired_removed.total()),
         thousands(report.capped_removed),
         thousands(report.orphans_reclaimed),
         thousands(report.engine_children_removed),
+        thousands(report.skipped_unsettled),
         thousands(rows.values().sum()),
         rows.iter()
             .map(|(t, c)| format!("{t} {}", thousands(*c)))
@@ -358,7 +393,7 @@ async fn prepare_size(
             .join(", ")
     ));
     let roots = report.instances_removed();
-    Ok((db, Expected { rows, roots }))
+    Ok((db, Some(Expected { rows, roots })))
 }
 
 async fn floor_run(
@@ -366,8 +401,7 @@ async fn floor_run(
     seed_db: &str,
     n: u32,
     run: u32,
-    expected: &BTreeMap<String, u64>,
-) -> Result<Duration> {
+) -> Result<(Duration, Expected)> {
     let db = format!("floor_{n}_{run}");
     server.fresh_copy(seed_db, &db).await?;
     let mut client = server.connect(&db).await?;
@@ -385,46 +419,56 @@ async fn floor_run(
     let (took, rows) = floor::delete(&mut client).await?;
     drop(client);
     server.drop_db(&db).await?;
-    if &rows != expected {
-        bail!("the floor deleted {rows:?}, the daemon's dry run expects {expected:?}");
-    }
     eprintln!(
         "  floor run {}: {} rows in {}",
         run + 1,
         thousands(rows.values().sum()),
         secs(took)
     );
-    Ok(took)
+    let roots = (selection.df_roots + selection.orphans) as u64;
+    Ok((took, Expected { rows, roots }))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What [`pass_runs`] measures.
+struct PassRuns<'a> {
+    n: u32,
+    repeat: u32,
+    seed_db: &'a str,
+    expected: Option<&'a Expected>,
+    floor_times: &'a [Duration],
+    /// Also run the in-process pass for batch latencies.
+    latency: bool,
+}
+
 async fn pass_runs(
     server: &Server,
     bin: &Path,
-    seed_db: &str,
-    n: u32,
-    args: &Args,
-    expected: &Expected,
-    floor_times: &[Duration],
+    p: &PassRuns<'_>,
     results: &mut Results,
 ) -> Result<()> {
+    let n = p.n;
     let label = thousands(n.into());
-    let mut runs = Vec::new();
-    for r in 0..args.repeat {
+    let mut runs: Vec<daemon::Run> = Vec::new();
+    for r in 0..p.repeat {
         let db = format!("pass_{n}_{r}");
-        server.fresh_copy(seed_db, &db).await?;
+        server.fresh_copy(p.seed_db, &db).await?;
         let dsn = server.dsn(&db);
         let bin = bin.to_owned();
+        eprintln!("  pass run {}: df-reconciler once --json", r + 1);
         let run = tokio::task::spawn_blocking(move || daemon::once(&bin, &dsn, &[])).await??;
         server.drop_db(&db).await?;
-        if run.rows_deleted != expected.rows || run.instances_removed != expected.roots {
-            bail!(
-                "the daemon removed {} roots, rows {:?}; the dry run (and the floor) expect {} roots, rows {:?}",
-                run.instances_removed,
-                run.rows_deleted,
-                expected.roots,
-                expected.rows
-            );
+        let reference = p.expected.map(|e| (e.roots, &e.rows)).or_else(|| {
+            runs.first()
+                .map(|first| (first.instances_removed, &first.rows_deleted))
+        });
+        if let Some((roots, rows)) = reference {
+            if run.rows_deleted != *rows || run.instances_removed != roots {
+                bail!(
+                    "the daemon removed {} roots, rows {:?}; expected {roots} roots, rows {rows:?}",
+                    run.instances_removed,
+                    run.rows_deleted
+                );
+            }
         }
         eprintln!(
             "  pass run {}: {} ({} in the pass), {} batches, peak RSS {}",
@@ -462,8 +506,8 @@ async fn pass_runs(
         "",
         "",
     );
-    if !floor_times.is_empty() {
-        let floor = mean(floor_times);
+    if !p.floor_times.is_empty() {
+        let floor = mean(p.floor_times);
         let daemon = mean(&runs.iter().map(|r| r.wall).collect::<Vec<_>>());
         let ratio = floor.as_secs_f64() / daemon.as_secs_f64();
         results.line(
@@ -484,7 +528,10 @@ async fn pass_runs(
             runs[0].rss_method,
         );
     }
-    batch_latency(server, seed_db, n, results).await
+    if p.latency {
+        batch_latency(server, p.seed_db, n, results).await?;
+    }
+    Ok(())
 }
 
 fn mean(values: &[Duration]) -> Duration {
@@ -526,10 +573,8 @@ async fn batch_latency(
     server.drop_db(&db).await?;
     let ticks = ticks.lock().map(|t| t.clone()).unwrap_or_default();
     let intervals: Vec<Duration> = ticks.windows(2).map(|w| w[1] - w[0]).collect();
-    let buckets = stats::histogram_buckets(
-        &metrics.encode(),
-        "df_reconciler_batch_duration_seconds",
-    );
+    let buckets =
+        stats::histogram_buckets(&metrics.encode(), "df_reconciler_batch_duration_seconds");
     let hist_p99 = stats::histogram_quantile_bound(&buckets, 99.0);
     let hist_max = stats::histogram_quantile_bound(&buckets, 100.0);
     let label = thousands(n.into());
@@ -616,42 +661,39 @@ async fn rss(server: &Server, bin: &Path, args: &Args, results: &mut Results) ->
     Ok(())
 }
 
-/// A pass with nothing to delete on a df table of `idle_n` live or young rows.
+/// A pass with nothing to delete on a df table of live and young rows.
 ///
-/// `backlog(idle_n, 0, 0)` seeds no expired row and no orphan: 50% young terminal, 40%
-/// running, 5% unsettled (df terminal and expired, engine still Running: skipped, never
-/// deleted), 5% pending. Under the default hard cap of 10,000 the young terminal rows
-/// would be capped, so the first measurement raises the cap (`retention.hard_cap`) above
-/// the table size: every row stays and the pass walks all of them. Then a default-config
-/// pass applies the cap (deleting the capped young rows), and a second default-config
-/// pass is the steady state of a daemon with defaults: nothing eligible.
+/// `backlog(n, 0, 0)` seeds no expired row and no orphan: 50% young terminal, 40% running,
+/// 5% unsettled (df terminal and expired, engine still Running: candidates that are
+/// skipped, never deleted), 5% pending. Under the default hard cap of 10,000 the young
+/// terminal rows would be capped, so the pass runs with `retention.hard_cap` raised above
+/// the table size: every row stays, and the pass walks all of them. Two passes on the
+/// same database; the second finds the cache warm.
 async fn idle(server: &Server, bin: &Path, args: &Args, results: &mut Results) -> Result<()> {
-    let n = args.idle_n;
+    let n = args.idle_n.unwrap_or(if args.big { BIG_N } else { args.n });
     let label = thousands(n.into());
     eprintln!("idle: seeding {label} live roots (backlog({n}, 0, 0))");
     let (seed_db, took) = server.seeded(Seed::live(n)).await?;
     let client = server.connect(&seed_db).await?;
-    let df_rows: i64 = client
-        .query_one("SELECT count(*) FROM df.instances", &[])
-        .await?
-        .get(0);
-    let engine_rows: i64 = client
-        .query_one("SELECT count(*) FROM _duroxide.instances", &[])
-        .await?
-        .get(0);
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { anyhow::Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0) as u64) }
+    };
+    let df_rows = count("SELECT count(*) FROM df.instances").await?;
+    let engine_rows = count("SELECT count(*) FROM _duroxide.instances").await?;
     drop(client);
     if !took.is_zero() {
         results.notes.push(format!(
             "idle: {label} live roots seeded in {} ({} df rows, {} engine instances)",
             secs(took),
-            thousands(df_rows as u64),
-            thousands(engine_rows as u64)
+            thousands(df_rows),
+            thousands(engine_rows)
         ));
     }
     let db = format!("idle_{n}");
     server.fresh_copy(&seed_db, &db).await?;
     let dsn = server.dsn(&db);
-    let keep_all = vec![format!("retention.hard_cap={}", (n as u64) * 10)];
+    let keep_all = vec![format!("retention.hard_cap={}", u64::from(n) * 10)];
     let mut figures = Vec::new();
     let mut worst = Duration::ZERO;
     for run in 0..2 {
@@ -661,60 +703,24 @@ async fn idle(server: &Server, bin: &Path, args: &Args, results: &mut Results) -
             bail!("the idle pass deleted rows: {:?}", r.rows_deleted);
         }
         eprintln!(
-            "  idle pass {} (hard cap raised): {} (pass {} ms), skipped_unsettled {}",
+            "  idle pass {}: {} (pass {} ms, {} batches, {} skipped unsettled)",
             run + 1,
             secs(r.wall),
             r.pass_ms,
+            r.batches,
             r.report["skipped_unsettled"]
         );
         worst = worst.max(r.wall);
-        figures.push(secs(r.wall));
-    }
-    results.line(
-        "idle pass, hard cap raised (every row kept)",
-        &format!("{} df rows", thousands(df_rows as u64)),
-        figures.join("; "),
-        "< 1 s",
-        holds(worst < Duration::from_secs(1)),
-    );
-
-    // Default config: the first pass applies the hard cap, the next ones are idle.
-    let (b, d) = (bin.to_owned(), dsn.clone());
-    let capping = tokio::task::spawn_blocking(move || daemon::once(&b, &d, &[])).await??;
-    results.notes.push(format!(
-        "idle: the first default-config pass on the live database removed {} capped rows ({} rows in all) in {}",
-        thousands(capping.instances_removed),
-        thousands(capping.rows_total()),
-        secs(capping.wall)
-    ));
-    let client = server.connect(&db).await?;
-    let left: i64 = client
-        .query_one("SELECT count(*) FROM df.instances", &[])
-        .await?
-        .get(0);
-    client.batch_execute("VACUUM ANALYZE").await?;
-    drop(client);
-    let mut figures = Vec::new();
-    let mut worst = Duration::ZERO;
-    for run in 0..2 {
-        let (b, d) = (bin.to_owned(), dsn.clone());
-        let r = tokio::task::spawn_blocking(move || daemon::once(&b, &d, &[])).await??;
-        if r.rows_total() != 0 {
-            bail!("the idle pass deleted rows: {:?}", r.rows_deleted);
-        }
-        eprintln!(
-            "  idle pass {} (defaults): {} (pass {} ms)",
-            run + 1,
-            secs(r.wall),
-            r.pass_ms
-        );
-        worst = worst.max(r.wall);
-        figures.push(secs(r.wall));
+        figures.push(format!("{} ({} batches)", secs(r.wall), r.batches));
     }
     server.drop_db(&db).await?;
     results.line(
-        "idle pass, default config (after the cap was applied)",
-        &format!("{} df rows", thousands(left as u64)),
+        "idle pass (nothing deletable; hard cap raised so every row stays)",
+        &format!(
+            "{} df rows, {} engine instances",
+            thousands(df_rows),
+            thousands(engine_rows)
+        ),
         figures.join("; "),
         "< 1 s",
         holds(worst < Duration::from_secs(1)),
@@ -743,7 +749,12 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
 
     eprintln!("impact: warm-up 2 s");
     let stop = CancellationToken::new();
-    let warm = tokio::spawn(workload::run(connect_many(server, &db, args.impact_tasks).await?, 0, pause, stop.clone()));
+    let warm = tokio::spawn(workload::run(
+        connect_many(server, &db, args.impact_tasks).await?,
+        0,
+        pause,
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     warm.await??;
@@ -751,7 +762,12 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
     eprintln!("impact: {} s without a pass", window.as_secs());
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let baseline = tokio::spawn(workload::run(connect_many(server, &db, args.impact_tasks).await?, 1, pause, stop.clone()));
+    let baseline = tokio::spawn(workload::run(
+        connect_many(server, &db, args.impact_tasks).await?,
+        1,
+        pause,
+        stop.clone(),
+    ));
     tokio::time::sleep(window).await;
     stop.cancel();
     let baseline = baseline.await??;
@@ -759,10 +775,18 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
 
     eprintln!("impact: up to {} s during a pass", window.as_secs());
     let stop = CancellationToken::new();
-    let during = tokio::spawn(workload::run(connect_many(server, &db, args.impact_tasks).await?, 2, pause, stop.clone()));
+    let during = tokio::spawn(workload::run(
+        connect_many(server, &db, args.impact_tasks).await?,
+        2,
+        pause,
+        stop.clone(),
+    ));
     let started = Instant::now();
     let (b, d) = (bin.to_owned(), server.dsn(&db));
-    let mut pass = tokio::task::spawn_blocking(move || daemon::once(&b, &d, &[]));
+    // The pass stops itself (between batches) shortly after the window.
+    let stop_after = vec![format!("pass.max_duration={}s", window.as_secs() + 3)];
+    let mut pass =
+        tokio::task::spawn_blocking(move || daemon::once_with(&b, &d, &stop_after, false));
     let pass_result = tokio::select! {
         r = &mut pass => { stop.cancel(); Some(r) }
         _ = tokio::time::sleep(window) => { stop.cancel(); None }
@@ -795,7 +819,7 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
         "workload without a pass",
         &label,
         format!(
-            "{} ({} tasks, {} s)",
+            "{} ({} tasks, {})",
             describe(&baseline, baseline_window),
             args.impact_tasks,
             secs(baseline_window)
@@ -807,10 +831,16 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
         "workload during a pass",
         &label,
         format!(
-            "{} ({} s of a {} pass)",
+            "{} ({} of a pass that removed {} roots in {}{})",
             describe(&during, during_window),
             secs(during_window),
-            secs(pass_run.wall)
+            thousands(pass_run.instances_removed),
+            secs(pass_run.wall),
+            if pass_run.report["complete"] == serde_json::Value::Bool(true) {
+                ""
+            } else {
+                ", stopped by pass.max_duration"
+            }
         ),
         "",
         "",

@@ -104,7 +104,9 @@ impl Server {
         loop {
             let n: i64 = client
                 .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    // Autovacuum workers do not count: CREATE and DROP DATABASE stop them.
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = $1 AND backend_type = 'client backend'",
                     &[&db],
                 )
                 .await?
@@ -134,7 +136,7 @@ impl Server {
 
     pub async fn drop_db(&self, db: &str) -> Result<()> {
         self.wait_unused(db).await?;
-        self.admin(&format!("DROP DATABASE IF EXISTS {db}")).await
+        self.admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await
     }
 
     /// Creates the empty base database with both schemas and the seed functions.

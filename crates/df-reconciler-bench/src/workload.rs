@@ -66,9 +66,9 @@ pub async fn run(
         // 96 id blocks of 2^24 between a0000000 and ffffffff.
         let block = (round * tasks + task as u32) % 80;
         let base = 0xa000_0000u32 + (block << 24);
-        handles.push(tokio::spawn(
-            async move { worker(client, base, pause, stop).await },
-        ));
+        handles.push(tokio::spawn(async move {
+            worker(client, base, pause, stop).await
+        }));
     }
     let mut samples = Samples::default();
     for h in handles {
