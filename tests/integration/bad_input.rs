@@ -519,7 +519,6 @@ async fn every_key_with_a_wrong_type_or_value_is_named_in_file_and_environment()
 /// boolean key. `retention.hard_cap = -1.0` ("no cap"?) becomes 0, "keep no terminal
 /// instance": the next pass deletes every settled terminal instance, young ones too.
 #[tokio::test]
-#[ignore = "bug: floats are rounded into integer keys and numbers accepted as booleans (hard_cap = -1.0 means 0)"]
 async fn numbers_and_booleans_are_not_coerced_across_types() {
     let mut cases = Vec::new();
     let mut files = Vec::new();
@@ -709,7 +708,6 @@ async fn unreadable_configuration_files_are_named() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a directory given as --config is reported as \"not found\""]
 async fn a_directory_given_as_the_configuration_file_is_called_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = reconciler(&["check", "--offline", "--config"]);
@@ -839,7 +837,6 @@ async fn unusable_url_file_and_database_settings_are_named() {
 }
 
 #[tokio::test]
-#[ignore = "bug: an empty DSN (empty url_file or url) is a run-time failure (exit 1, \"?@localhost:5432/?\") instead of a configuration error naming the key"]
 async fn an_empty_dsn_is_a_configuration_error() {
     let empty = toml_file("");
     let mut cmd = reconciler(&["once"]);
@@ -1185,7 +1182,6 @@ async fn unsafe_roles_and_databases_are_refused_with_exit_3_and_nothing_deleted(
 /// table". Both end as a database error (exit 1). A role without USAGE must be refused by
 /// name (exit 3); for the migrations table a refusal or a warning naming it will do.
 #[tokio::test]
-#[ignore = "bug: a role without USAGE on a schema, or without SELECT on _duroxide_migrations, fails preflight with a database error (exit 1) instead of naming the grant"]
 async fn a_role_missing_a_schema_usage_or_the_migrations_grant_is_told_so() {
     let db = TestDb::new().await;
     let c = db.client().await;
@@ -1280,7 +1276,6 @@ async fn an_unknown_engine_migration_is_a_warning_and_the_pass_still_works() {
 /// before 4713 BC, an interval that overflows `Instant`. Each should be a configuration
 /// error naming its key.
 #[tokio::test]
-#[ignore = "bug: durations beyond what PostgreSQL, the kernel or Instant accept are not validated (exit 1 on every pass, or a panic)"]
 async fn durations_the_daemon_cannot_use_are_configuration_errors() {
     let db = TestDb::new().await;
     let c = db.client().await;

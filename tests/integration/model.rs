@@ -326,7 +326,7 @@ fn model(p: &Population) -> BTreeMap<String, Fate> {
                     if !df.status.is_terminal() {
                         Fate::Live
                     } else {
-                        let settled = engine.as_ref().map_or(true, |e| {
+                        let settled = engine.as_ref().is_none_or(|e| {
                             matches!(
                                 e.status,
                                 EngineStatus::Completed

@@ -541,7 +541,7 @@ async fn engine(dsn: String, stop: Arc<AtomicBool>, health: Arc<WorkloadHealth>)
             for row in due {
                 let id: String = row.get(0);
                 let has_df: bool = row.get(1);
-                let failed = !has_df || fastrand_u32() % 4 == 0;
+                let failed = !has_df || fastrand_u32().is_multiple_of(4);
                 if has_df {
                     c.execute(
                         "UPDATE df.instances SET status = $2,

@@ -141,7 +141,7 @@ pub struct DeletedRoot {
     pub instance_id: String,
     pub reason: &'static str,
     pub status: String,
-    pub terminal_at: Option<std::time::SystemTime>,
+    pub terminal_at: Option<tokio_postgres::types::Timestamp<std::time::SystemTime>>,
 }
 
 /// Writes the batch's removed roots inside the batch transaction: the audit row exists
@@ -158,7 +158,8 @@ pub async fn record_deletions(
     let ids: Vec<&str> = roots.iter().map(|r| r.instance_id.as_str()).collect();
     let reasons: Vec<&str> = roots.iter().map(|r| r.reason).collect();
     let statuses: Vec<&str> = roots.iter().map(|r| r.status.as_str()).collect();
-    let times: Vec<Option<std::time::SystemTime>> = roots.iter().map(|r| r.terminal_at).collect();
+    let times: Vec<Option<tokio_postgres::types::Timestamp<std::time::SystemTime>>> =
+        roots.iter().map(|r| r.terminal_at).collect();
     tx.execute(
         &format!(
             "INSERT INTO {}.deletions (pass_id, instance_id, reason, status, terminal_at)

@@ -88,6 +88,7 @@ pub struct DatabaseConfig {
     /// File holding the connection string (systemd credentials, Kubernetes secrets).
     pub url_file: Option<PathBuf>,
     /// Connections in the pool; a pass uses one at a time, the rest serve checks.
+    #[serde(deserialize_with = "strict::integer")]
     pub pool_size: usize,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -111,9 +112,24 @@ impl DatabaseConfig {
     /// The connection string, read from `url_file` when that is set.
     pub fn connection_string(&self) -> Result<SecretString, ConfigError> {
         match (&self.url, &self.url_file) {
+            (Some(url), None) if url.expose().trim().is_empty() => Err(ConfigError::Invalid {
+                key: "database.url",
+                value: "\"\"".into(),
+                reason: "is empty".into(),
+            }),
             (Some(url), None) => Ok(url.clone()),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map(|s| SecretString::new(s.trim().to_owned()))
+                .and_then(|s| {
+                    if s.expose().is_empty() {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "the file is empty",
+                        ))
+                    } else {
+                        Ok(s)
+                    }
+                })
                 .map_err(|source| ConfigError::UrlFile {
                     path: path.clone(),
                     source,
@@ -180,11 +196,13 @@ pub struct RetentionConfig {
     #[serde(with = "humantime_serde")]
     pub cancelled: Option<Duration>,
     /// At most this many terminal instances are retained, newest first.
+    #[serde(deserialize_with = "strict::integer")]
     pub hard_cap: u64,
     /// Floor for reclaiming orphans; applies even when `window` is 0.
     #[serde(with = "humantime_serde")]
     pub orphan_min_age: Duration,
     /// Consent for windows under one hour.
+    #[serde(deserialize_with = "strict::boolean")]
     pub allow_short_retention: bool,
 }
 
@@ -225,6 +243,7 @@ pub struct PassConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Roots per transaction.
+    #[serde(deserialize_with = "strict::integer")]
     pub batch_size: u32,
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
@@ -241,6 +260,7 @@ pub struct PassConfig {
     #[serde(with = "humantime_serde")]
     pub retry_backoff_max: Duration,
     /// Hold a session advisory lock on a dedicated connection; only the holder runs passes.
+    #[serde(deserialize_with = "strict::boolean")]
     pub leader_election: bool,
 }
 
@@ -284,8 +304,10 @@ pub struct AuditConfig {
     /// The daemon's own schema, created by `df-reconciler migrate`.
     pub schema: String,
     /// Apply pending migrations at start (under an advisory lock).
+    #[serde(deserialize_with = "strict::boolean")]
     pub auto_migrate: bool,
     /// Write one row per removed root into `<schema>.deletions`, in the batch transaction.
+    #[serde(deserialize_with = "strict::boolean")]
     pub record_deletions: bool,
     /// Rows of `passes` and `deletions` older than this are removed after each pass.
     #[serde(with = "humantime_serde")]
@@ -344,6 +366,12 @@ impl Config {
         overrides: &[String],
     ) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
+        if let Some(path) = file.filter(|p| p.is_dir()) {
+            return Err(ConfigError::Load(config::ConfigError::Message(format!(
+                "configuration file {} is a directory",
+                path.display()
+            ))));
+        }
         if let Some(path) = file {
             builder = builder.add_source(
                 config::File::from(path)
@@ -401,6 +429,56 @@ impl Config {
             }
         }
         let p = &self.pass;
+        // PostgreSQL's timeouts are int milliseconds; tcp_user_timeout adds 30 s.
+        let pg_max = Duration::from_millis(i32::MAX as u64 - 30_000);
+        for (key, d) in [
+            ("pass.statement_timeout", p.statement_timeout),
+            ("pass.lock_timeout", p.lock_timeout),
+        ] {
+            if d > pg_max {
+                return Err(invalid(
+                    key,
+                    humantime::format_duration(d).to_string(),
+                    "must be at most 24 days",
+                ));
+            }
+        }
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        let millennium = Duration::from_secs(1000 * 365 * 86_400);
+        for (key, d, max) in [
+            ("retention.window", Some(r.window), millennium),
+            ("retention.completed", r.completed, millennium),
+            ("retention.failed", r.failed, millennium),
+            ("retention.cancelled", r.cancelled, millennium),
+            (
+                "retention.orphan_min_age",
+                Some(r.orphan_min_age),
+                millennium,
+            ),
+            ("audit.retention", Some(self.audit.retention), millennium),
+            ("pass.interval", Some(p.interval), century),
+            ("pass.jitter", Some(p.jitter), century),
+            ("pass.max_duration", p.max_duration, century),
+            ("pass.retry_backoff_max", Some(p.retry_backoff_max), century),
+            (
+                "http.ready_max_failing",
+                Some(self.http.ready_max_failing),
+                century,
+            ),
+            (
+                "database.connect_timeout",
+                Some(self.database.connect_timeout),
+                century,
+            ),
+        ] {
+            if let Some(d) = d.filter(|d| *d > max) {
+                return Err(invalid(
+                    key,
+                    humantime::format_duration(d).to_string(),
+                    "is too long",
+                ));
+            }
+        }
         if p.batch_size == 0 {
             return Err(invalid("pass.batch_size", "0".into(), "must be at least 1"));
         }
@@ -556,5 +634,64 @@ mod tests {
             c.database.connection_string().unwrap().expose(),
             "host=localhost dbname=app"
         );
+    }
+}
+
+/// Deserializers that refuse config-rs' own conversions between scalar types (a float
+/// rounded into an integer, a number taken for a boolean). Strings are parsed strictly:
+/// `--set` overrides arrive as strings.
+mod strict {
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    pub fn integer<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = u64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+                u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+                v.trim()
+                    .parse()
+                    .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+        }
+        let v = d.deserialize_any(V)?;
+        T::try_from(v).map_err(|_| {
+            de::Error::invalid_value(de::Unexpected::Unsigned(v), &"a smaller integer")
+        })
+    }
+
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+                Ok(v)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+                match v.trim() {
+                    "true" => Ok(true),
+                    "false" => Ok(false),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
     }
 }

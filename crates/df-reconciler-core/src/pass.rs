@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio_postgres::types::Timestamp;
+
 use deadpool_postgres::{Object, Pool, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
@@ -323,7 +325,7 @@ struct PassClock {
     /// Cutoff per terminal status (completed, failed, cancelled); None: nothing expires.
     cutoffs: [Option<SystemTime>; 3],
     /// The newest terminal row over the hard cap (terminal_at, id); None: cap not reached.
-    cap_edge: Option<(Option<SystemTime>, String)>,
+    cap_edge: Option<(Option<Timestamp<SystemTime>>, String)>,
     orphan_cutoff: Option<SystemTime>,
     /// Orphans must have been created before this (the oldest open transaction).
     orphan_created_before: SystemTime,
@@ -350,7 +352,12 @@ impl PassClock {
             .query_opt(&st.cap_edge, &[&hard_cap])
             .await
             .context("finding the hard-cap edge")?
-            .map(|row| (row.get::<_, Option<SystemTime>>(0), row.get::<_, String>(1)));
+            .map(|row| {
+                (
+                    row.get::<_, Option<Timestamp<SystemTime>>>(0),
+                    row.get::<_, String>(1),
+                )
+            });
         tx.commit().await.context("ending the pass setup")?;
         let before = |d: Duration| db_now.checked_sub(d);
         let r = &cfg.retention;
@@ -388,7 +395,12 @@ struct BatchTally {
 }
 
 impl BatchTally {
-    fn skipped_since(&mut self, at: Option<SystemTime>) {
+    fn skipped_since(&mut self, at: Option<Timestamp<SystemTime>>) {
+        let at = match at {
+            Some(Timestamp::Value(t)) => Some(t),
+            Some(Timestamp::NegInfinity) => Some(SystemTime::UNIX_EPOCH),
+            _ => None,
+        };
         if let Some(at) = at {
             self.oldest_skipped = Some(self.oldest_skipped.map_or(at, |o| o.min(at)));
         }
@@ -432,7 +444,8 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// Runs a phase to its end. Returns false when it stopped early (shutdown or budget).
     async fn run_phase(&mut self, phase: Phase) -> Result<bool, Error> {
-        let mut watermark = String::new();
+        // None: the phase starts before every id, the empty one included.
+        let mut watermark: Option<String> = None;
         loop {
             if self.shutdown.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
@@ -442,7 +455,7 @@ impl Pass<'_> {
             let result = bounded(
                 cfg,
                 "running a batch",
-                self.batch(phase, &watermark, &mut progress),
+                self.batch(phase, watermark.as_deref(), &mut progress),
             )
             .await;
             match result {
@@ -458,7 +471,7 @@ impl Pass<'_> {
                     return Ok(false);
                 }
                 Ok(Step::Continue { watermark: next }) => {
-                    watermark = next;
+                    watermark = Some(next);
                     self.report.batches += 1;
                     self.after_clean_batch();
                 }
@@ -476,7 +489,7 @@ impl Pass<'_> {
                     match progress {
                         Some(p) => {
                             self.report.skipped_locked += p.candidates;
-                            watermark = p.watermark;
+                            watermark = Some(p.watermark);
                         }
                         None if statement_timeout => {}
                         None => return Err(e),
@@ -500,7 +513,7 @@ impl Pass<'_> {
     async fn batch(
         &mut self,
         phase: Phase,
-        watermark: &str,
+        watermark: Option<&str>,
         progress: &mut Option<Progress>,
     ) -> Result<Step, Error> {
         let dry_run = self.options.dry_run;
@@ -548,12 +561,17 @@ impl Pass<'_> {
                 audit::record_deletions(&tx, schema, &self.report.pass_id, &tally.deleted_roots)
                     .await?;
             }
+            // The df foreign keys are deferred: check them now, under statement_timeout,
+            // which PostgreSQL disarms before COMMIT runs deferred triggers.
+            tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+                .await
+                .context("checking the deleted rows' foreign keys")?;
             tx.commit().await.context("committing a batch")?;
         }
         if matches!(step, Step::Continue { .. }) {
             debug!(
                 ?phase,
-                watermark,
+                ?watermark,
                 removed = tally.deleted_roots.len(),
                 "batch done"
             );
@@ -658,7 +676,7 @@ struct Batch<'a> {
     st: &'a Statements,
     clock: &'a PassClock,
     batch_size: u32,
-    watermark: &'a str,
+    watermark: Option<&'a str>,
 }
 
 fn limit(batch_size: u32) -> i64 {
@@ -713,7 +731,7 @@ async fn expired_batch(
         window_expired: bool,
         has_engine_record: bool,
     }
-    let terminal_at: BTreeMap<String, Option<SystemTime>> =
+    let terminal_at: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(6))).collect();
     let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
     for row in &rows {
@@ -842,7 +860,7 @@ async fn orphan_batch(
         candidates: rows.len() as u64,
     });
     let roots: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let aged_from: BTreeMap<String, Option<SystemTime>> =
+    let aged_from: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(2))).collect();
     let trees = lock_trees(tx, st, &roots, &[], RootRule::Orphan, tally).await?;
     for (id, at) in &aged_from {

@@ -105,6 +105,26 @@ pub async fn verify(
         )
         .await?;
     }
+    let existing = [
+        (&control_name, control_exists),
+        (&engine_name, engine_exists),
+    ];
+    for schema in existing
+        .iter()
+        .filter(|(_, exists)| *exists)
+        .map(|(s, _)| *s)
+    {
+        let usage: bool = client
+            .query_one("SELECT has_schema_privilege($1, 'USAGE')", &[schema])
+            .await
+            .context("checking schema privileges")?
+            .get(0);
+        if !usage {
+            problems.push(format!(
+                "role lacks USAGE on schema {schema} (GRANT USAGE ON SCHEMA {schema})"
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err(Error::Refused(problems));
     }
@@ -177,7 +197,21 @@ pub async fn verify(
         }
     }
 
-    let engine_migration = check_engine_version(client, &schemas, &mut warnings).await?;
+    let migrations = format!("{}._duroxide_migrations", sql::quote_ident(&schemas.engine));
+    let can_read_migrations: bool = client
+        .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&migrations])
+        .await
+        .context("checking table privileges")?
+        .get(0);
+    let engine_migration = if can_read_migrations {
+        check_engine_version(client, &schemas, &mut warnings).await?
+    } else {
+        warnings.push(format!(
+            "role lacks SELECT on {}._duroxide_migrations: the engine version cannot be checked",
+            schemas.engine
+        ));
+        None
+    };
     let sees_all_sessions: bool = client
         .query_one(
             "SELECT pg_has_role('pg_read_all_stats', 'MEMBER')

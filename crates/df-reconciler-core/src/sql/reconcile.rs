@@ -64,7 +64,7 @@ pub const EXPIRED_CANDIDATES: &str = concat!(
            t.terminal_at",
     df_with_engine!(),
     "
-    WHERE d.id::text > $1
+    WHERE ($1::text IS NULL OR d.id::text > $1::text)
       AND d.status IN ('completed', 'failed', 'cancelled')
       AND t.terminal_at IS NOT NULL
       AND (t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
@@ -87,7 +87,7 @@ pub const ORPHAN_CANDIDATES: &str = "
     FROM {engine}.instances ei
     JOIN {engine}.executions ex
       ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
-    WHERE ei.instance_id > $1
+    WHERE ($1::text IS NULL OR ei.instance_id > $1::text)
       AND ei.parent_instance_id IS NULL
       AND NOT {ei_is_child}
       AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
