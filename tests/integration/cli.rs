@@ -284,3 +284,42 @@ async fn run_refuses_a_database_it_must_not_touch() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("_duroxide.kv_store does not exist"));
 }
+
+#[tokio::test]
+async fn check_reports_missing_supporting_indexes_and_migrate_creates_them() {
+    let db = TestDb::new().await;
+    let check = || {
+        let mut cmd = binary();
+        cmd.arg("check")
+            .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+        cmd
+    };
+    let out = run(check()).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("missing supporting index on df.nodes (instance_id, left_node)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let mut migrate = binary();
+    migrate
+        .args(["migrate", "--indexes"])
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(migrate).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let valid = crate::support::count(
+        &db.client().await,
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE c.relname IN ('df_reconciler_nodes_left_node', 'df_reconciler_nodes_right_node')
+            AND i.indisvalid",
+    )
+    .await;
+    assert_eq!(valid, 2);
+    let out = run(check()).await;
+    assert!(
+        !text(&out.stdout).contains("missing supporting index"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -337,3 +337,69 @@ pub async fn in_database_reconcile_warning(
         )),
     })
 }
+
+/// Supporting indexes that are missing (see [`control::SUPPORTING_INDEXES`]).
+pub async fn missing_supporting_indexes(
+    client: &impl GenericClient,
+    schemas: &Schemas,
+) -> Result<Vec<control::SupportingIndex>, Error> {
+    let mut missing = Vec::new();
+    for index in control::SUPPORTING_INDEXES {
+        let columns: Vec<&str> = index.columns.to_vec();
+        let present: bool = client
+            .query_one(
+                control::HAS_INDEX_ON,
+                &[&schemas.control, &index.table, &columns],
+            )
+            .await
+            .context("looking for supporting indexes")?
+            .get(0);
+        if !present {
+            missing.push(index);
+        }
+    }
+    Ok(missing)
+}
+
+/// Creates the missing supporting indexes with `CREATE INDEX CONCURRENTLY` (no write lock
+/// on df.nodes; outside any transaction; needs the table's owner). An invalid leftover of
+/// an interrupted build is dropped first. Returns the names created.
+pub async fn create_supporting_indexes(
+    client: &impl GenericClient,
+    schemas: &Schemas,
+) -> Result<Vec<&'static str>, Error> {
+    let mut created = Vec::new();
+    for index in missing_supporting_indexes(client, schemas).await? {
+        let qualified = format!(
+            "{}.{}",
+            sql::quote_ident(&schemas.control),
+            sql::quote_ident(index.name)
+        );
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
+            .await
+            .with_context(|| format!("dropping an invalid leftover of {qualified}"))?;
+        client
+            .batch_execute(&create_index_statement(schemas, &index))
+            .await
+            .with_context(|| format!("creating index {qualified}"))?;
+        created.push(index.name);
+    }
+    Ok(created)
+}
+
+/// `CREATE INDEX CONCURRENTLY` for a supporting index.
+pub fn create_index_statement(schemas: &Schemas, index: &control::SupportingIndex) -> String {
+    format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {}.{} ({})",
+        sql::quote_ident(index.name),
+        sql::quote_ident(&schemas.control),
+        sql::quote_ident(index.table),
+        index
+            .columns
+            .iter()
+            .map(|c| sql::quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}

@@ -62,7 +62,12 @@ enum Command {
     /// Zero-setup tour on a throwaway PostgreSQL: seed, dry run, real pass, clean up.
     Demo,
     /// Create or upgrade the daemon's own audit schema (audit.schema).
-    Migrate,
+    Migrate {
+        /// Instead: create the supporting indexes `check` reports missing, CONCURRENTLY
+        /// (run as the owner of the df tables).
+        #[arg(long)]
+        indexes: bool,
+    },
     /// Print the most recent passes from the audit trail.
     History {
         /// How many passes.
@@ -134,7 +139,8 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
         Command::Check { offline: false } => check(&cfg).await,
         Command::Once { dry_run, json } => once(&cfg, *dry_run, *json).await,
         Command::Run => run(cfg, cli_reloader()).await,
-        Command::Migrate => migrate(&cfg).await,
+        Command::Migrate { indexes: false } => migrate(&cfg).await,
+        Command::Migrate { indexes: true } => create_indexes(&cfg).await,
         Command::History { limit, json } => history(&cfg, *limit, *json).await,
         Command::Demo => unreachable!("demo needs no configuration"),
     }
@@ -176,6 +182,20 @@ async fn check(cfg: &Config) -> i32 {
                 .chain(reconcile_warning.ok().flatten().iter())
             {
                 println!("warning: {w}");
+            }
+            match preflight::missing_supporting_indexes(&**client, &verified.schemas).await {
+                Ok(missing) => {
+                    for index in missing {
+                        println!(
+                            "warning: missing supporting index on {}.{} ({}): {}; create it with `df-reconciler migrate --indexes` as the table owner",
+                            verified.schemas.control,
+                            index.table,
+                            index.columns.join(", "),
+                            index.why
+                        );
+                    }
+                }
+                Err(e) => println!("warning: cannot look for supporting indexes: {e}"),
             }
             println!(
                 "ok: {target}, control schema {:?}, engine schema {:?}, engine migration {}",
@@ -274,6 +294,35 @@ async fn migrate(cfg: &Config) -> i32 {
                 "audit schema {:?}: applied migrations {applied:?}",
                 cfg.audit.schema
             );
+            exit_code::OK
+        }
+        Err(e) => {
+            eprintln!("df-reconciler: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn create_indexes(cfg: &Config) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let target = describe(cfg);
+    let result = async {
+        let client = db::connect(&pool, &target).await?;
+        let engine = preflight::resolve_engine_schema(&**client, cfg).await?;
+        let schemas = df_reconciler_core::sql::Schemas::new(&cfg.schemas.control, &engine);
+        preflight::create_supporting_indexes(&**client, &schemas).await
+    }
+    .await;
+    match result {
+        Ok(created) if created.is_empty() => {
+            println!("supporting indexes are all present");
+            exit_code::OK
+        }
+        Ok(created) => {
+            println!("created indexes {created:?}");
             exit_code::OK
         }
         Err(e) => {
