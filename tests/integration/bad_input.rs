@@ -120,12 +120,7 @@ impl Run {
 /// The binary with nothing inherited from the test's environment that could configure it,
 /// no HTTP listener, and plain logs.
 fn reconciler(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DF_RECONCILER") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = crate::process::binary();
     cmd.env("DF_RECONCILER__HTTP__LISTEN", "")
         .env("NO_COLOR", "1")
         .args(args);

@@ -2,41 +2,21 @@
 //! precedence and errors that name the offending key.
 
 use std::io::Write;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::classification::workflow;
 use std::time::Duration;
 
 use crate::harness::{wait_until, TestDb};
+use crate::process::{binary, run, text};
 use crate::support::df_ids;
 
 const DAY: f64 = 86_400.0;
-
-fn binary() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
-    // The tests' own environment must not leak configuration into the child.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DF_RECONCILER") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-async fn run(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
-        .await
-        .unwrap()
-}
 
 fn config_file(toml: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     f.write_all(toml.as_bytes()).unwrap();
     f
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test]

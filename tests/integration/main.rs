@@ -11,6 +11,7 @@ mod hostile;
 mod model;
 mod operations;
 mod packaging;
+mod process;
 mod reliability;
 mod smoke;
 mod support;

@@ -2,104 +2,15 @@
 //! signals (SIGTERM mid-pass, SIGHUP reloads) and a server that goes away and comes back.
 //! These run the real binary (`run`, `once`, `migrate`, `history`) as operators would.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::classification::workflow;
 use crate::harness::{private_cluster, wait_until, TestDb};
+use crate::process::{daemon, exit_within, free_port, get, metric, signal, Running};
 use crate::support::{count, df_ids, violations};
 
 const DAY: f64 = 86_400.0;
-
-/// The binary with the test's DSN and no inherited configuration.
-fn daemon(dsn: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DF_RECONCILER") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("DF_RECONCILER__DATABASE__URL", dsn)
-        .env("DF_RECONCILER__HTTP__LISTEN", "")
-        .env("DF_RECONCILER__PASS__JITTER", "0s");
-    cmd
-}
-
-/// A free port on the loopback (bound and released; the daemon binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A minimal HTTP/1.1 GET: (status code, body). None when nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
-
-async fn get(port: u16, path: &'static str) -> Option<(u16, String)> {
-    tokio::task::spawn_blocking(move || http_get(port, path))
-        .await
-        .unwrap()
-}
-
-fn signal(child: &Child, name: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name}");
-}
-
-/// Waits for the child to exit within `limit`; kills it and panics otherwise.
-async fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the daemon did not exit within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Kills the child when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test]
 async fn endpoints_report_health_readiness_and_the_pass_in_metrics() {
@@ -121,7 +32,7 @@ async fn endpoints_report_health_readiness_and_the_pass_in_metrics() {
         .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _d = Running(cmd.spawn().unwrap());
+    let _d = Running::spawn(&mut cmd);
 
     wait_until(
         "the first pass removed the instance",
@@ -199,7 +110,7 @@ async fn three_replicas_finish_the_work_without_errors_or_double_counting() {
             .env("DF_RECONCILER__AUDIT__AUTO_MIGRATE", "true")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        replicas.push(Running(cmd.spawn().unwrap()));
+        replicas.push(Running::spawn(&mut cmd));
     }
     wait_until(
         "the backlog is cleared",
@@ -253,7 +164,7 @@ async fn sigterm_during_a_long_pass_finishes_the_batch_and_exits_0() {
         .env("DF_RECONCILER__PASS__BATCH_SIZE", "20")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut d = Running(cmd.spawn().unwrap());
+    let mut d = Running::spawn(&mut cmd);
     wait_until("the pass is under way", Duration::from_secs(60), || async {
         count(&c, "SELECT count(*) FROM df.instances").await < total - 100
     })
@@ -296,7 +207,7 @@ async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
         .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let d = Running(cmd.spawn().unwrap());
+    let d = Running::spawn(&mut cmd);
     let passes = || async move {
         get(port, "/metrics")
             .await
@@ -379,7 +290,7 @@ async fn the_loop_survives_a_server_restart_and_recovers_by_itself() {
         .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut d = Running(cmd.spawn().unwrap());
+    let mut d = Running::spawn(&mut cmd);
     wait_until("ready", Duration::from_secs(30), || async {
         get(port, "/readyz").await.is_some_and(|(s, _)| s == 200)
     })
@@ -566,7 +477,7 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
         .env("WATCHDOG_USEC", "2000000")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut d = Running(cmd.spawn().unwrap());
+    let mut d = Running::spawn(&mut cmd);
 
     let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let reader = {

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::classification::{orphan, workflow};
 use crate::harness::{superuser_client, TestDb};
+use crate::process::{binary, run};
 use crate::support::{count, df_ids, engine_ids, pass, rows_of, try_pass};
 
 const DAY: f64 = 86_400.0;
@@ -62,23 +63,6 @@ fn files_under(dir: &Path, suffix: &str, found: &mut Vec<PathBuf>) {
         }
     }
     found.sort();
-}
-
-/// The df-reconciler binary, with none of the test process's DF_RECONCILER variables.
-fn binary() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DF_RECONCILER") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-async fn run(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().expect("the command runs"))
-        .await
-        .unwrap()
 }
 
 fn output_text(out: &Output) -> String {

@@ -6,7 +6,7 @@
 //! `DF_RECONCILER_LONG_TESTS=1` stretches the workload and load scenarios (see
 //! docs/RELIABILITY.md); the default run keeps them short.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{connect, private_cluster, wait_until, TestDb};
+use crate::process::{daemon, free_port, http_get, metric, quiet, Running};
 use crate::support::{config_for, count, pass, try_pass, violations};
 
 /// Scales the long-running scenarios: 1 by default, more with DF_RECONCILER_LONG_TESTS.
@@ -24,30 +25,6 @@ fn scale() -> u64 {
     match std::env::var("DF_RECONCILER_LONG_TESTS").ok().as_deref() {
         Some("1") | Some("true") => 20,
         _ => 1,
-    }
-}
-
-fn binary(dsn: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_df-reconciler"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("DF_RECONCILER") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("DF_RECONCILER__DATABASE__URL", dsn)
-        .env("DF_RECONCILER__HTTP__LISTEN", "")
-        .env("DF_RECONCILER__PASS__JITTER", "0s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -66,17 +43,17 @@ async fn a_server_crash_mid_pass_leaves_every_instance_whole() {
     // The throwaway cluster commits asynchronously: make the seed durable first.
     c.batch_execute("CHECKPOINT").await.unwrap();
     let total = count(&c, "SELECT count(*) FROM df.instances").await;
-    let mut once = binary(&db.dsn);
+    let mut once = daemon(&db.dsn);
     once.arg("once")
         .env("DF_RECONCILER__PASS__BATCH_SIZE", "50");
-    let mut daemon = Running(once.spawn().unwrap());
+    let mut child = Running::spawn(quiet(&mut once));
     wait_until("the pass is deleting", Duration::from_secs(60), || async {
         count(&c, "SELECT count(*) FROM df.instances").await < total - 500
     })
     .await;
 
     tokio::task::block_in_place(|| cluster.stop_immediate()).unwrap();
-    let status = tokio::task::block_in_place(|| daemon.0.wait()).unwrap();
+    let status = tokio::task::block_in_place(|| child.0.wait()).unwrap();
     assert_ne!(status.code(), Some(0), "the pass noticed the crash");
     tokio::task::block_in_place(|| cluster.restart()).unwrap();
 
@@ -102,16 +79,16 @@ async fn a_daemon_killed_mid_pass_leaves_every_instance_whole() {
         .await
         .unwrap();
     let total = count(&c, "SELECT count(*) FROM df.instances").await;
-    let mut once = binary(&db.dsn);
+    let mut once = daemon(&db.dsn);
     once.arg("once")
         .env("DF_RECONCILER__PASS__BATCH_SIZE", "20");
-    let mut daemon = Running(once.spawn().unwrap());
+    let mut child = Running::spawn(quiet(&mut once));
     wait_until("the pass is deleting", Duration::from_secs(60), || async {
         count(&c, "SELECT count(*) FROM df.instances").await < total - 200
     })
     .await;
-    daemon.0.kill().unwrap(); // SIGKILL
-    daemon.0.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     // Its backend notices the closed socket and rolls back; wait until it is gone.
     wait_until("the killed daemon's session ended", Duration::from_secs(30), || async {
         count(
@@ -232,34 +209,18 @@ async fn pump(
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn metrics(port: u16) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    http_get(port, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 fn failed_passes(body: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with("df_reconciler_passes_total{outcome=\"failed\",dry_run=\"false\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    metric(
+        body,
+        "df_reconciler_passes_total{outcome=\"failed\",dry_run=\"false\"}",
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +235,7 @@ async fn cut_and_black_holed_connections_are_noticed_and_recovered_from() {
         .dsn
         .replace(&format!(":{}/", db.port()), &format!(":{}/", proxy.port));
     let http = free_port();
-    let mut run = binary(&via_proxy);
+    let mut run = daemon(&via_proxy);
     run.arg("run")
         .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("DF_RECONCILER__PASS__INTERVAL", "1s")
@@ -283,7 +244,7 @@ async fn cut_and_black_holed_connections_are_noticed_and_recovered_from() {
         .env("DF_RECONCILER__PASS__RETRY_BACKOFF_MAX", "1s")
         .env("DF_RECONCILER__DATABASE__CONNECT_TIMEOUT", "2s")
         .env("DF_RECONCILER__PASS__LEADER_ELECTION", "false");
-    let mut daemon = Running(run.spawn().unwrap());
+    let mut child = Running::spawn(quiet(&mut run));
     let total = count(&c, "SELECT count(*) FROM df.instances").await;
     wait_until("passes are deleting", Duration::from_secs(60), || async {
         count(&c, "SELECT count(*) FROM df.instances").await < total - 200
@@ -312,7 +273,7 @@ async fn cut_and_black_holed_connections_are_noticed_and_recovered_from() {
         .await;
         eprintln!("{fault:?} noticed after {:?}", at.elapsed());
         assert!(
-            daemon.0.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "the daemon keeps running"
         );
         // Locks of an abandoned batch do not outlive it on the server.
@@ -352,7 +313,7 @@ async fn cut_and_black_holed_connections_are_noticed_and_recovered_from() {
     )
     .await;
     assert!(violations(&c).await.is_empty());
-    drop(daemon);
+    drop(child);
 }
 
 /// SQL run once per test database: triggers that make any forbidden deletion abort the
@@ -721,12 +682,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
 async fn sustained_load_keeps_memory_flat_and_connections_bounded() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let mut run = binary(&db.dsn);
+    let mut run = daemon(&db.dsn);
     run.arg("run")
         .env("DF_RECONCILER__PASS__INTERVAL", "300ms")
         .env("DF_RECONCILER__PASS__BATCH_SIZE", "50");
-    let mut daemon = Running(run.spawn().unwrap());
-    let pid = daemon.0.id();
+    let mut child = Running::spawn(quiet(&mut run));
+    let pid = child.0.id();
     let duration = Duration::from_secs(12 * scale());
     let started = Instant::now();
     let mut round = 0i64;
@@ -759,7 +720,7 @@ async fn sustained_load_keeps_memory_flat_and_connections_bounded() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::task::block_in_place(|| daemon.0.wait()).unwrap();
+    let exit = tokio::task::block_in_place(|| child.0.wait()).unwrap();
     assert_eq!(exit.code(), Some(0));
 
     // Pool (2) plus the leader's dedicated connection.
