@@ -61,9 +61,16 @@ pub const EXPIRED_CANDIDATES: &str = concat!(
            ei.instance_id IS NOT NULL AS has_engine_record,
            coalesce(ei.parent_instance_id IS NULL AND NOT {ei_is_child}, false) AS engine_is_root,
            ex.status AS engine_status,
-           t.terminal_at",
-    df_with_engine!(),
-    "
+           t.terminal_at
+    FROM {control}.instances d
+    -- The watermark bounds the engine side too (implied by the join equality): without it
+    -- the planner walks the engine's ids from the first one on every batch.
+    LEFT JOIN {engine}.instances ei
+           ON ei.instance_id = d.id::text AND ($1::text IS NULL OR ei.instance_id > $1::text)
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+          AND ($1::text IS NULL OR ex.instance_id > $1::text)
+    CROSS JOIN LATERAL (SELECT coalesce(d.completed_at, ex.completed_at, d.created_at) AS terminal_at) t
     WHERE ($1::text IS NULL OR d.id::text > $1::text)
       AND d.status IN ('completed', 'failed', 'cancelled')
       AND t.terminal_at IS NOT NULL
@@ -87,13 +94,16 @@ pub const ORPHAN_CANDIDATES: &str = "
     FROM {engine}.instances ei
     JOIN {engine}.executions ex
       ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+     AND ($1::text IS NULL OR ex.instance_id > $1::text)
     WHERE ($1::text IS NULL OR ei.instance_id > $1::text)
       AND ei.parent_instance_id IS NULL
       AND NOT {ei_is_child}
       AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
       AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
       AND ei.created_at < $4::timestamptz
-      AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
+      AND NOT EXISTS (SELECT 1 FROM {control}.instances d
+                       WHERE d.id::text = ei.instance_id
+                         AND ($1::text IS NULL OR d.id::text > $1::text))
     ORDER BY ei.instance_id
     LIMIT $2";
 
@@ -103,10 +113,11 @@ pub const ROOT_STATE: &str = "
     SELECT ei.instance_id,
            ex.status,
            EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id) AS has_df_row
-    FROM {engine}.instances ei
+    FROM unnest($1::text[]) AS r(id)
+    -- Driven from the array: `instance_id = ANY($1)` over 1,000 ids got a parallel seq scan.
+    JOIN {engine}.instances ei ON ei.instance_id = r.id
     LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
-    WHERE ei.instance_id = ANY($1::text[])";
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id";
 
 /// Drift between the stores, reported only. `$1`: now - orphan_min_age; `$2`, `$3`: the
 /// orphan age cutoff and the oldest open transaction, as in [`ORPHAN_CANDIDATES`].
