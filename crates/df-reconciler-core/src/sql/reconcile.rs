@@ -51,8 +51,7 @@ pub const CAP_EDGE: &str = concat!(
 /// `$5` cancelled; NULL = nothing expires) or at/below the cap edge (`$6` terminal_at,
 /// `$7` id; NULL id = cap not reached). Rows whose terminal_at is unknown never expire.
 /// Settledness is reported, not filtered, so skipped rows are counted and passed over.
-pub const EXPIRED_CANDIDATES: &str = concat!(
-    "
+pub const EXPIRED_CANDIDATES: &str = "
     SELECT d.id::text,
            d.status,
            coalesce(t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
@@ -82,8 +81,7 @@ pub const EXPIRED_CANDIDATES: &str = concat!(
                     OR t.terminal_at < $6::timestamptz
                     OR (t.terminal_at = $6::timestamptz AND d.id::text <= $7::text))))
     ORDER BY d.id
-    LIMIT $2"
-);
+    LIMIT $2";
 
 /// The next keyset batch of orphan engine roots after the watermark `$1`, at most `$2`:
 /// roots (no parent AND not child-shaped) with no df row, current execution terminal,
