@@ -68,6 +68,15 @@ struct Args {
     /// Think time of each workload task between two transactions, in milliseconds.
     #[arg(long, default_value_t = 5)]
     impact_pause_ms: u64,
+    /// Skip the in-process pass that measures batch latencies (it uses the core library
+    /// this benchmark was built with, not --daemon-bin).
+    #[arg(long)]
+    no_latency: bool,
+    /// Impact only: run the concurrent pass in-process (this build's core, not the
+    /// daemon binary) and sleep this long after every batch, to measure how pacing
+    /// between batches changes the workload's latency. 0: the daemon binary, unpaced.
+    #[arg(long, default_value_t = 0)]
+    impact_batch_pause_ms: u64,
     /// The daemon binary (default: df-reconciler next to this executable).
     #[arg(long)]
     daemon_bin: Option<PathBuf>,
@@ -221,7 +230,7 @@ async fn bench(server: &Server, args: &Args, bin: &Path) -> Result<()> {
                     seed_db: &seed_db,
                     expected: expected.as_ref(),
                     floor_times: &floor_times,
-                    latency: n == args.n,
+                    latency: n == args.n && !args.no_latency,
                 };
                 pass_runs(server, bin, &runs, &mut results).await?;
             }
@@ -728,6 +737,41 @@ async fn idle(server: &Server, bin: &Path, args: &Args, results: &mut Results) -
     Ok(())
 }
 
+/// What the impact measurement needs to know of the concurrent pass.
+struct PassOutcome {
+    removed: u64,
+    wall: Duration,
+    complete: bool,
+}
+
+/// An in-process pass on its own single-threaded runtime (blocking: call it from
+/// `spawn_blocking`) that sleeps `pause` after every batch.
+fn paced_pass(cfg: &df_reconciler_core::config::Config, pause: Duration) -> Result<PassOutcome> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let pool = db::build_pool(cfg)?;
+        let options = PassOptions {
+            dry_run: false,
+            metrics: None,
+            // Runs on this dedicated thread between two batches: the pass pauses, the
+            // workload's runtime does not.
+            on_batch: Some(Arc::new(move || std::thread::sleep(pause))),
+        };
+        let started = Instant::now();
+        let report = pass::run_pass_with(&pool, cfg, &options, &CancellationToken::new())
+            .await
+            .map_err(|f| anyhow::anyhow!("paced pass failed: {}", f.error))?;
+        pool.close();
+        Ok(PassOutcome {
+            removed: report.instances_removed(),
+            wall: started.elapsed(),
+            complete: report.complete,
+        })
+    })
+}
+
 async fn connect_many(server: &Server, db: &str, k: usize) -> Result<Vec<tokio_postgres::Client>> {
     let mut clients = Vec::with_capacity(k);
     for _ in 0..k {
@@ -784,9 +828,22 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
     let started = Instant::now();
     let (b, d) = (bin.to_owned(), server.dsn(&db));
     // The pass stops itself (between batches) shortly after the window.
-    let stop_after = vec![format!("pass.max_duration={}s", window.as_secs() + 3)];
-    let mut pass =
-        tokio::task::spawn_blocking(move || daemon::once_with(&b, &d, &stop_after, false));
+    let stop_after = window + Duration::from_secs(3);
+    let batch_pause = Duration::from_millis(args.impact_batch_pause_ms);
+    let mut cfg = server.config(&db);
+    cfg.pass.max_duration = Some(stop_after);
+    let mut pass = tokio::task::spawn_blocking(move || {
+        if batch_pause.is_zero() {
+            let sets = vec![format!("pass.max_duration={}s", stop_after.as_secs())];
+            daemon::once_with(&b, &d, &sets, false).map(|r| PassOutcome {
+                removed: r.instances_removed,
+                wall: r.wall,
+                complete: r.report["complete"] == serde_json::Value::Bool(true),
+            })
+        } else {
+            paced_pass(&cfg, batch_pause)
+        }
+    });
     let pass_result = tokio::select! {
         r = &mut pass => { stop.cancel(); Some(r) }
         _ = tokio::time::sleep(window) => { stop.cancel(); None }
@@ -831,15 +888,20 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
         "workload during a pass",
         &label,
         format!(
-            "{} ({} of a pass that removed {} roots in {}{})",
+            "{} ({} of a pass that removed {} roots in {}{}{})",
             describe(&during, during_window),
             secs(during_window),
-            thousands(pass_run.instances_removed),
+            thousands(pass_run.removed),
             secs(pass_run.wall),
-            if pass_run.report["complete"] == serde_json::Value::Bool(true) {
+            if pass_run.complete {
                 ""
             } else {
                 ", stopped by pass.max_duration"
+            },
+            if batch_pause.is_zero() {
+                String::new()
+            } else {
+                format!(", in-process, {} pause after each batch", ms(batch_pause))
             }
         ),
         "",

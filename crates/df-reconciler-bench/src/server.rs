@@ -136,7 +136,8 @@ impl Server {
 
     pub async fn drop_db(&self, db: &str) -> Result<()> {
         self.wait_unused(db).await?;
-        self.admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await
+        self.admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await
     }
 
     /// Creates the empty base database with both schemas and the seed functions.
