@@ -206,12 +206,18 @@ pub fn connector(dsn: &DsnTls, cfg: &TlsConfig) -> Result<MakeRustlsConnect, Con
     let builder = match verification(dsn, cfg) {
         Verification::Off | Verification::EncryptOnly => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly { algorithms })),
+            .with_custom_certificate_verifier(Arc::new(NoHostnameCheck {
+                roots: None,
+                algorithms,
+            })),
         Verification::Chain(roots) => {
             let roots = Arc::new(root_store(&roots, origin)?);
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly { roots, algorithms }))
+                .with_custom_certificate_verifier(Arc::new(NoHostnameCheck {
+                    roots: Some(roots),
+                    algorithms,
+                }))
         }
         Verification::Full(roots) => {
             let roots = Arc::new(root_store(&roots, origin)?);
@@ -273,57 +279,18 @@ fn pem_certificates(
     Ok(certs)
 }
 
-/// `prefer`/`require` without a CA: encryption against passive eavesdroppers, as libpq
-/// does it. The handshake signatures are still checked against the presented certificate.
+/// The verifiers that do not compare the certificate's name with the host (libpq's
+/// `prefer`/`require` without a CA, and `verify-ca`). The handshake signatures are always
+/// checked against the presented certificate.
+/// - `roots: None`: encryption against passive eavesdroppers only, as libpq does it.
+/// - `roots: Some`: `verify-ca`, the certificate must chain to a trusted CA and be valid now.
 #[derive(Debug)]
-struct EncryptOnly {
+struct NoHostnameCheck {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the certificate must chain to a trusted CA and be valid now; the name it
-/// was issued for is not compared with the host connected to.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NoHostnameCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -332,14 +299,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
