@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-pub use deadpool_postgres::Pool;
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+pub use deadpool_postgres::{Object, Pool};
 
 use crate::config::Config;
 use crate::error::Error;

@@ -680,6 +680,18 @@ struct Batch<'a> {
     watermark: Option<&'a str>,
 }
 
+/// The watermark after a batch's candidates (their first column is the keyset id, in
+/// order), recorded in `progress` at once so an abandoned batch still moves past them.
+/// None: no candidate left.
+fn advance(rows: &[tokio_postgres::Row], progress: &mut Option<Progress>) -> Option<String> {
+    let next: String = rows.last()?.get(0);
+    *progress = Some(Progress {
+        watermark: next.clone(),
+        candidates: rows.len() as u64,
+    });
+    Some(next)
+}
+
 fn limit(batch_size: u32) -> i64 {
     i64::from(batch_size)
 }
@@ -717,14 +729,9 @@ async fn expired_batch(
         )
         .await
         .context("selecting expired instances")?;
-    let Some(last) = rows.last() else {
+    let Some(next) = advance(&rows, progress) else {
         return Ok(Step::Exhausted);
     };
-    let next = last.get::<_, String>(0);
-    *progress = Some(Progress {
-        watermark: next.clone(),
-        candidates: rows.len() as u64,
-    });
 
     // Classify what the selection saw; only settled candidates go on to locking.
     struct Candidate {
@@ -852,14 +859,9 @@ async fn orphan_batch(
         )
         .await
         .context("selecting orphan engine roots")?;
-    let Some(last) = rows.last() else {
+    let Some(next) = advance(&rows, progress) else {
         return Ok(Step::Exhausted);
     };
-    let next = last.get::<_, String>(0);
-    *progress = Some(Progress {
-        watermark: next.clone(),
-        candidates: rows.len() as u64,
-    });
     let roots: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let aged_from: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(2))).collect();

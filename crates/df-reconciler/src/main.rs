@@ -266,21 +266,25 @@ async fn run(cfg: Config, reload: daemon::Reloader) -> i32 {
         .await
     {
         Ok(()) => exit_code::OK,
-        Err(e) => {
-            eprintln!("df-reconciler: {e}");
-            e.exit_code()
-        }
+        Err(e) => fail(e),
     }
 }
 
+/// One connection for a one-shot subcommand.
+async fn one_connection(cfg: &Config) -> Result<db::Object, Error> {
+    let pool = db::build_pool(cfg)?;
+    db::connect(&pool, &describe(cfg)).await
+}
+
+/// Prints the error and returns its exit code.
+fn fail(e: Error) -> i32 {
+    eprintln!("df-reconciler: {e}");
+    e.exit_code()
+}
+
 async fn migrate(cfg: &Config) -> i32 {
-    let pool = match pool_or_exit(cfg) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let target = describe(cfg);
     let result = async {
-        let mut client = db::connect(&pool, &target).await?;
+        let mut client = one_connection(cfg).await?;
         audit::migrate(&mut client, &cfg.audit).await
     }
     .await;
@@ -296,21 +300,13 @@ async fn migrate(cfg: &Config) -> i32 {
             );
             exit_code::OK
         }
-        Err(e) => {
-            eprintln!("df-reconciler: {e}");
-            e.exit_code()
-        }
+        Err(e) => fail(e),
     }
 }
 
 async fn create_indexes(cfg: &Config) -> i32 {
-    let pool = match pool_or_exit(cfg) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let target = describe(cfg);
     let result = async {
-        let client = db::connect(&pool, &target).await?;
+        let client = one_connection(cfg).await?;
         let engine = preflight::resolve_engine_schema(&**client, cfg).await?;
         let schemas = df_reconciler_core::sql::Schemas::new(&cfg.schemas.control, &engine);
         preflight::create_supporting_indexes(&**client, &schemas).await
@@ -325,21 +321,13 @@ async fn create_indexes(cfg: &Config) -> i32 {
             println!("created indexes {created:?}");
             exit_code::OK
         }
-        Err(e) => {
-            eprintln!("df-reconciler: {e}");
-            e.exit_code()
-        }
+        Err(e) => fail(e),
     }
 }
 
 async fn history(cfg: &Config, limit: i64, json: bool) -> i32 {
-    let pool = match pool_or_exit(cfg) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let target = describe(cfg);
     let result = async {
-        let client = db::connect(&pool, &target).await?;
+        let client = one_connection(cfg).await?;
         if !audit::is_installed(&**client, &cfg.audit).await? {
             return Ok(None);
         }
@@ -386,10 +374,7 @@ async fn history(cfg: &Config, limit: i64, json: bool) -> i32 {
             }
             exit_code::OK
         }
-        Err(e) => {
-            eprintln!("df-reconciler: {e}");
-            e.exit_code()
-        }
+        Err(e) => fail(e),
     }
 }
 
