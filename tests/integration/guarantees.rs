@@ -330,7 +330,7 @@ async fn a_killed_connection_leaves_every_instance_whole_and_the_next_pass_finis
 }
 
 #[tokio::test]
-async fn statement_timeouts_shrink_the_batch_instead_of_failing_forever() {
+async fn a_1ms_statement_timeout_never_half_deletes_and_a_normal_one_then_finishes() {
     let db = TestDb::new().await;
     let c = db.client().await;
     workflow(
