@@ -361,6 +361,11 @@ const KEYS: &[KeyCases] = &[
         "\"0s\"",
     ),
     (
+        "pass.drift_interval",
+        &[("\"-1s\"", Some("-1s")), ("\"soon\"", Some("soon"))],
+        "\"0s\"",
+    ),
+    (
         "pass.retry_backoff_max",
         &[("\"x\"", Some("x")), ("5", Some("5"))],
         "\"1m\"",

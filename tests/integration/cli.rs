@@ -276,11 +276,17 @@ async fn check_reports_missing_supporting_indexes_and_migrate_creates_them() {
     };
     let out = run(check()).await;
     assert_eq!(out.status.code(), Some(0));
-    assert!(
-        text(&out.stdout).contains("missing supporting index on df.nodes (instance_id, left_node)"),
-        "{}",
-        text(&out.stdout)
-    );
+    for index in [
+        "df.nodes (instance_id, left_node):",
+        "df.instances (id) INCLUDE (status, created_at, completed_at) WHERE status IN",
+        "_duroxide.executions (instance_id) INCLUDE (execution_id, completed_at) WHERE status IN",
+    ] {
+        assert!(
+            text(&out.stdout).contains(&format!("missing supporting index on {index}")),
+            "{index}: {}",
+            text(&out.stdout)
+        );
+    }
 
     let mut migrate = binary();
     migrate
@@ -291,11 +297,12 @@ async fn check_reports_missing_supporting_indexes_and_migrate_creates_them() {
     let valid = crate::support::count(
         &db.client().await,
         "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-          WHERE c.relname IN ('df_reconciler_nodes_left_node', 'df_reconciler_nodes_right_node')
+          WHERE c.relname IN ('df_reconciler_nodes_left_node', 'df_reconciler_nodes_right_node',
+                              'df_reconciler_terminal_instances', 'df_reconciler_terminal_executions')
             AND i.indisvalid",
     )
     .await;
-    assert_eq!(valid, 2);
+    assert_eq!(valid, 4);
     let out = run(check()).await;
     assert!(
         !text(&out.stdout).contains("missing supporting index"),

@@ -571,6 +571,7 @@ async fn batch_latency(
                 t.push(Instant::now());
             }
         })),
+        ..PassOptions::default()
     };
     let started = Instant::now();
     let report: PassReport = pass::run_pass_with(&pool, &cfg, &options, &CancellationToken::new())
@@ -758,6 +759,7 @@ fn paced_pass(cfg: &df_reconciler_core::config::Config, pause: Duration) -> Resu
             // Runs on this dedicated thread between two batches: the pass pauses, the
             // workload's runtime does not.
             on_batch: Some(Arc::new(move || std::thread::sleep(pause))),
+            ..PassOptions::default()
         };
         let started = Instant::now();
         let report = pass::run_pass_with(&pool, cfg, &options, &CancellationToken::new())

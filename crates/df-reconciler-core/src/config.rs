@@ -262,6 +262,11 @@ pub struct PassConfig {
     /// Hold a session advisory lock on a dedicated connection; only the holder runs passes.
     #[serde(deserialize_with = "strict::boolean")]
     pub leader_election: bool,
+    /// `run` counts drift between the stores in a pass only when the last count is at least
+    /// this old: the counts read every live row (seconds at 1M rows), the deletions do not.
+    /// 0: every pass. `once` always counts (unless `--no-drift`).
+    #[serde(with = "humantime_serde")]
+    pub drift_interval: Duration,
 }
 
 impl Default for PassConfig {
@@ -275,6 +280,7 @@ impl Default for PassConfig {
             jitter: Duration::from_secs(10),
             retry_backoff_max: Duration::from_secs(300),
             leader_election: true,
+            drift_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -458,6 +464,7 @@ impl Config {
             ("audit.retention", Some(self.audit.retention), millennium),
             ("pass.interval", Some(p.interval), century),
             ("pass.jitter", Some(p.jitter), century),
+            ("pass.drift_interval", Some(p.drift_interval), century),
             ("pass.max_duration", p.max_duration, century),
             ("pass.retry_backoff_max", Some(p.retry_backoff_max), century),
             (

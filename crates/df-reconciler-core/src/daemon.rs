@@ -88,6 +88,8 @@ impl Daemon {
 
         let mut leader = Leader::default();
         let mut failures: u32 = 0;
+        // When drift was last counted (`pass.drift_interval`); None: never yet.
+        let mut last_drift: Option<Instant> = None;
         let mut due = Instant::now() + jitter(cfg.pass.jitter);
         loop {
             match self.wait_until(due, &mut events, &shutdown).await {
@@ -133,9 +135,13 @@ impl Daemon {
                     health.tick();
                     lifecycle::watchdog();
                 })),
+                skip_drift: last_drift.is_some_and(|t| t.elapsed() < cfg.pass.drift_interval),
             };
             match pass::run_pass_with(&pool, &cfg, &options, &shutdown).await {
                 Ok(report) => {
+                    if report.drift_counted {
+                        last_drift = Some(Instant::now());
+                    }
                     failures = 0;
                     self.health.pass_succeeded();
                     lifecycle::status(&report.summary());

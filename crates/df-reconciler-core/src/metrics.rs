@@ -277,6 +277,8 @@ impl Metrics {
             self.backlog_eligible.set(report.backlog_eligible as i64);
             self.backlog_oldest_age
                 .set(report.backlog_oldest_age_s.unwrap_or(0.0));
+        }
+        if report.complete && report.drift_counted {
             for (kind, n) in [
                 ("running_without_df_row", report.running_without_df_row),
                 ("df_rows_without_engine", report.df_rows_without_engine),

@@ -9,7 +9,7 @@ use tokio_postgres::GenericClient;
 
 use crate::config::Config;
 use crate::error::{DbContext, Error};
-use crate::sql::{self, control, engine, Schemas};
+use crate::sql::{self, control, engine, Schemas, SupportingIndex};
 
 /// The engine schema name when `df.duroxide_schema()` does not exist (pg_durable <= 0.2.2).
 pub const LEGACY_ENGINE_SCHEMA: &str = "duroxide";
@@ -338,18 +338,25 @@ pub async fn in_database_reconcile_warning(
     })
 }
 
-/// Supporting indexes that are missing (see [`control::SUPPORTING_INDEXES`]).
+/// Supporting indexes that are missing (see [`SupportingIndex::all`]).
 pub async fn missing_supporting_indexes(
     client: &impl GenericClient,
     schemas: &Schemas,
-) -> Result<Vec<control::SupportingIndex>, Error> {
+) -> Result<Vec<SupportingIndex>, Error> {
     let mut missing = Vec::new();
-    for index in control::SUPPORTING_INDEXES {
+    for index in SupportingIndex::all() {
         let columns: Vec<&str> = index.columns.to_vec();
+        let plain = index.include.is_empty() && index.predicate.is_empty();
         let present: bool = client
             .query_one(
-                control::HAS_INDEX_ON,
-                &[&schemas.control, &index.table, &columns],
+                sql::HAS_SUPPORTING_INDEX,
+                &[
+                    &index.schema(schemas),
+                    &index.table,
+                    &columns,
+                    &index.name,
+                    &plain,
+                ],
             )
             .await
             .context("looking for supporting indexes")?
@@ -362,8 +369,8 @@ pub async fn missing_supporting_indexes(
 }
 
 /// Creates the missing supporting indexes with `CREATE INDEX CONCURRENTLY` (no write lock
-/// on df.nodes; outside any transaction; needs the table's owner). An invalid leftover of
-/// an interrupted build is dropped first. Returns the names created.
+/// on the tables; outside any transaction; needs each table's owner). An invalid leftover
+/// of an interrupted build is dropped first. Returns the names created.
 pub async fn create_supporting_indexes(
     client: &impl GenericClient,
     schemas: &Schemas,
@@ -372,7 +379,7 @@ pub async fn create_supporting_indexes(
     for index in missing_supporting_indexes(client, schemas).await? {
         let qualified = format!(
             "{}.{}",
-            sql::quote_ident(&schemas.control),
+            sql::quote_ident(index.schema(schemas)),
             sql::quote_ident(index.name)
         );
         client
@@ -380,26 +387,10 @@ pub async fn create_supporting_indexes(
             .await
             .with_context(|| format!("dropping an invalid leftover of {qualified}"))?;
         client
-            .batch_execute(&create_index_statement(schemas, &index))
+            .batch_execute(&index.create_statement(schemas))
             .await
             .with_context(|| format!("creating index {qualified}"))?;
         created.push(index.name);
     }
     Ok(created)
-}
-
-/// `CREATE INDEX CONCURRENTLY` for a supporting index.
-pub fn create_index_statement(schemas: &Schemas, index: &control::SupportingIndex) -> String {
-    format!(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {}.{} ({})",
-        sql::quote_ident(index.name),
-        sql::quote_ident(&schemas.control),
-        sql::quote_ident(index.table),
-        index
-            .columns
-            .iter()
-            .map(|c| sql::quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
 }

@@ -83,6 +83,9 @@ pub struct PassReport {
     pub queue_items_without_instance: u64,
     /// Terminal orphan roots not old enough yet (kept; reclaimed by a later pass).
     pub orphans_waiting: u64,
+    /// Whether this pass counted the drift fields above (see `pass.drift_interval`); when
+    /// false they are 0 and mean nothing.
+    pub drift_counted: bool,
     /// Eligible instances left after the pass (skipped ones), when the pass completed.
     pub backlog_eligible: u64,
     /// How long the oldest of those has been terminal (seconds), if any.
@@ -199,7 +202,12 @@ impl fmt::Display for PassReport {
         ];
         writeln!(f, "  {:<40} {:>10}", format!("instances ({verb})"), "count")?;
         for (label, n) in rows {
-            writeln!(f, "  {label:<40} {n:>10}")?;
+            let is_drift = label.starts_with("drift") || label.starts_with("orphans not old");
+            if is_drift && !self.drift_counted {
+                writeln!(f, "  {label:<40} {:>10}", "-")?;
+            } else {
+                writeln!(f, "  {label:<40} {n:>10}")?;
+            }
         }
         writeln!(f, "  {:<40} {:>10}", format!("rows ({verb})"), "count")?;
         for (table, n) in &self.rows_deleted {

@@ -52,6 +52,9 @@ enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Leave out the drift counts (they read every live row).
+        #[arg(long)]
+        no_drift: bool,
     },
     /// Validate the configuration and the database; one line per problem.
     Check {
@@ -137,7 +140,11 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
             exit_code::OK
         }
         Command::Check { offline: false } => check(&cfg).await,
-        Command::Once { dry_run, json } => once(&cfg, *dry_run, *json).await,
+        Command::Once {
+            dry_run,
+            json,
+            no_drift,
+        } => once(&cfg, *dry_run, *json, *no_drift).await,
         Command::Run => run(cfg, cli_reloader()).await,
         Command::Migrate { indexes: false } => migrate(&cfg).await,
         Command::Migrate { indexes: true } => create_indexes(&cfg).await,
@@ -187,10 +194,8 @@ async fn check(cfg: &Config) -> i32 {
                 Ok(missing) => {
                     for index in missing {
                         println!(
-                            "warning: missing supporting index on {}.{} ({}): {}; create it with `df-reconciler migrate --indexes` as the table owner",
-                            verified.schemas.control,
-                            index.table,
-                            index.columns.join(", "),
+                            "warning: missing supporting index on {}: {}; create it with `df-reconciler migrate --indexes` as the table owner",
+                            index.describe(&verified.schemas),
                             index.why
                         );
                     }
@@ -220,13 +225,18 @@ async fn check(cfg: &Config) -> i32 {
     }
 }
 
-async fn once(cfg: &Config, dry_run: bool, json: bool) -> i32 {
+async fn once(cfg: &Config, dry_run: bool, json: bool, no_drift: bool) -> i32 {
     let pool = match pool_or_exit(cfg) {
         Ok(p) => p,
         Err(code) => return code,
     };
     let shutdown = shutdown_on_signal();
-    let (report, code) = match pass::run_pass(&pool, cfg, dry_run, &shutdown).await {
+    let options = pass::PassOptions {
+        dry_run,
+        skip_drift: no_drift,
+        ..pass::PassOptions::default()
+    };
+    let (report, code) = match pass::run_pass_with(&pool, cfg, &options, &shutdown).await {
         Ok(report) => (report, exit_code::OK),
         Err(failed) => {
             eprintln!("df-reconciler: {}", failed.error);

@@ -70,6 +70,103 @@ impl InstanceTable {
     }
 }
 
+/// Which store a table belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Control,
+    Engine,
+}
+
+/// An index the daemon benefits from but neither pg_durable nor the engine creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SupportingIndex {
+    pub name: &'static str,
+    pub store: Store,
+    pub table: &'static str,
+    pub columns: &'static [&'static str],
+    /// Columns carried in the index so a walk never reads the table.
+    pub include: &'static [&'static str],
+    /// Partial-index predicate; empty: every row.
+    pub predicate: &'static str,
+    /// Why it matters, for `check`.
+    pub why: &'static str,
+}
+
+impl SupportingIndex {
+    pub fn schema<'a>(&self, schemas: &'a Schemas) -> &'a str {
+        match self.store {
+            Store::Control => &schemas.control,
+            Store::Engine => &schemas.engine,
+        }
+    }
+
+    /// `schema.table (columns) INCLUDE (...) WHERE ...`, for messages.
+    pub fn describe(&self, schemas: &Schemas) -> String {
+        let mut s = format!(
+            "{}.{} ({})",
+            self.schema(schemas),
+            self.table,
+            self.columns.join(", ")
+        );
+        if !self.include.is_empty() {
+            s.push_str(&format!(" INCLUDE ({})", self.include.join(", ")));
+        }
+        if !self.predicate.is_empty() {
+            s.push_str(&format!(" WHERE {}", self.predicate));
+        }
+        s
+    }
+
+    /// `CREATE INDEX CONCURRENTLY`: no write lock on the table, outside any transaction.
+    pub fn create_statement(&self, schemas: &Schemas) -> String {
+        let list = |columns: &[&str]| {
+            columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut s = format!(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {}.{} ({})",
+            quote_ident(self.name),
+            quote_ident(self.schema(schemas)),
+            quote_ident(self.table),
+            list(self.columns)
+        );
+        if !self.include.is_empty() {
+            s.push_str(&format!(" INCLUDE ({})", list(self.include)));
+        }
+        if !self.predicate.is_empty() {
+            s.push_str(&format!(" WHERE {}", self.predicate));
+        }
+        s
+    }
+
+    /// The index under its own name, or (for a plain index) any valid index that starts
+    /// with exactly its columns: an operator's own equivalent counts.
+    pub fn all() -> impl Iterator<Item = SupportingIndex> {
+        control::SUPPORTING_INDEXES
+            .into_iter()
+            .chain(engine::SUPPORTING_INDEXES)
+    }
+}
+
+/// Whether a supporting index is present: a valid index of `$1.$2` named `$4`, or, when
+/// `$5` (a plain index), one whose leading columns are exactly `$3`.
+pub const HAS_SUPPORTING_INDEX: &str = "
+    SELECT EXISTS (
+        SELECT 1
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relname = $2 AND i.indisvalid
+          AND (ic.relname = $4
+               OR ($5 AND (SELECT array_agg(a.attname::text ORDER BY k.ord)
+                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                            WHERE k.ord <= cardinality($3::text[])) = $3::text[])))";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +180,21 @@ mod tests {
             s.render("SELECT 1 FROM {control}.instances, {engine}.instances"),
             "SELECT 1 FROM \"df\".instances, \"_duroxide\".instances"
         );
+    }
+
+    #[test]
+    fn supporting_indexes_are_built_concurrently_in_their_store() {
+        let s = Schemas::new("df", "_duroxide");
+        let sql: Vec<String> = SupportingIndex::all()
+            .map(|i| i.create_statement(&s))
+            .collect();
+        assert!(sql
+            .iter()
+            .all(|q| q.starts_with("CREATE INDEX CONCURRENTLY")));
+        assert!(sql.iter().any(|q| q.contains("ON \"_duroxide\".\"executions\" (\"instance_id\") INCLUDE (\"execution_id\", \"completed_at\") WHERE status IN")));
+        assert!(sql
+            .iter()
+            .any(|q| q.contains("ON \"df\".\"nodes\" (\"instance_id\", \"left_node\")")));
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub const PASS_CLOCK: &str = "
            (pg_has_role('pg_read_all_stats', 'MEMBER')
              OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) AS sees_all";
 
+/// How many terminal df rows there are, counting no further than `$1`: when there are no
+/// more than the hard cap, [`CAP_EDGE`] (a join and sort of every terminal row) is skipped.
+pub const TERMINAL_COUNT_UP_TO: &str = "
+    SELECT count(*) FROM (
+        SELECT 1 FROM {control}.instances d
+        WHERE d.status IN ('completed', 'failed', 'cancelled')
+        LIMIT $1) AS t";
+
 /// The hard-cap edge: the newest terminal row that falls outside the newest `$1` terminal
 /// rows (ordered by terminal_at, then id; unknown terminal_at counts as newest). Every row
 /// at or below the edge is over the cap. No row: the cap is not reached.
@@ -46,32 +54,60 @@ pub const CAP_EDGE: &str = concat!(
     OFFSET $1 LIMIT 1"
 );
 
+/// A lower bound of terminal_at from the df row alone: completed_at when set (then it IS
+/// terminal_at), else created_at minus a day. The engine completes an instance after its df
+/// row was created (df.start() writes both in one transaction and the engine only sees it
+/// after COMMIT, on the same database clock), so its completed_at, the only other source,
+/// is never earlier; the day covers any clock skew. Unknown (-infinity) means "look".
+macro_rules! terminal_at_lower_bound {
+    () => {
+        "coalesce(d.completed_at, d.created_at - interval '1 day', '-infinity')"
+    };
+}
+
 /// The next keyset batch of expired terminal df rows after the watermark `$1`, at most `$2`.
 /// Expired: terminal_at before the status's cutoff (`$3` completed, `$4` failed,
 /// `$5` cancelled; NULL = nothing expires) or at/below the cap edge (`$6` terminal_at,
 /// `$7` id; NULL id = cap not reached). Rows whose terminal_at is unknown never expire.
 /// Settledness is reported, not filtered, so skipped rows are counted and passed over.
-pub const EXPIRED_CANDIDATES: &str = "
+///
+/// The df row alone rules out most rows (see `terminal_at_lower_bound`); only the rest are
+/// looked up in the engine store, one index probe each. With the supporting index
+/// `df_reconciler_terminal_instances` the walk reads terminal rows from the index alone.
+pub const EXPIRED_CANDIDATES: &str = concat!(
+    "
     SELECT d.id::text,
            d.status,
            coalesce(t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
                                                   WHEN 'failed' THEN $4::timestamptz
                                                   ELSE $5::timestamptz END, false) AS window_expired,
-           ei.instance_id IS NOT NULL AS has_engine_record,
-           coalesce(ei.parent_instance_id IS NULL AND NOT {ei_is_child}, false) AS engine_is_root,
-           ex.status AS engine_status,
+           e.instance_id IS NOT NULL AS has_engine_record,
+           coalesce(e.is_root, false) AS engine_is_root,
+           e.status AS engine_status,
            t.terminal_at
     FROM {control}.instances d
-    -- The watermark bounds the engine side too (implied by the join equality): without it
-    -- the planner walks the engine's ids from the first one on every batch.
-    LEFT JOIN {engine}.instances ei
-           ON ei.instance_id = d.id::text AND ($1::text IS NULL OR ei.instance_id > $1::text)
-    LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
-          AND ($1::text IS NULL OR ex.instance_id > $1::text)
-    CROSS JOIN LATERAL (SELECT coalesce(d.completed_at, ex.completed_at, d.created_at) AS terminal_at) t
+    -- A probe per remaining df row; OFFSET 0 keeps it one. Joined, the planner merged the
+    -- engine's ids in order, reading every engine row the df side had ruled out.
+    LEFT JOIN LATERAL (
+        SELECT ei.instance_id, ex.status, ex.completed_at,
+               ei.parent_instance_id IS NULL AND NOT {ei_is_child} AS is_root
+        FROM {engine}.instances ei
+        LEFT JOIN {engine}.executions ex
+               ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+        WHERE ei.instance_id = d.id::text
+        OFFSET 0) e ON true
+    CROSS JOIN LATERAL (SELECT coalesce(d.completed_at, e.completed_at, d.created_at) AS terminal_at) t
     WHERE ($1::text IS NULL OR d.id::text > $1::text)
       AND d.status IN ('completed', 'failed', 'cancelled')
+      AND (",
+    terminal_at_lower_bound!(),
+    " < CASE d.status WHEN 'completed' THEN $3::timestamptz
+                      WHEN 'failed' THEN $4::timestamptz
+                      ELSE $5::timestamptz END
+           OR ($7::text IS NOT NULL
+               AND ($6::timestamptz IS NULL OR ",
+    terminal_at_lower_bound!(),
+    " <= $6::timestamptz)))
       AND t.terminal_at IS NOT NULL
       AND (t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
                                          WHEN 'failed' THEN $4::timestamptz
@@ -81,28 +117,35 @@ pub const EXPIRED_CANDIDATES: &str = "
                     OR t.terminal_at < $6::timestamptz
                     OR (t.terminal_at = $6::timestamptz AND d.id::text <= $7::text))))
     ORDER BY d.id
-    LIMIT $2";
+    LIMIT $2"
+);
 
 /// The next keyset batch of orphan engine roots after the watermark `$1`, at most `$2`:
 /// roots (no parent AND not child-shaped) with no df row, current execution terminal,
 /// aged (completed_at, else updated_at) before `$3`, created before the oldest open
 /// transaction `$4`. Young orphans are filtered here, so they cannot hide old ones.
+///
+/// Walks terminal executions (from the supporting index
+/// `df_reconciler_terminal_executions` when present) and rules out young ones by their
+/// completed_at before looking at the instance and the df row, one probe each.
 pub const ORPHAN_CANDIDATES: &str = "
-    SELECT ei.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
-    FROM {engine}.instances ei
-    JOIN {engine}.executions ex
-      ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
-     AND ($1::text IS NULL OR ex.instance_id > $1::text)
-    WHERE ($1::text IS NULL OR ei.instance_id > $1::text)
-      AND ei.parent_instance_id IS NULL
-      AND NOT {ei_is_child}
+    SELECT ex.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
+    FROM {engine}.executions ex
+    CROSS JOIN LATERAL (
+        SELECT ei.updated_at
+        FROM {engine}.instances ei
+        WHERE ei.instance_id = ex.instance_id
+          AND ei.current_execution_id = ex.execution_id
+          AND ei.parent_instance_id IS NULL
+          AND NOT {ei_is_child}
+          AND ei.created_at < $4::timestamptz
+          AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
+          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
+        OFFSET 0) ei
+    WHERE ($1::text IS NULL OR ex.instance_id > $1::text)
       AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
-      AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
-      AND ei.created_at < $4::timestamptz
-      AND NOT EXISTS (SELECT 1 FROM {control}.instances d
-                       WHERE d.id::text = ei.instance_id
-                         AND ($1::text IS NULL OR d.id::text > $1::text))
-    ORDER BY ei.instance_id
+      AND (ex.completed_at < $3::timestamptz OR ex.completed_at IS NULL)
+    ORDER BY ex.instance_id
     LIMIT $2";
 
 /// State of roots `$1` read AFTER their rows were locked: current execution status and
@@ -110,12 +153,14 @@ pub const ORPHAN_CANDIDATES: &str = "
 pub const ROOT_STATE: &str = "
     SELECT ei.instance_id,
            ex.status,
-           EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id) AS has_df_row
+           d.id IS NOT NULL AS has_df_row
     FROM unnest($1::text[]) AS r(id)
-    -- Driven from the array: `instance_id = ANY($1)` over 1,000 ids got a parallel seq scan.
+    -- Driven from the array: `instance_id = ANY($1)` over 1,000 ids got a parallel seq
+    -- scan; the df row as a join, not EXISTS, so it is an index probe per root too.
     JOIN {engine}.instances ei ON ei.instance_id = r.id
     LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id";
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    LEFT JOIN {control}.instances d ON d.id::text = ei.instance_id";
 
 /// Drift between the stores, reported only. `$1`: now - orphan_min_age; `$2`, `$3`: the
 /// orphan age cutoff and the oldest open transaction, as in [`ORPHAN_CANDIDATES`].
