@@ -646,3 +646,39 @@ async fn hard_cap_zero_keeps_no_settled_terminal_row() {
     assert_eq!(report.skipped_unsettled, 1);
     assert_eq!(df_ids(&c).await, vec!["13000002"]);
 }
+
+/// A pass rules rows out from the df row alone, using created_at minus one day as the
+/// earliest terminal_at a row without completed_at can have (the engine completes after
+/// df.start() commits). Engine completions recorded up to a day before the df row's
+/// created_at (clock skew) still expire on time; the age still comes from the engine.
+#[tokio::test]
+async fn engine_completion_slightly_before_df_creation_still_expires_on_time() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // Created 29.7 days ago (inside the window), engine completed 30.2 days ago: expired.
+    workflow(
+        &c,
+        "0f000001",
+        "failed",
+        Some("Failed"),
+        29.7 * DAY,
+        Some(30.2 * DAY),
+        0,
+    )
+    .await;
+    // Same creation, engine completed 29.5 days ago: inside the window.
+    workflow(
+        &c,
+        "0f000002",
+        "failed",
+        Some("Failed"),
+        29.7 * DAY,
+        Some(29.5 * DAY),
+        0,
+    )
+    .await;
+    let report = pass(&config_for(&db), false).await;
+    assert_eq!(report.expired_removed.failed, 1);
+    assert_eq!(df_ids(&c).await, vec!["0f000002"]);
+    assert_eq!(engine_ids(&c).await, vec!["0f000002"]);
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::classification::workflow;
 use crate::harness::{private_cluster, wait_until, TestDb};
-use crate::process::{daemon, exit_within, free_port, get, metric, signal, Running};
+use crate::process::{daemon, exit_within, free_port, get, metric, quiet, signal, Running};
 use crate::support::{count, df_ids, violations};
 
 const DAY: f64 = 86_400.0;
@@ -524,4 +524,76 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     );
     wait_until("STOPPING=1", Duration::from_secs(10), heard("STOPPING=1")).await;
     reader.join().unwrap();
+}
+
+/// The drift counts read every live row of both stores, so `run` takes them only when the
+/// last count is `pass.drift_interval` old, and `once --no-drift` leaves them out; the
+/// report (here as recorded in the audit trail) says whether they were taken.
+#[tokio::test]
+async fn drift_is_counted_once_per_drift_interval_and_left_out_on_request() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute(
+        "SELECT df_fixture.orphan_root('54000001', 'Running', now() - interval '90 days', NULL, 0)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut migrate = daemon(&db.dsn);
+    migrate.arg("migrate");
+    assert!(migrate.status().unwrap().success());
+    let drift_by_pass = || async {
+        c.query(
+            "SELECT (report->>'drift_counted')::bool,
+                    (report->>'running_without_df_row')::bigint
+             FROM df_reconciler.passes ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, bool>(0), r.get::<_, i64>(1)))
+        .collect::<Vec<_>>()
+    };
+
+    let mut once = daemon(&db.dsn);
+    once.args(["once", "--no-drift"]);
+    assert!(once.status().unwrap().success());
+    assert_eq!(drift_by_pass().await, vec![(false, 0)]);
+
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .env("DF_RECONCILER__PASS__INTERVAL", "200ms")
+        .env("DF_RECONCILER__PASS__DRIFT_INTERVAL", "1h");
+    quiet(&mut cmd);
+    let run = Running::spawn(&mut cmd);
+    wait_until("three passes of `run`", Duration::from_secs(30), || async {
+        drift_by_pass().await.len() >= 4
+    })
+    .await;
+    drop(run);
+    let passes = drift_by_pass().await;
+    assert_eq!(passes[1], (true, 1), "the first pass of `run` counts");
+    assert!(
+        passes[2..].iter().all(|p| *p == (false, 0)),
+        "later passes within the hour do not: {passes:?}"
+    );
+
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .env("DF_RECONCILER__PASS__INTERVAL", "200ms")
+        .env("DF_RECONCILER__PASS__DRIFT_INTERVAL", "0s");
+    quiet(&mut cmd);
+    let seen = passes.len();
+    let run = Running::spawn(&mut cmd);
+    wait_until("two more passes", Duration::from_secs(30), || async {
+        drift_by_pass().await.len() >= seen + 2
+    })
+    .await;
+    drop(run);
+    let passes = drift_by_pass().await;
+    assert!(
+        passes[seen..].iter().all(|p| *p == (true, 1)),
+        "drift_interval 0s: every pass counts: {passes:?}"
+    );
 }

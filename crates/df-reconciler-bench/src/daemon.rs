@@ -92,12 +92,18 @@ pub fn locate(explicit: Option<PathBuf>, build: bool) -> Result<PathBuf> {
 /// Runs `bin once --json` against `dsn` with extra `--set` overrides; blocks (call it from
 /// `spawn_blocking`). Fails unless the pass completed.
 pub fn once(bin: &Path, dsn: &str, sets: &[String]) -> Result<Run> {
-    once_with(bin, dsn, sets, true)
+    once_with(bin, dsn, sets, &[], true)
 }
 
-/// [`once`], accepting a pass stopped early (by `pass.max_duration`) when
-/// `require_complete` is false.
-pub fn once_with(bin: &Path, dsn: &str, sets: &[String], require_complete: bool) -> Result<Run> {
+/// [`once`] with extra arguments of `once` (`--no-drift`), accepting a pass stopped early
+/// (by `pass.max_duration`) when `require_complete` is false.
+pub fn once_with(
+    bin: &Path,
+    dsn: &str,
+    sets: &[String],
+    once_args: &[&str],
+    require_complete: bool,
+) -> Result<Run> {
     let gnu_time = Path::new(GNU_TIME).exists();
     let mut command = if gnu_time {
         let mut c = Command::new(GNU_TIME);
@@ -111,6 +117,7 @@ pub fn once_with(bin: &Path, dsn: &str, sets: &[String], require_complete: bool)
     }
     command
         .args(["once", "--json"])
+        .args(once_args)
         .env("DF_RECONCILER__DATABASE__URL", dsn)
         .env("DF_RECONCILER__HTTP__LISTEN", "")
         .env_remove("RUST_LOG")

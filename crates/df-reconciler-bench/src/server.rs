@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use df_reconciler_core::config::{Config, SecretString};
 use df_reconciler_core::fixture;
+use df_reconciler_core::preflight;
+use df_reconciler_core::sql::Schemas;
 use df_reconciler_core::throwaway::ThrowawayCluster;
 use tokio_postgres::{Client, NoTls};
 
@@ -20,6 +22,10 @@ pub struct Seed {
     pub expired_fraction: f64,
     pub orphan_fraction: f64,
     pub children_every: i32,
+    /// Keep backlog()'s unsettled rows (df terminal and expired, engine root still
+    /// Running: eligible, examined and skipped by every pass). False turns them into
+    /// running df rows, so that nothing at all is eligible.
+    pub unsettled: bool,
 }
 
 impl Seed {
@@ -31,6 +37,7 @@ impl Seed {
             expired_fraction: 0.9,
             orphan_fraction: 0.05,
             children_every: 10,
+            unsettled: true,
         }
     }
 
@@ -41,12 +48,25 @@ impl Seed {
             expired_fraction: 0.0,
             orphan_fraction: 0.0,
             children_every: 10,
+            unsettled: true,
+        }
+    }
+
+    /// [`Seed::live`] without the unsettled rows: nothing is eligible.
+    pub fn idle(n: u32) -> Self {
+        Seed {
+            unsettled: false,
+            ..Seed::live(n)
         }
     }
 
     pub fn db_name(&self) -> String {
         let kind = if self.expired_fraction == 0.0 && self.orphan_fraction == 0.0 {
-            "live"
+            if self.unsettled {
+                "live"
+            } else {
+                "idle"
+            }
         } else {
             "mix"
         };
@@ -56,13 +76,15 @@ impl Seed {
 
 pub struct Server {
     cluster: ThrowawayCluster,
+    /// Seeded databases get the daemon's supporting indexes (`migrate --indexes`).
+    indexes: bool,
 }
 
 impl Server {
     /// Starts the cluster (blocking; call before entering the runtime).
-    pub fn start() -> Result<Self> {
+    pub fn start(indexes: bool) -> Result<Self> {
         let cluster = ThrowawayCluster::start().context("starting the throwaway PostgreSQL")?;
-        Ok(Server { cluster })
+        Ok(Server { cluster, indexes })
     }
 
     pub fn dsn(&self, db: &str) -> String {
@@ -183,6 +205,13 @@ impl Server {
             )
             .await
             .with_context(|| format!("seeding {name}"))?;
+        if !seed.unsettled {
+            client.batch_execute(SETTLE_UNSETTLED).await?;
+        }
+        if self.indexes {
+            let schemas = Schemas::new("df", "_duroxide");
+            preflight::create_supporting_indexes(&client, &schemas).await?;
+        }
         client.batch_execute("VACUUM ANALYZE").await?;
         Ok((name, started.elapsed()))
     }
@@ -195,6 +224,16 @@ impl Server {
         Ok(())
     }
 }
+
+/// Turns df rows that are terminal while their engine root runs into running df rows.
+const SETTLE_UNSETTLED: &str = "
+    UPDATE df.instances d SET status = 'running', completed_at = NULL
+    FROM _duroxide.instances ei
+    JOIN _duroxide.executions ex
+      ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    WHERE ei.instance_id = d.id::text
+      AND d.status IN ('completed', 'failed', 'cancelled')
+      AND ex.status = 'Running'";
 
 /// Rows per table of a seeded database, for the record.
 pub async fn table_sizes(client: &Client) -> Result<Vec<(String, i64)>> {

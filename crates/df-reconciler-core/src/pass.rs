@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::types::Timestamp;
+use tokio_postgres::Statement;
 
 use deadpool_postgres::{Object, Pool, Transaction};
 use tokio_postgres::error::SqlState;
@@ -208,7 +209,12 @@ async fn run_phases_on(
     )
     .await?;
     report.warnings.extend(verified.warnings.iter().cloned());
-    let statements = Statements::new(&verified.schemas, dry_run);
+    let statements = bounded(
+        cfg,
+        "preparing statements",
+        Statements::prepare(client, &verified.schemas, dry_run),
+    )
+    .await?;
     let clock = bounded(
         cfg,
         "reading the clock",
@@ -265,63 +271,85 @@ async fn run_phases_on(
     Ok(())
 }
 
-/// The statements of one pass, rendered for the verified schemas.
+/// The statements of one pass, rendered for the verified schemas and prepared once on the
+/// pass's connection: a batch then costs one round trip per statement, not two (parse,
+/// then execute). Dropped, and so closed, with the pass.
 struct Statements {
-    terminal_count_up_to: String,
-    cap_edge: String,
-    expired_candidates: String,
-    orphan_candidates: String,
-    lock_df_rows: String,
-    trees: String,
-    lock_instances: String,
-    leased: String,
-    root_state: String,
-    drift: String,
+    terminal_count_up_to: Statement,
+    cap_edge: Statement,
+    expired_candidates: Statement,
+    orphan_candidates: Statement,
+    lock_df_rows: Statement,
+    lock_trees: Statement,
+    leased: Statement,
+    root_state: Statement,
+    root_status: Statement,
+    drift: Statement,
     /// (`schema.table` label, statement) for df rows, then engine rows, in deletion order.
-    delete_df: Vec<(String, String)>,
-    delete_engine: Vec<(String, String)>,
+    /// In a dry run each one counts the rows instead.
+    delete_df: Vec<(String, Statement)>,
+    delete_engine: Vec<(String, Statement)>,
     /// The engine's queue tables alone, for df rows that never got an engine record.
-    delete_queues: Vec<(String, String)>,
+    delete_queues: Vec<(String, Statement)>,
+    dry_run: bool,
 }
 
 impl Statements {
-    fn new(schemas: &Schemas, dry_run: bool) -> Self {
-        let r = |t: &str| schemas.render(t);
+    async fn prepare(client: &Object, schemas: &Schemas, dry_run: bool) -> Result<Self, Error> {
+        let prepare = |template: &str| {
+            let sql = schemas.render(template);
+            async move {
+                client
+                    .prepare(&sql)
+                    .await
+                    .with_context(|| format!("preparing {}", first_line(&sql)))
+            }
+        };
         let deletes = |schema: &str, placeholder: &str, tables: &[crate::sql::InstanceTable]| {
-            tables
+            let jobs: Vec<_> = tables
                 .iter()
                 .map(|t| {
-                    (
-                        format!("{schema}.{}", t.name),
-                        r(&t.statement(placeholder, dry_run)),
-                    )
+                    let label = format!("{schema}.{}", t.name);
+                    let statement = prepare(&t.statement(placeholder, dry_run));
+                    async move { Ok::<_, Error>((label, statement.await?)) }
                 })
-                .collect()
+                .collect();
+            futures_util::future::try_join_all(jobs)
         };
-        Self {
-            terminal_count_up_to: r(reconcile::TERMINAL_COUNT_UP_TO),
-            cap_edge: r(reconcile::CAP_EDGE),
-            expired_candidates: r(reconcile::EXPIRED_CANDIDATES),
-            orphan_candidates: r(reconcile::ORPHAN_CANDIDATES),
-            lock_df_rows: r(if dry_run {
+        Ok(Self {
+            terminal_count_up_to: prepare(reconcile::TERMINAL_COUNT_UP_TO).await?,
+            cap_edge: prepare(reconcile::CAP_EDGE).await?,
+            expired_candidates: prepare(reconcile::EXPIRED_CANDIDATES).await?,
+            orphan_candidates: prepare(reconcile::ORPHAN_CANDIDATES).await?,
+            lock_df_rows: prepare(if dry_run {
                 control::READ_TERMINAL_ROWS
             } else {
                 control::LOCK_TERMINAL_ROWS
-            }),
-            trees: r(engine::TREES),
-            lock_instances: r(if dry_run {
-                engine::READ_INSTANCES
+            })
+            .await?,
+            lock_trees: prepare(if dry_run {
+                engine::READ_TREES
             } else {
-                engine::LOCK_INSTANCES
-            }),
-            leased: r(engine::LEASED),
-            root_state: r(reconcile::ROOT_STATE),
-            drift: r(reconcile::DRIFT),
-            delete_df: deletes(&schemas.control, "{control}", &control::PER_INSTANCE_TABLES),
-            delete_engine: deletes(&schemas.engine, "{engine}", &engine::PER_INSTANCE_TABLES),
-            delete_queues: deletes(&schemas.engine, "{engine}", &engine::QUEUE_TABLES),
-        }
+                engine::LOCK_TREES
+            })
+            .await?,
+            leased: prepare(engine::LEASED).await?,
+            root_state: prepare(reconcile::ROOT_STATE).await?,
+            root_status: prepare(engine::ROOT_STATUS).await?,
+            drift: prepare(reconcile::DRIFT).await?,
+            delete_df: deletes(&schemas.control, "{control}", &control::PER_INSTANCE_TABLES)
+                .await?,
+            delete_engine: deletes(&schemas.engine, "{engine}", &engine::PER_INSTANCE_TABLES)
+                .await?,
+            delete_queues: deletes(&schemas.engine, "{engine}", &engine::QUEUE_TABLES).await?,
+            dry_run,
+        })
     }
+}
+
+/// The first words of a statement, to name it in an error.
+fn first_line(sql: &str) -> String {
+    sql.split_whitespace().take(8).collect::<Vec<_>>().join(" ")
 }
 
 /// Everything fixed at the start of a pass, from the database clock.
@@ -576,8 +604,10 @@ impl Pass<'_> {
                     .await?;
             }
             // The df foreign keys are deferred: check them now, under statement_timeout,
-            // which PostgreSQL disarms before COMMIT runs deferred triggers.
-            tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+            // which PostgreSQL disarms before COMMIT runs deferred triggers. Their checks
+            // are cached plans run once per deleted row: replanning each (our
+            // force_custom_plan) made this step 5x slower.
+            tx.batch_execute("SET LOCAL plan_cache_mode TO DEFAULT; SET CONSTRAINTS ALL IMMEDIATE")
                 .await
                 .context("checking the deleted rows' foreign keys")?;
             tx.commit().await.context("committing a batch")?;
@@ -677,6 +707,8 @@ fn is_timeout(e: &Error) -> bool {
 /// prices random reads as cached ones: a batch touches ~1,000 ids by primary key, and at
 /// the default random_page_cost of 4 the planner hashed whole tables instead (a 100k-row
 /// backlog: root state 152 -> 11 ms, kv_delta delete 32 -> 3 ms; docs/PERFORMANCE.md).
+/// The pass's prepared statements are planned for their actual ids and watermark on every
+/// execution, never with a generic plan.
 async fn set_local_limits(tx: &Transaction<'_>, cfg: &Config) -> Result<(), Error> {
     let statement_ms = cfg.pass.statement_timeout.as_millis();
     let sql = format!(
@@ -684,6 +716,7 @@ async fn set_local_limits(tx: &Transaction<'_>, cfg: &Config) -> Result<(), Erro
          SET LOCAL idle_in_transaction_session_timeout = {statement_ms};
          SET LOCAL row_security = off; SET LOCAL jit = off;
          SET LOCAL max_parallel_workers_per_gather = 0;
+         SET LOCAL plan_cache_mode = force_custom_plan;
          SET LOCAL random_page_cost = {RANDOM_PAGE_COST}",
         cfg.pass.lock_timeout.as_millis()
     );
@@ -838,9 +871,9 @@ async fn expired_batch(
         .filter(|id| trees.deletable.contains(*id))
         .cloned()
         .collect();
-    delete_rows(tx, &st.delete_df, &df_ids, tally).await?;
-    delete_rows(tx, &st.delete_engine, &trees.members, tally).await?;
-    delete_rows(tx, &st.delete_queues, &cleared_bare, tally).await?;
+    delete_rows(tx, st, &st.delete_df, &df_ids, tally).await?;
+    delete_rows(tx, st, &st.delete_engine, &trees.members, tally).await?;
+    delete_rows(tx, st, &st.delete_queues, &cleared_bare, tally).await?;
     for id in &df_ids {
         let c = &candidates[id];
         tally.expired.push((c.status, c.window_expired));
@@ -899,7 +932,7 @@ async fn orphan_batch(
     if trees.members.is_empty() {
         return Ok(Step::Continue { watermark: next });
     }
-    delete_rows(tx, &st.delete_engine, &trees.members, tally).await?;
+    delete_rows(tx, st, &st.delete_engine, &trees.members, tally).await?;
     for (id, status) in &trees.root_statuses {
         tally.orphans.push(*status);
         tally.deleted_roots.push(DeletedRoot {
@@ -946,15 +979,21 @@ async fn lock_trees(
     tally: &mut BatchTally,
 ) -> Result<ClearedTrees, Error> {
     let mut trees: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    // Bare ids are expanded too: an engine record that appeared since selection shows here.
+    let mut locked: HashSet<String> = HashSet::new();
+    // Bare ids are expanded too: an engine record that appeared since selection shows here
+    // (and is locked until the batch ends, though never deleted in it).
     let expand: Vec<&String> = roots.iter().chain(bare_ids).collect();
     if !expand.is_empty() {
         for row in tx
-            .query(&st.trees, &[&expand])
+            .query(&st.lock_trees, &[&expand])
             .await
-            .context("expanding engine trees")?
+            .context("expanding and locking engine trees")?
         {
-            trees.entry(row.get(0)).or_default().push(row.get(1));
+            let member: String = row.get(1);
+            if row.get::<_, bool>(2) {
+                locked.insert(member.clone());
+            }
+            trees.entry(row.get(0)).or_default().push(member);
         }
     }
     let members: Vec<String> = roots
@@ -963,37 +1002,40 @@ async fn lock_trees(
         .flatten()
         .cloned()
         .collect();
-    let locked: HashSet<String> = if members.is_empty() {
-        HashSet::new()
-    } else {
-        tx.query(&st.lock_instances, &[&members])
-            .await
-            .context("locking engine instances")?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
+    // Leases and root states are both read after locking and independent of each other:
+    // pipelined, one round trip.
     let lease_ids: Vec<String> = members.iter().chain(bare_ids).cloned().collect();
-    let leased: HashSet<String> = if lease_ids.is_empty() {
-        HashSet::new()
-    } else {
-        tx.query(&st.leased, &[&lease_ids])
-            .await
-            .context("reading dispatcher leases")?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    let mut states: BTreeMap<String, (Option<String>, bool)> = BTreeMap::new();
-    if !roots.is_empty() {
-        for row in tx
-            .query(&st.root_state, &[&roots])
-            .await
-            .context("reading engine root state")?
-        {
-            states.insert(row.get(0), (row.get(1), row.get(2)));
+    let read_leases = async {
+        if lease_ids.is_empty() {
+            return Ok(HashSet::new());
         }
-    }
+        Ok::<_, Error>(
+            tx.query(&st.leased, &[&lease_ids])
+                .await
+                .context("reading dispatcher leases")?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<HashSet<String>>(),
+        )
+    };
+    let read_states = async {
+        let mut states: BTreeMap<String, (Option<String>, bool)> = BTreeMap::new();
+        if !roots.is_empty() {
+            let statement = match rule {
+                RootRule::Settled => &st.root_status,
+                RootRule::Orphan => &st.root_state,
+            };
+            for row in tx
+                .query(statement, &[&roots])
+                .await
+                .context("reading engine root state")?
+            {
+                states.insert(row.get(0), (row.get(1), row.get(2)));
+            }
+        }
+        Ok::<_, Error>(states)
+    };
+    let (leased, states) = futures_util::future::try_join(read_leases, read_states).await?;
 
     let mut cleared = ClearedTrees::default();
     for root in roots {
@@ -1045,25 +1087,32 @@ async fn lock_trees(
     Ok(cleared)
 }
 
-/// Runs each table's DELETE (or, in a dry run, its count) for `ids`, tallying rows.
+/// Runs each table's DELETE (or, in a dry run, its count) for `ids`, tallying rows. The
+/// statements are pipelined: sent together, run by the server one after the other in
+/// order, in the batch's transaction.
 async fn delete_rows(
     tx: &Transaction<'_>,
-    statements: &[(String, String)],
+    st: &Statements,
+    statements: &[(String, Statement)],
     ids: &[String],
     tally: &mut BatchTally,
 ) -> Result<(), Error> {
     let unique: Vec<&String> = ids.iter().collect::<BTreeSet<_>>().into_iter().collect();
-    for (table, sql) in statements {
-        let n = if sql.starts_with("DELETE") {
-            tx.execute(sql.as_str(), &[&unique])
-                .await
-                .with_context(|| format!("deleting from {table}"))?
-        } else {
-            tx.query_one(sql.as_str(), &[&unique])
+    let unique = &unique;
+    let runs = statements.iter().map(|(table, statement)| async move {
+        let n = if st.dry_run {
+            tx.query_one(statement, &[unique])
                 .await
                 .with_context(|| format!("counting {table}"))?
                 .get::<_, i64>(0) as u64
+        } else {
+            tx.execute(statement, &[unique])
+                .await
+                .with_context(|| format!("deleting from {table}"))?
         };
+        Ok::<_, Error>((table, n))
+    });
+    for (table, n) in futures_util::future::try_join_all(runs).await? {
         if n > 0 {
             tally.rows.push((table.clone(), n));
         }

@@ -67,7 +67,7 @@ enum Command {
     /// Create or upgrade the daemon's own audit schema (audit.schema).
     Migrate {
         /// Instead: create the supporting indexes `check` reports missing, CONCURRENTLY
-        /// (run as the owner of the df tables).
+        /// (run as the owner of the df and engine tables).
         #[arg(long)]
         indexes: bool,
     },

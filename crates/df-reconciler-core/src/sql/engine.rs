@@ -85,33 +85,49 @@ pub const TABLES_WITH_INSTANCE_ID: &str = "
     ORDER BY 1";
 
 /// Every instance of the trees under the given roots (`$1`), following parent_instance_id
-/// down. UNION (not UNION ALL) makes a cycle in hostile parent links terminate.
-pub const TREES: &str = "
+/// down, each locked without waiting: `locked` is false for a row another session holds (a
+/// dispatcher). UNION (not UNION ALL) makes a cycle in hostile parent links terminate.
+/// Expanding and locking in one statement saves a round trip and a second lookup per
+/// instance in every batch.
+macro_rules! trees_then {
+    ($lock:literal) => {
+        concat!(
+            "
     WITH RECURSIVE tree(root_id, instance_id) AS (
         SELECT ei.instance_id, ei.instance_id
-        FROM {engine}.instances ei
-        WHERE ei.instance_id = ANY($1::text[])
+        FROM unnest($1::text[]) AS r(id)
+        JOIN {engine}.instances ei ON ei.instance_id = r.id
       UNION
         SELECT tree.root_id, child.instance_id
         FROM {engine}.instances child
         JOIN tree ON child.parent_instance_id = tree.instance_id
     )
-    SELECT root_id, instance_id FROM tree";
+    SELECT tree.root_id, tree.instance_id, l.instance_id IS NOT NULL AS locked
+    FROM tree
+    LEFT JOIN LATERAL (
+        SELECT ei.instance_id FROM {engine}.instances ei
+        WHERE ei.instance_id = tree.instance_id",
+            $lock,
+            ") l ON true"
+        )
+    };
+}
 
-/// Locks engine instance rows without waiting; rows a dispatcher holds are not returned.
-/// `$1`: instance ids.
-pub const LOCK_INSTANCES: &str = "
-    SELECT ei.instance_id
-    FROM {engine}.instances ei
-    WHERE ei.instance_id = ANY($1::text[])
-    ORDER BY ei.instance_id
-    FOR UPDATE SKIP LOCKED";
+pub const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 
-/// The dry-run twin of [`LOCK_INSTANCES`].
-pub const READ_INSTANCES: &str = "
-    SELECT ei.instance_id
-    FROM {engine}.instances ei
-    WHERE ei.instance_id = ANY($1::text[])";
+/// The dry-run twin of [`LOCK_TREES`]: a read-only transaction cannot lock; every instance
+/// counts as locked.
+pub const READ_TREES: &str = trees_then!("");
+
+/// Current execution status of roots `$1`, read AFTER their rows were locked. For the
+/// engine roots of expired df rows, whose df rows this batch holds locked; orphans need
+/// [`super::reconcile::ROOT_STATE`], which also looks for a df row.
+pub const ROOT_STATUS: &str = "
+    SELECT ei.instance_id, ex.status, true AS has_df_row
+    FROM unnest($1::text[]) AS r(id)
+    JOIN {engine}.instances ei ON ei.instance_id = r.id
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id";
 
 /// Ids among `$1` that a dispatcher or worker holds a lease on right now (instance lock or
 /// a locked queue item). `locked_until` is epoch milliseconds on the database clock.
