@@ -361,6 +361,11 @@ const KEYS: &[KeyCases] = &[
         "\"0s\"",
     ),
     (
+        "pass.busy_duty_percent",
+        &[("0", Some("0")), ("101", Some("101")), ("0.5", Some("0.5"))],
+        "100",
+    ),
+    (
         "pass.drift_interval",
         &[("\"-1s\"", Some("-1s")), ("\"soon\"", Some("soon"))],
         "\"0s\"",

@@ -597,3 +597,77 @@ async fn drift_is_counted_once_per_drift_interval_and_left_out_on_request() {
         "drift_interval 0s: every pass counts: {passes:?}"
     );
 }
+
+/// While another session runs a statement, a pass pauses between batches so that batches
+/// fill at most `pass.busy_duty_percent` of its time; on a quiet database, or at 100%, it
+/// never pauses. Either way it removes everything.
+#[tokio::test]
+async fn passes_pause_between_batches_only_while_other_sessions_are_active() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let seed = |prefix: &'static str| {
+        let c = &c;
+        async move {
+            for i in 0..6 {
+                workflow(
+                    c,
+                    &format!("{prefix}{i:02}"),
+                    "completed",
+                    Some("Completed"),
+                    60.0 * DAY,
+                    Some(59.0 * DAY),
+                    0,
+                )
+                .await;
+            }
+        }
+    };
+    let mut cfg = crate::support::config_for(&db);
+    cfg.pass.batch_size = 2;
+
+    seed("550000").await;
+    let quiet_pass = crate::support::pass(&cfg, false).await;
+    assert_eq!(quiet_pass.expired_removed.total(), 6);
+    assert_eq!(quiet_pass.paused_ms, 0, "nobody else is active");
+
+    // Another session runs a long statement for the rest of the test.
+    let sleeper = db.client().await;
+    let sleeping = tokio::spawn(async move {
+        let _ = sleeper.execute("SELECT pg_sleep(60)", &[]).await;
+    });
+    wait_until(
+        "the other session is active",
+        Duration::from_secs(10),
+        || async {
+            count(
+                &c,
+                "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND state = 'active'
+                AND query LIKE 'SELECT pg_sleep%'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+
+    seed("560000").await;
+    cfg.pass.busy_duty_percent = 100;
+    let unpaced = crate::support::pass(&cfg, false).await;
+    assert_eq!(unpaced.expired_removed.total(), 6);
+    assert_eq!(unpaced.paused_ms, 0, "100% never pauses");
+
+    seed("570000").await;
+    cfg.pass.busy_duty_percent = 10;
+    let paced = crate::support::pass(&cfg, false).await;
+    assert_eq!(paced.expired_removed.total(), 6);
+    assert!(paced.batches >= 3);
+    assert!(
+        paced.paused_ms > 0 && paced.paused_ms as f64 >= 0.5 * paced.duration_ms as f64,
+        "at 10% a busy pass spends most of its time pausing: {} of {} ms",
+        paced.paused_ms,
+        paced.duration_ms
+    );
+    assert!(df_ids(&c).await.is_empty());
+    sleeping.abort();
+}

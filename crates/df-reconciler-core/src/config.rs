@@ -267,6 +267,11 @@ pub struct PassConfig {
     /// 0: every pass. `once` always counts (unless `--no-drift`).
     #[serde(with = "humantime_serde")]
     pub drift_interval: Duration,
+    /// While other sessions of the database are running statements, a pass spends at most
+    /// this percentage of its time in batches: after each batch it pauses for the batch's
+    /// duration times (100 / this - 1). 100: never pause. An idle database is not slowed.
+    #[serde(deserialize_with = "strict::integer")]
+    pub busy_duty_percent: u32,
 }
 
 impl Default for PassConfig {
@@ -281,6 +286,7 @@ impl Default for PassConfig {
             retry_backoff_max: Duration::from_secs(300),
             leader_election: true,
             drift_interval: Duration::from_secs(3600),
+            busy_duty_percent: 50,
         }
     }
 }
@@ -488,6 +494,13 @@ impl Config {
         }
         if p.batch_size == 0 {
             return Err(invalid("pass.batch_size", "0".into(), "must be at least 1"));
+        }
+        if !(1..=100).contains(&p.busy_duty_percent) {
+            return Err(invalid(
+                "pass.busy_duty_percent",
+                p.busy_duty_percent.to_string(),
+                "must be between 1 and 100",
+            ));
         }
         if p.statement_timeout.is_zero() {
             return Err(invalid(

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub pass_duration: Histogram,
     pub batch_duration: Histogram,
     pub batches_abandoned: Counter,
+    pub paused_seconds: Counter<f64, AtomicU64>,
     pub last_success: Gauge<f64, AtomicU64>,
     pub consecutive_failures: Gauge,
     pub backlog_eligible: Gauge,
@@ -97,6 +98,7 @@ impl Metrics {
             // 1 ms .. ~65 s
             batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             batches_abandoned: Counter::default(),
+            paused_seconds: Counter::default(),
             last_success: Gauge::default(),
             consecutive_failures: Gauge::default(),
             backlog_eligible: Gauge::default(),
@@ -148,6 +150,11 @@ impl Metrics {
             "batches_abandoned",
             "Batches rolled back on a lock or statement timeout",
             m.batches_abandoned.clone(),
+        );
+        r.register(
+            "paused_seconds",
+            "Time passes paused between batches because other sessions were active",
+            m.paused_seconds.clone(),
         );
         r.register(
             "last_success_timestamp_seconds",
@@ -273,6 +280,7 @@ impl Metrics {
             self.skipped.get_or_create(&Reason { reason }).inc_by(n);
         }
         self.batches_abandoned.inc_by(report.batches_abandoned);
+        self.paused_seconds.inc_by(report.paused_ms as f64 / 1000.0);
         if report.complete {
             self.backlog_eligible.set(report.backlog_eligible as i64);
             self.backlog_oldest_age

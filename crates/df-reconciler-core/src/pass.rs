@@ -42,6 +42,11 @@ pub struct PassFailed {
     pub report: PassReport,
 }
 
+/// How long one sighting of another active session counts as "the database is busy": a
+/// sample per batch misses short transactions between two statements, a busy workload is
+/// seen again well within this.
+const BUSY_MEMORY: Duration = Duration::from_secs(1);
+
 /// After this many clean batches a batch size halved by a timeout doubles again.
 const BATCHES_BEFORE_GROWING: u32 = 8;
 
@@ -251,13 +256,32 @@ async fn run_phases_on(
         shutdown,
         deletions_schema,
         oldest_skipped: None,
+        last_busy: None,
         report,
     };
+    let mut complete = true;
     for phase in [Phase::Expired, Phase::Orphans] {
         if !pass.run_phase(phase).await? {
-            pass.report.complete = false;
-            return Ok(());
+            complete = false;
+            break;
         }
+    }
+    if !dry_run {
+        // Advice only: a failure to read the estimates must not fail the pass.
+        match bounded(
+            cfg,
+            "reading table sizes",
+            vacuum_hints(pass.client, &verified.schemas, pass.report),
+        )
+        .await
+        {
+            Ok(hints) => pass.report.warnings.extend(hints),
+            Err(e) => debug!(error = %e, "could not read table sizes for VACUUM hints"),
+        }
+    }
+    if !complete {
+        pass.report.complete = false;
+        return Ok(());
     }
     if !options.skip_drift {
         bounded(cfg, "counting drift", pass.read_drift()).await?;
@@ -271,11 +295,60 @@ async fn run_phases_on(
     Ok(())
 }
 
+/// A pass that removed at least this share of a table's rows (and at least
+/// [`VACUUM_HINT_MIN_ROWS`]) says so: autovacuum reclaims the space in time, but after a first
+/// large run a manual VACUUM (ANALYZE) gives the planner true sizes at once.
+const VACUUM_HINT_SHARE: f64 = 0.2;
+const VACUUM_HINT_MIN_ROWS: u64 = 100_000;
+
+/// One warning per table the pass emptied by a large share, from the planner's row
+/// estimate taken before the pass (`pg_class.reltuples`; unknown estimates are skipped).
+async fn vacuum_hints(
+    client: &Object,
+    schemas: &Schemas,
+    report: &PassReport,
+) -> Result<Vec<String>, Error> {
+    let tables = control::PER_INSTANCE_TABLES
+        .iter()
+        .map(|t| (&schemas.control, t.name))
+        .chain(
+            engine::PER_INSTANCE_TABLES
+                .iter()
+                .map(|t| (&schemas.engine, t.name)),
+        );
+    let mut hints = Vec::new();
+    for (schema, table) in tables {
+        let label = format!("{schema}.{table}");
+        let removed = report.rows_deleted.get(&label).copied().unwrap_or(0);
+        if removed < VACUUM_HINT_MIN_ROWS {
+            continue;
+        }
+        let estimate: Option<f32> = client
+            .query_opt(crate::sql::TABLE_ROW_ESTIMATE, &[schema, &table])
+            .await
+            .context("reading a table's row estimate")?
+            .and_then(|r| r.get(0));
+        let Some(before) = estimate.filter(|e| *e > 0.0) else {
+            continue;
+        };
+        if removed as f64 >= VACUUM_HINT_SHARE * f64::from(before) {
+            hints.push(format!(
+                "removed {removed} rows of {label} (about {:.0}% of its {} estimated rows): autovacuum will reclaim the space; `VACUUM (ANALYZE) {}` now keeps the planner's sizes true",
+                100.0 * removed as f64 / f64::from(before),
+                before as u64,
+                format_args!("{}.{}", crate::sql::quote_ident(schema), crate::sql::quote_ident(table)),
+            ));
+        }
+    }
+    Ok(hints)
+}
+
 /// The statements of one pass, rendered for the verified schemas and prepared once on the
 /// pass's connection: a batch then costs one round trip per statement, not two (parse,
 /// then execute). Dropped, and so closed, with the pass.
 struct Statements {
     terminal_count_up_to: Statement,
+    other_active_sessions: Statement,
     cap_edge: Statement,
     expired_candidates: Statement,
     orphan_candidates: Statement,
@@ -318,6 +391,7 @@ impl Statements {
         };
         Ok(Self {
             terminal_count_up_to: prepare(reconcile::TERMINAL_COUNT_UP_TO).await?,
+            other_active_sessions: prepare(reconcile::OTHER_ACTIVE_SESSIONS).await?,
             cap_edge: prepare(reconcile::CAP_EDGE).await?,
             expired_candidates: prepare(reconcile::EXPIRED_CANDIDATES).await?,
             orphan_candidates: prepare(reconcile::ORPHAN_CANDIDATES).await?,
@@ -480,6 +554,8 @@ struct Pass<'a> {
     /// Set when removed roots are written to the audit deletions table.
     deletions_schema: Option<String>,
     oldest_skipped: Option<SystemTime>,
+    /// When a batch last saw other sessions running statements.
+    last_busy: Option<Instant>,
     report: &'a mut PassReport,
 }
 
@@ -494,6 +570,7 @@ impl Pass<'_> {
             }
             let mut progress = None;
             let cfg = self.cfg;
+            let batch_started = Instant::now();
             let result = bounded(
                 cfg,
                 "running a batch",
@@ -516,6 +593,7 @@ impl Pass<'_> {
                     watermark = Some(next);
                     self.report.batches += 1;
                     self.after_clean_batch();
+                    self.pace(batch_started.elapsed()).await;
                 }
                 Err(e) if is_timeout(&e) => {
                     self.report.batches_abandoned += 1;
@@ -540,6 +618,27 @@ impl Pass<'_> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Gives other sessions the database's cores back: while they were running statements
+    /// at the start of the batch, pauses so that batches fill at most
+    /// `pass.busy_duty_percent` of the time. Ends early on shutdown or the pass deadline.
+    async fn pace(&mut self, batch: Duration) {
+        let percent = self.cfg.pass.busy_duty_percent;
+        let busy = self.last_busy.is_some_and(|t| t.elapsed() < BUSY_MEMORY);
+        if !busy || percent >= 100 {
+            return;
+        }
+        let mut pause = batch.mul_f64(100.0 / f64::from(percent) - 1.0);
+        if let Some(deadline) = self.deadline {
+            pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        let started = Instant::now();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        self.report.paused_ms += started.elapsed().as_millis() as u64;
     }
 
     fn after_clean_batch(&mut self) {
@@ -568,6 +667,16 @@ impl Pass<'_> {
             .await
             .context("starting a batch")?;
         set_local_limits(&tx, self.cfg).await?;
+        if self.cfg.pass.busy_duty_percent < 100 {
+            let others: i64 = tx
+                .query_one(&self.statements.other_active_sessions, &[])
+                .await
+                .context("looking for other active sessions")?
+                .get(0);
+            if others > 0 {
+                self.last_busy = Some(Instant::now());
+            }
+        }
         if !dry_run {
             // The fence: one batch at a time across replicas. Transaction-scoped, so it
             // also works behind a transaction-pooling proxy.

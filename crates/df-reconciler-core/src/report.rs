@@ -92,6 +92,8 @@ pub struct PassReport {
     pub backlog_oldest_age_s: Option<f64>,
     /// Batch transactions committed (or, in a dry run, evaluated).
     pub batches: u64,
+    /// Time spent pausing between batches for other sessions' sake (`pass.busy_duty_percent`).
+    pub paused_ms: u64,
     /// Batches rolled back on a lock or statement timeout; their candidates count as skipped.
     pub batches_abandoned: u64,
     /// False when the pass stopped early (shutdown, pass.max_duration, fence); the next continues.

@@ -151,6 +151,13 @@ impl SupportingIndex {
     }
 }
 
+/// The planner's row estimate of table `$1.$2` (`pg_class.reltuples`; -1 or 0 when never
+/// vacuumed or analyzed). No row when the table does not exist.
+pub const TABLE_ROW_ESTIMATE: &str = "
+    SELECT c.reltuples
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND c.relname = $2";
+
 /// Whether a supporting index is present: a valid index of `$1.$2` named `$4`, or, when
 /// `$5` (a plain index), one whose leading columns are exactly `$3`.
 pub const HAS_SUPPORTING_INDEX: &str = "
