@@ -33,13 +33,19 @@ pub const PASS_CLOCK: &str = "
            (pg_has_role('pg_read_all_stats', 'MEMBER')
              OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) AS sees_all";
 
-/// How many other client sessions of this database are running a statement right now (a
-/// role without pg_read_all_stats sees only its own sessions' states). A pass paces its
-/// batches while there are any (`pass.busy_duty_percent`).
+/// How many other client sessions of this database are at work right now: running a
+/// statement, or inside a transaction that did something within the last second (the
+/// engine's short transactions spend most of their time between statements; a session
+/// idle in a transaction for longer is not working). A role without pg_read_all_stats
+/// sees only its own sessions' states. A pass paces its batches while there are any
+/// (`pass.busy_duty_percent`).
 pub const OTHER_ACTIVE_SESSIONS: &str = "
     SELECT count(*) FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
-      AND a.backend_type = 'client backend' AND a.state = 'active'";
+      AND a.backend_type = 'client backend'
+      AND (a.state = 'active'
+           OR (a.state LIKE 'idle in transaction%'
+               AND a.state_change > clock_timestamp() - interval '1 second'))";
 
 /// How many terminal df rows there are, counting no further than `$1`: when there are no
 /// more than the hard cap, [`CAP_EDGE`] (a join and sort of every terminal row) is skipped.
