@@ -116,8 +116,10 @@ macro_rules! trees_then {
 pub const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 
 /// The dry-run twin of [`LOCK_TREES`]: a read-only transaction cannot lock; every instance
-/// counts as locked.
-pub const READ_TREES: &str = trees_then!("");
+/// counts as locked. OFFSET 0 keeps the probe a probe (FOR UPDATE does that in the real
+/// one): pulled up into a join, it was planned as a hash join over the whole instances
+/// table, 90 ms per batch at 200k instead of 11.
+pub const READ_TREES: &str = trees_then!(" OFFSET 0");
 
 /// Current execution status of roots `$1`, read AFTER their rows were locked. For the
 /// engine roots of expired df rows, whose df rows this batch holds locked; orphans need
