@@ -98,9 +98,14 @@ macro_rules! trees_then {
         FROM unnest($1::text[]) AS r(id)
         JOIN {engine}.instances ei ON ei.instance_id = r.id
       UNION
+        -- A probe of the parent index per member (OFFSET 0): as a join, the recursive
+        -- step could be planned as a scan of the parent index from its first entry.
         SELECT tree.root_id, child.instance_id
-        FROM {engine}.instances child
-        JOIN tree ON child.parent_instance_id = tree.instance_id
+        FROM tree
+        CROSS JOIN LATERAL (
+            SELECT c.instance_id FROM {engine}.instances c
+            WHERE c.parent_instance_id = tree.instance_id
+            OFFSET 0) child
     )
     SELECT tree.root_id, tree.instance_id, l.instance_id IS NOT NULL AS locked
     FROM tree
