@@ -620,8 +620,8 @@ impl Pass<'_> {
         }
     }
 
-    /// Gives other sessions the database's cores back: while they were running statements
-    /// at the start of the batch, pauses so that batches fill at most
+    /// Gives other sessions the database's cores back: while a batch has seen them at work
+    /// within the last [`BUSY_MEMORY`], pauses so that batches fill at most
     /// `pass.busy_duty_percent` of the time. Ends early on shutdown or the pass deadline.
     async fn pace(&mut self, batch: Duration) {
         let percent = self.cfg.pass.busy_duty_percent;
