@@ -483,10 +483,11 @@ async fn pass_runs(
             }
         }
         eprintln!(
-            "  pass run {}: {} ({} in the pass), {} batches, peak RSS {}",
+            "  pass run {}: {} ({} in the pass, {} ms paused), {} batches, peak RSS {}",
             r + 1,
             secs(run.wall),
             ms(Duration::from_millis(run.pass_ms)),
+            run.report["paused_ms"],
             run.batches,
             run.max_rss_kb.map_or("?".into(), mib)
         );
