@@ -267,7 +267,7 @@ pub struct PassConfig {
     /// 0: every pass. `once` always counts (unless `--no-drift`).
     #[serde(with = "humantime_serde")]
     pub drift_interval: Duration,
-    /// While other sessions of the database are running statements, a pass spends at most
+    /// While other sessions of the database are at work, a pass spends at most
     /// this percentage of its time in batches: after each batch it pauses for the batch's
     /// duration times (100 / this - 1). 100: never pause. An idle database is not slowed.
     #[serde(deserialize_with = "strict::integer")]

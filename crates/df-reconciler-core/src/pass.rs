@@ -308,23 +308,15 @@ async fn vacuum_hints(
     schemas: &Schemas,
     report: &PassReport,
 ) -> Result<Vec<String>, Error> {
-    let tables = control::PER_INSTANCE_TABLES
-        .iter()
-        .map(|t| (&schemas.control, t.name))
-        .chain(
-            engine::PER_INSTANCE_TABLES
-                .iter()
-                .map(|t| (&schemas.engine, t.name)),
-        );
     let mut hints = Vec::new();
-    for (schema, table) in tables {
+    for (schema, table) in schemas.per_instance_tables() {
         let label = format!("{schema}.{table}");
         let removed = report.rows_deleted.get(&label).copied().unwrap_or(0);
         if removed < VACUUM_HINT_MIN_ROWS {
             continue;
         }
         let estimate: Option<f32> = client
-            .query_opt(crate::sql::TABLE_ROW_ESTIMATE, &[schema, &table])
+            .query_opt(crate::sql::TABLE_ROW_ESTIMATE, &[&schema, &table])
             .await
             .context("reading a table's row estimate")?
             .and_then(|r| r.get(0));
@@ -554,7 +546,7 @@ struct Pass<'a> {
     /// Set when removed roots are written to the audit deletions table.
     deletions_schema: Option<String>,
     oldest_skipped: Option<SystemTime>,
-    /// When a batch last saw other sessions running statements.
+    /// When a batch last saw other sessions at work.
     last_busy: Option<Instant>,
     report: &'a mut PassReport,
 }

@@ -135,15 +135,7 @@ pub async fn verify(
         Intent::DryRun => &["SELECT"],
         Intent::Delete => &["SELECT", "DELETE"],
     };
-    let per_instance = control::PER_INSTANCE_TABLES
-        .iter()
-        .map(|t| (&schemas.control, t.name))
-        .chain(
-            engine::PER_INSTANCE_TABLES
-                .iter()
-                .map(|t| (&schemas.engine, t.name)),
-        );
-    for (schema, table) in per_instance {
+    for (schema, table) in schemas.per_instance_tables() {
         let qualified = format!("{}.{}", sql::quote_ident(schema), sql::quote_ident(table));
         for privilege in privileges {
             let granted: bool = client

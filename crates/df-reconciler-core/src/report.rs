@@ -173,42 +173,48 @@ impl fmt::Display for PassReport {
             }
         )?;
         let e = &self.expired_removed;
-        let rows: [(&str, u64); 15] = [
-            ("expired completed", e.completed),
-            ("expired failed", e.failed),
-            ("expired cancelled", e.cancelled),
-            ("over hard cap", self.capped_removed),
-            ("orphan engine roots", self.orphans_reclaimed),
-            ("engine children (in trees)", self.engine_children_removed),
-            ("skipped: engine still running", self.skipped_unsettled),
-            ("skipped: locked or leased", self.skipped_locked),
+        // Drift counts this pass did not take print as "-", not as 0.
+        let drift = |n: u64| self.drift_counted.then_some(n);
+        let rows: [(&str, Option<u64>); 15] = [
+            ("expired completed", Some(e.completed)),
+            ("expired failed", Some(e.failed)),
+            ("expired cancelled", Some(e.cancelled)),
+            ("over hard cap", Some(self.capped_removed)),
+            ("orphan engine roots", Some(self.orphans_reclaimed)),
+            (
+                "engine children (in trees)",
+                Some(self.engine_children_removed),
+            ),
+            (
+                "skipped: engine still running",
+                Some(self.skipped_unsettled),
+            ),
+            ("skipped: locked or leased", Some(self.skipped_locked)),
             (
                 "skipped: inconsistent engine record",
-                self.skipped_inconsistent,
+                Some(self.skipped_inconsistent),
             ),
             (
                 "drift: engine running, no df row",
-                self.running_without_df_row,
+                drift(self.running_without_df_row),
             ),
             (
                 "drift: df live, no engine record",
-                self.df_rows_without_engine,
+                drift(self.df_rows_without_engine),
             ),
             (
                 "drift: queue item, no instance",
-                self.queue_items_without_instance,
+                drift(self.queue_items_without_instance),
             ),
-            ("orphans not old enough yet", self.orphans_waiting),
-            ("batches abandoned (timeouts)", self.batches_abandoned),
-            ("errors", self.errors.len() as u64),
+            ("orphans not old enough yet", drift(self.orphans_waiting)),
+            ("batches abandoned (timeouts)", Some(self.batches_abandoned)),
+            ("errors", Some(self.errors.len() as u64)),
         ];
         writeln!(f, "  {:<40} {:>10}", format!("instances ({verb})"), "count")?;
         for (label, n) in rows {
-            let is_drift = label.starts_with("drift") || label.starts_with("orphans not old");
-            if is_drift && !self.drift_counted {
-                writeln!(f, "  {label:<40} {:>10}", "-")?;
-            } else {
-                writeln!(f, "  {label:<40} {n:>10}")?;
+            match n {
+                Some(n) => writeln!(f, "  {label:<40} {n:>10}")?,
+                None => writeln!(f, "  {label:<40} {:>10}", "-")?,
             }
         }
         writeln!(f, "  {:<40} {:>10}", format!("rows ({verb})"), "count")?;

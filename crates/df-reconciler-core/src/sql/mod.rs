@@ -27,6 +27,19 @@ impl Schemas {
         }
     }
 
+    /// Every per-instance table of both stores as (schema, table), df first, each store in
+    /// its deletion order.
+    pub fn per_instance_tables(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        control::PER_INSTANCE_TABLES
+            .iter()
+            .map(|t| (self.control.as_str(), t.name))
+            .chain(
+                engine::PER_INSTANCE_TABLES
+                    .iter()
+                    .map(|t| (self.engine.as_str(), t.name)),
+            )
+    }
+
     /// Substitutes `{control}` and `{engine}` with the quoted schema names, and
     /// `{ei_is_child}` with the child-shape test of `ei.instance_id`.
     pub fn render(&self, template: &str) -> String {
@@ -142,8 +155,7 @@ impl SupportingIndex {
         s
     }
 
-    /// The index under its own name, or (for a plain index) any valid index that starts
-    /// with exactly its columns: an operator's own equivalent counts.
+    /// Every supporting index of both stores, for `check` and `migrate --indexes`.
     pub fn all() -> impl Iterator<Item = SupportingIndex> {
         control::SUPPORTING_INDEXES
             .into_iter()
@@ -159,7 +171,8 @@ pub const TABLE_ROW_ESTIMATE: &str = "
     WHERE n.nspname = $1 AND c.relname = $2";
 
 /// Whether a supporting index is present: a valid index of `$1.$2` named `$4`, or, when
-/// `$5` (a plain index), one whose leading columns are exactly `$3`.
+/// `$5` (a plain index), one whose leading columns are exactly `$3` (an operator's own
+/// equivalent counts).
 pub const HAS_SUPPORTING_INDEX: &str = "
     SELECT EXISTS (
         SELECT 1
