@@ -89,18 +89,44 @@ pub fn locate(explicit: Option<PathBuf>, build: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Runs `bin once --json` against `dsn` with extra `--set` overrides; blocks (call it from
-/// `spawn_blocking`). Fails unless the pass completed.
-pub fn once(bin: &Path, dsn: &str, sets: &[String]) -> Result<Run> {
-    once_with(bin, dsn, sets, &[], true)
+/// The daemon binary, and the `--set` overrides of `--daemon-set` that every run of it
+/// gets after the measurement's own (so they win).
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub bin: PathBuf,
+    pub sets: Vec<String>,
 }
 
-/// [`once`] with extra arguments of `once` (`--no-drift`), accepting a pass stopped early
-/// (by `pass.max_duration`) when `require_complete` is false.
-pub fn once_with(
+impl Daemon {
+    /// Runs `bin once --json` against `dsn` with extra `--set` overrides; blocks (call it
+    /// from `spawn_blocking`). Fails unless the pass completed.
+    pub fn once(&self, dsn: &str, sets: &[String]) -> Result<Run> {
+        self.once_with(dsn, sets, &[], true)
+    }
+
+    /// [`Daemon::once`] with extra arguments of `once` (`--no-drift`), accepting a pass
+    /// stopped early (by `pass.max_duration`) when `require_complete` is false.
+    pub fn once_with(
+        &self,
+        dsn: &str,
+        sets: &[String],
+        once_args: &[&str],
+        require_complete: bool,
+    ) -> Result<Run> {
+        once_with(
+            &self.bin,
+            dsn,
+            sets.iter().chain(&self.sets),
+            once_args,
+            require_complete,
+        )
+    }
+}
+
+fn once_with<'a>(
     bin: &Path,
     dsn: &str,
-    sets: &[String],
+    sets: impl Iterator<Item = &'a String>,
     once_args: &[&str],
     require_complete: bool,
 ) -> Result<Run> {

@@ -5,13 +5,17 @@
 //! - floor: the daemon's exact selection deleted set-wise in ONE transaction;
 //! - pass: `df-reconciler once --json` (release binary, default config) on an identical
 //!   copy: wall time, roots/s, rows/s, floor/daemon ratio, and the batch latencies of an
-//!   in-process pass on a third copy;
+//!   in-process pass on a third copy. Floor and pass runs alternate and the ratio is the
+//!   median of the floor-then-pass pairs, so both sides of a ratio share the machine's
+//!   conditions; every timed run records CPU steal;
 //! - rss: the daemon's peak RSS at 10k (and, with --big, 1M) roots;
 //! - idle: a pass that finds nothing to delete on a 1M-row df table;
-//! - impact: p99 latency of an engine-like workload without and during a pass.
+//! - impact: p99 latency of an engine-like workload without and during a pass, in rounds
+//!   (fresh copy each); the verdict is on the median round.
 //!
 //! See docs/PERFORMANCE.md for the figures and how to read them.
 
+mod cpu;
 mod daemon;
 mod floor;
 mod server;
@@ -19,7 +23,7 @@ mod stats;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +35,8 @@ use df_reconciler_core::pass::{self, PassOptions};
 use df_reconciler_core::{db, report::PassReport};
 use tokio_util::sync::CancellationToken;
 
+use cpu::{CpuMark, CpuUse};
+use daemon::Daemon;
 use server::{Seed, Server};
 use stats::{mib, ms, percentile, rate, secs, thousands};
 
@@ -49,8 +55,9 @@ struct Args {
     /// Measure only these (comma-separated).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Measure>,
-    /// Runs of floor and pass per size (each on a fresh copy).
-    #[arg(long, default_value_t = 2)]
+    /// Floor-then-pass pairs per size (each run on a fresh copy); the ratio is the median
+    /// of the pairs' ratios.
+    #[arg(long, default_value_t = 3)]
     repeat: u32,
     /// Roots of the idle database (default: N, or 1,000,000 with --big).
     #[arg(long)]
@@ -62,6 +69,10 @@ struct Args {
     /// Seconds of workload without and during a pass.
     #[arg(long, default_value_t = 15)]
     impact_secs: u64,
+    /// Rounds of the impact measurement (each: a fresh copy, the workload without a pass,
+    /// then during one); the verdict is on the median round.
+    #[arg(long, default_value_t = 3)]
+    impact_rounds: u32,
     /// Concurrent workload tasks (one connection each).
     #[arg(long, default_value_t = 4)]
     impact_tasks: usize,
@@ -80,6 +91,10 @@ struct Args {
     /// The daemon binary (default: df-reconciler next to this executable).
     #[arg(long)]
     daemon_bin: Option<PathBuf>,
+    /// A `--set SECTION.KEY=VALUE` override for every run of the daemon binary
+    /// (repeatable), e.g. `--daemon-set pass.busy_duty_percent=25`.
+    #[arg(long, value_name = "SECTION.KEY=VALUE")]
+    daemon_set: Vec<String>,
     /// Do not run `cargo build -p df-reconciler` first.
     #[arg(long)]
     no_build: bool,
@@ -150,21 +165,24 @@ fn main() -> ExitCode {
 }
 
 fn start(args: &Args) -> Result<()> {
-    let bin = daemon::locate(args.daemon_bin.clone(), !args.no_build)?;
+    let daemon = Daemon {
+        bin: daemon::locate(args.daemon_bin.clone(), !args.no_build)?,
+        sets: args.daemon_set.clone(),
+    };
     eprintln!("starting a throwaway PostgreSQL");
     let server = Server::start(!args.no_indexes)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let result = runtime.block_on(bench(&server, args, &bin));
+    let result = runtime.block_on(bench(&server, args, &daemon));
     // Connections close with the runtime, before the cluster stops.
     drop(runtime);
     drop(server);
     result
 }
 
-async fn bench(server: &Server, args: &Args, bin: &Path) -> Result<()> {
+async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     let measures: BTreeSet<Measure> = if args.only.is_empty() {
         Measure::value_variants().iter().copied().collect()
     } else {
@@ -186,10 +204,13 @@ async fn bench(server: &Server, args: &Args, bin: &Path) -> Result<()> {
             let repeat = if n == BIG_N { 1 } else { args.repeat };
             let (seed_db, mut expected) =
                 prepare_size(server, n, n <= args.dry_run_max, &mut results).await?;
-            let mut floor_times = Vec::new();
-            if measures.contains(&Measure::Floor) {
-                for r in 0..repeat {
-                    let (took, got) = floor_run(server, &seed_db, n, r).await?;
+            // Floor and pass alternate, so that both sides of each ratio ran under the
+            // same machine conditions (this VM's speed drifts by 20% within minutes).
+            let mut floors: Vec<Timed> = Vec::new();
+            let mut passes: Vec<(daemon::Run, Option<CpuUse>)> = Vec::new();
+            for r in 0..repeat {
+                if measures.contains(&Measure::Floor) {
+                    let (timed, got) = floor_run(server, &seed_db, n, r).await?;
                     match &expected {
                         Some(e) if *e != got => bail!(
                             "the floor removes {} roots, rows {:?}; the reference (dry run or first floor run) {} roots, rows {:?}",
@@ -198,55 +219,42 @@ async fn bench(server: &Server, args: &Args, bin: &Path) -> Result<()> {
                         Some(_) => {}
                         None => expected = Some(got),
                     }
-                    floor_times.push(took);
+                    floors.push(timed);
                 }
-                let e = expected.as_ref().expect("set by the first floor run");
-                let total: u64 = e.rows.values().sum();
-                let figure = floor_times
-                    .iter()
-                    .map(|t| {
-                        format!(
-                            "{} ({} roots/s, {} rows/s)",
-                            secs(*t),
-                            rate(e.roots, *t),
-                            rate(total, *t)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                results.line(
-                    "floor: set-wise delete, one transaction",
-                    &thousands(n.into()),
-                    format!(
-                        "{figure}; {} roots, {} rows",
-                        thousands(e.roots),
-                        thousands(total)
-                    ),
-                    "",
-                    "",
-                );
+                if measures.contains(&Measure::Pass) {
+                    let reference = expected.clone().or_else(|| {
+                        passes.first().map(|(first, _)| Expected {
+                            roots: first.instances_removed,
+                            rows: first.rows_deleted.clone(),
+                        })
+                    });
+                    passes
+                        .push(pass_run(server, daemon, &seed_db, n, r, reference.as_ref()).await?);
+                }
             }
-            if measures.contains(&Measure::Pass) {
-                let runs = PassRuns {
+            if let (Some(e), false) = (&expected, floors.is_empty()) {
+                floor_line(n, e, &floors, &mut results);
+            }
+            if !passes.is_empty() {
+                let summary = PassSummary {
                     n,
-                    repeat,
                     seed_db: &seed_db,
-                    expected: expected.as_ref(),
-                    floor_times: &floor_times,
+                    floors: &floors,
+                    passes: &passes,
                     latency: n == args.n && !args.no_latency,
                 };
-                pass_runs(server, bin, &runs, &mut results).await?;
+                pass_lines(server, &summary, &mut results).await?;
             }
         }
     }
     if measures.contains(&Measure::Rss) {
-        rss(server, bin, args, &mut results).await?;
+        rss(server, daemon, args, &mut results).await?;
     }
     if measures.contains(&Measure::Idle) {
-        idle(server, bin, args, &mut results).await?;
+        idle(server, daemon, args, &mut results).await?;
     }
     if measures.contains(&Measure::Impact) {
-        impact(server, bin, args, &mut results).await?;
+        impact(server, daemon, args, &mut results).await?;
     }
 
     println!("{environment}");
@@ -408,12 +416,14 @@ async fn prepare_size(
     Ok((db, Some(Expected { rows, roots })))
 }
 
-async fn floor_run(
-    server: &Server,
-    seed_db: &str,
-    n: u32,
-    run: u32,
-) -> Result<(Duration, Expected)> {
+/// A timed run and where the machine's cores spent it.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    took: Duration,
+    cpu: Option<CpuUse>,
+}
+
+async fn floor_run(server: &Server, seed_db: &str, n: u32, run: u32) -> Result<(Timed, Expected)> {
     let db = format!("floor_{n}_{run}");
     server.fresh_copy(seed_db, &db).await?;
     let mut client = server.connect(&db).await?;
@@ -428,81 +438,120 @@ async fn floor_run(
         selection.engine_members,
         secs(selection.took)
     );
+    let mark = CpuMark::now();
     let (took, rows) = floor::delete(&mut client).await?;
+    let cpu = mark.and_then(|m| m.since());
     drop(client);
     server.drop_db(&db).await?;
     eprintln!(
-        "  floor run {}: {} rows in {}",
+        "  floor run {}: {} rows in {} ({})",
         run + 1,
         thousands(rows.values().sum()),
-        secs(took)
+        secs(took),
+        cpu::describe(cpu)
     );
     let roots = (selection.df_roots + selection.orphans) as u64;
-    Ok((took, Expected { rows, roots }))
+    Ok((Timed { took, cpu }, Expected { rows, roots }))
 }
 
-/// What [`pass_runs`] measures.
-struct PassRuns<'a> {
+fn floor_line(n: u32, e: &Expected, floors: &[Timed], results: &mut Results) {
+    let total: u64 = e.rows.values().sum();
+    let figure = floors
+        .iter()
+        .map(|t| {
+            format!(
+                "{} ({} roots/s, {} rows/s; {})",
+                secs(t.took),
+                rate(e.roots, t.took),
+                rate(total, t.took),
+                cpu::describe(t.cpu)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    results.line(
+        "floor: set-wise delete, one transaction",
+        &thousands(n.into()),
+        format!(
+            "{figure}; {} roots, {} rows",
+            thousands(e.roots),
+            thousands(total)
+        ),
+        "",
+        "",
+    );
+}
+
+/// One `once` over a fresh copy of `seed_db`, checked against `expected` (what the dry run
+/// or the floor removes).
+async fn pass_run(
+    server: &Server,
+    daemon: &Daemon,
+    seed_db: &str,
     n: u32,
-    repeat: u32,
+    run: u32,
+    expected: Option<&Expected>,
+) -> Result<(daemon::Run, Option<CpuUse>)> {
+    let db = format!("pass_{n}_{run}");
+    server.fresh_copy(seed_db, &db).await?;
+    let dsn = server.dsn(&db);
+    let d = daemon.clone();
+    eprintln!("  pass run {}: df-reconciler once --json", run + 1);
+    let mark = CpuMark::now();
+    let result = tokio::task::spawn_blocking(move || d.once(&dsn, &[])).await??;
+    let cpu = mark.and_then(|m| m.since());
+    server.drop_db(&db).await?;
+    if let Some(e) = expected {
+        if result.rows_deleted != e.rows || result.instances_removed != e.roots {
+            bail!(
+                "the daemon removed {} roots, rows {:?}; expected {} roots, rows {:?}",
+                result.instances_removed,
+                result.rows_deleted,
+                e.roots,
+                e.rows
+            );
+        }
+    }
+    eprintln!(
+        "  pass run {}: {} ({} in the pass, {} ms paused), {} batches, peak RSS {} ({})",
+        run + 1,
+        secs(result.wall),
+        ms(Duration::from_millis(result.pass_ms)),
+        result.report["paused_ms"],
+        result.batches,
+        result.max_rss_kb.map_or("?".into(), mib),
+        cpu::describe(cpu)
+    );
+    Ok((result, cpu))
+}
+
+/// What [`pass_lines`] reports on.
+struct PassSummary<'a> {
+    n: u32,
     seed_db: &'a str,
-    expected: Option<&'a Expected>,
-    floor_times: &'a [Duration],
+    /// Floor runs, each run just before the pass run of the same index.
+    floors: &'a [Timed],
+    passes: &'a [(daemon::Run, Option<CpuUse>)],
     /// Also run the in-process pass for batch latencies.
     latency: bool,
 }
 
-async fn pass_runs(
-    server: &Server,
-    bin: &Path,
-    p: &PassRuns<'_>,
-    results: &mut Results,
-) -> Result<()> {
+async fn pass_lines(server: &Server, p: &PassSummary<'_>, results: &mut Results) -> Result<()> {
     let n = p.n;
     let label = thousands(n.into());
-    let mut runs: Vec<daemon::Run> = Vec::new();
-    for r in 0..p.repeat {
-        let db = format!("pass_{n}_{r}");
-        server.fresh_copy(p.seed_db, &db).await?;
-        let dsn = server.dsn(&db);
-        let bin = bin.to_owned();
-        eprintln!("  pass run {}: df-reconciler once --json", r + 1);
-        let run = tokio::task::spawn_blocking(move || daemon::once(&bin, &dsn, &[])).await??;
-        server.drop_db(&db).await?;
-        let reference = p.expected.map(|e| (e.roots, &e.rows)).or_else(|| {
-            runs.first()
-                .map(|first| (first.instances_removed, &first.rows_deleted))
-        });
-        if let Some((roots, rows)) = reference {
-            if run.rows_deleted != *rows || run.instances_removed != roots {
-                bail!(
-                    "the daemon removed {} roots, rows {:?}; expected {roots} roots, rows {rows:?}",
-                    run.instances_removed,
-                    run.rows_deleted
-                );
-            }
-        }
-        eprintln!(
-            "  pass run {}: {} ({} in the pass, {} ms paused), {} batches, peak RSS {}",
-            r + 1,
-            secs(run.wall),
-            ms(Duration::from_millis(run.pass_ms)),
-            run.report["paused_ms"],
-            run.batches,
-            run.max_rss_kb.map_or("?".into(), mib)
-        );
-        runs.push(run);
-    }
-    let roots = runs[0].instances_removed;
-    let total = runs[0].rows_total();
-    let figure = runs
+    let first = &p.passes[0].0;
+    let roots = first.instances_removed;
+    let total = first.rows_total();
+    let figure = p
+        .passes
         .iter()
-        .map(|r| {
+        .map(|(r, cpu)| {
             format!(
-                "{} ({} roots/s, {} rows/s)",
+                "{} ({} roots/s, {} rows/s; {})",
                 secs(r.wall),
                 rate(roots, r.wall),
-                rate(total, r.wall)
+                rate(total, r.wall),
+                cpu::describe(*cpu)
             )
         })
         .collect::<Vec<_>>()
@@ -514,37 +563,59 @@ async fn pass_runs(
             "{figure}; {} roots, {} rows, {} batches",
             thousands(roots),
             thousands(total),
-            runs[0].batches
+            first.batches
         ),
         "",
         "",
     );
-    if !p.floor_times.is_empty() {
-        let floor = mean(p.floor_times);
-        let daemon = mean(&runs.iter().map(|r| r.wall).collect::<Vec<_>>());
-        let ratio = floor.as_secs_f64() / daemon.as_secs_f64();
+    if !p.floors.is_empty() {
+        // Each floor run with the pass run right after it.
+        let pairs: Vec<f64> = p
+            .floors
+            .iter()
+            .zip(p.passes)
+            .map(|(f, (r, _))| f.took.as_secs_f64() / r.wall.as_secs_f64())
+            .collect();
+        let floor = mean(&p.floors.iter().map(|f| f.took).collect::<Vec<_>>());
+        let daemon = mean(&p.passes.iter().map(|(r, _)| r.wall).collect::<Vec<_>>());
+        let median = median(&pairs);
         results.line(
-            "ratio floor / daemon (means)",
+            "ratio floor / daemon (median of floor-then-pass pairs)",
             &label,
-            format!("{ratio:.2} ({} / {})", secs(floor), secs(daemon)),
+            format!(
+                "{median:.2} (pairs: {}; ratio of the means {:.2} = {} / {})",
+                pairs
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                floor.as_secs_f64() / daemon.as_secs_f64(),
+                secs(floor),
+                secs(daemon)
+            ),
             ">= 0.6",
-            holds(ratio >= 0.6),
+            holds(median >= 0.6),
         );
     }
-    if let Some(kb) = runs.iter().filter_map(|r| r.max_rss_kb).max() {
+    if let Some(kb) = p.passes.iter().filter_map(|(r, _)| r.max_rss_kb).max() {
         results.rss.insert(n, kb);
-        results.line(
-            "peak RSS of `once`",
-            &label,
-            mib(kb),
-            "",
-            runs[0].rss_method,
-        );
+        results.line("peak RSS of `once`", &label, mib(kb), "", first.rss_method);
     }
     if p.latency {
         batch_latency(server, p.seed_db, n, results).await?;
     }
     Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count); NaN when empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        k if k % 2 == 1 => sorted[k / 2],
+        k => (sorted[k / 2 - 1] + sorted[k / 2]) / 2.0,
+    }
 }
 
 fn mean(values: &[Duration]) -> Duration {
@@ -622,7 +693,7 @@ async fn batch_latency(
     Ok(())
 }
 
-async fn rss(server: &Server, bin: &Path, args: &Args, results: &mut Results) -> Result<()> {
+async fn rss(server: &Server, daemon: &Daemon, args: &Args, results: &mut Results) -> Result<()> {
     let mut sizes = vec![SMALL_N];
     if args.big {
         sizes.push(BIG_N);
@@ -639,8 +710,8 @@ async fn rss(server: &Server, bin: &Path, args: &Args, results: &mut Results) ->
         let db = format!("rss_{n}");
         server.fresh_copy(&seed_db, &db).await?;
         let dsn = server.dsn(&db);
-        let bin = bin.to_owned();
-        let run = tokio::task::spawn_blocking(move || daemon::once(&bin, &dsn, &[])).await??;
+        let d = daemon.clone();
+        let run = tokio::task::spawn_blocking(move || d.once(&dsn, &[])).await??;
         server.drop_db(&db).await?;
         if let Some(kb) = run.max_rss_kb {
             results.rss.insert(n, kb);
@@ -686,7 +757,7 @@ async fn rss(server: &Server, bin: &Path, args: &Args, results: &mut Results) ->
 /// with `retention.hard_cap` raised above the table size: every row stays. Passes run with
 /// `--no-drift` (drift is counted on its own interval, `pass.drift_interval`); one more
 /// pass with the drift counts gives their cost. Two passes each, same database.
-async fn idle(server: &Server, bin: &Path, args: &Args, results: &mut Results) -> Result<()> {
+async fn idle(server: &Server, daemon: &Daemon, args: &Args, results: &mut Results) -> Result<()> {
     let n = args.idle_n.unwrap_or(if args.big { BIG_N } else { args.n });
     for (seed, what, with_drift) in [
         (Seed::idle(n), "idle pass (nothing eligible)", true),
@@ -696,14 +767,14 @@ async fn idle(server: &Server, bin: &Path, args: &Args, results: &mut Results) -
             false,
         ),
     ] {
-        idle_figure(server, bin, seed, what, with_drift, results).await?;
+        idle_figure(server, daemon, seed, what, with_drift, results).await?;
     }
     Ok(())
 }
 
 async fn idle_figure(
     server: &Server,
-    bin: &Path,
+    daemon: &Daemon,
     seed: Seed,
     what: &str,
     with_drift: bool,
@@ -740,11 +811,10 @@ async fn idle_figure(
     let dsn = server.dsn(&db);
     let keep_all = vec![format!("retention.hard_cap={}", u64::from(n) * 10)];
     let pass = |once_args: &'static [&'static str]| {
-        let (b, d, s) = (bin.to_owned(), dsn.clone(), keep_all.clone());
+        let (daemon, d, s) = (daemon.clone(), dsn.clone(), keep_all.clone());
         async move {
-            let r =
-                tokio::task::spawn_blocking(move || daemon::once_with(&b, &d, &s, once_args, true))
-                    .await??;
+            let r = tokio::task::spawn_blocking(move || daemon.once_with(&d, &s, once_args, true))
+                .await??;
             if r.rows_total() != 0 {
                 bail!("the idle pass deleted rows: {:?}", r.rows_deleted);
             }
@@ -798,6 +868,7 @@ struct PassOutcome {
     removed: u64,
     wall: Duration,
     complete: bool,
+    paused_ms: u64,
 }
 
 /// An in-process pass on its own single-threaded runtime (blocking: call it from
@@ -825,6 +896,7 @@ fn paced_pass(cfg: &df_reconciler_core::config::Config, pause: Duration) -> Resu
             removed: report.instances_removed(),
             wall: started.elapsed(),
             complete: report.complete,
+            paused_ms: report.paused_ms,
         })
     })
 }
@@ -837,18 +909,155 @@ async fn connect_many(server: &Server, db: &str, k: usize) -> Result<Vec<tokio_p
     Ok(clients)
 }
 
+/// One round of the impact measurement: the workload without a pass, then during one.
+struct ImpactRound {
+    baseline: workload::Samples,
+    baseline_window: Duration,
+    baseline_cpu: Option<CpuUse>,
+    during: workload::Samples,
+    during_window: Duration,
+    during_cpu: Option<CpuUse>,
+    pass: PassOutcome,
+}
+
+impl ImpactRound {
+    fn ratio(&self) -> f64 {
+        p99(&self.baseline).map_or(f64::NAN, |b| {
+            p99(&self.during).map_or(f64::NAN, |d| d.as_secs_f64() / b.as_secs_f64().max(1e-9))
+        })
+    }
+}
+
+fn p99(s: &workload::Samples) -> Option<Duration> {
+    percentile(&s.all, 99.0)
+}
+
 /// p99 of the workload's transactions for `impact_secs` without a pass, then while a
-/// pass runs over a fresh backlog of N roots.
-async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results) -> Result<()> {
+/// pass runs over a fresh backlog of N roots; `impact_rounds` times, each on a fresh copy,
+/// so that each ratio compares two windows a few seconds apart.
+async fn impact(
+    server: &Server,
+    daemon: &Daemon,
+    args: &Args,
+    results: &mut Results,
+) -> Result<()> {
     let n = args.n;
     let label = thousands(n.into());
     let (seed_db, _) = server.seeded(Seed::realistic(n)).await?;
-    let db = format!("impact_{n}");
-    server.fresh_copy(&seed_db, &db).await?;
+    let mut rounds = Vec::new();
+    for round in 0..args.impact_rounds.max(1) {
+        let r = impact_round(server, daemon, args, &seed_db, round).await?;
+        eprintln!(
+            "  impact round {}: p99 {} without ({}), {} during ({}): {:.2}x",
+            round + 1,
+            ms(p99(&r.baseline).unwrap_or_default()),
+            cpu::describe(r.baseline_cpu),
+            ms(p99(&r.during).unwrap_or_default()),
+            cpu::describe(r.during_cpu),
+            r.ratio()
+        );
+        rounds.push(r);
+    }
+    let describe = |s: &workload::Samples, w: Duration, c: Option<CpuUse>| {
+        format!(
+            "p50 {}, p99 {}, max {}, {} tx/s{}, {}",
+            ms(percentile(&s.all, 50.0).unwrap_or_default()),
+            ms(p99(s).unwrap_or_default()),
+            ms(percentile(&s.all, 100.0).unwrap_or_default()),
+            rate(s.all.len() as u64, w),
+            if s.errors > 0 {
+                format!(", {} errors", s.errors)
+            } else {
+                String::new()
+            },
+            cpu::describe(c)
+        )
+    };
+    let batch_pause = Duration::from_millis(args.impact_batch_pause_ms);
+    for (i, r) in rounds.iter().enumerate() {
+        results.line(
+            &format!("round {}: workload without a pass", i + 1),
+            &label,
+            format!(
+                "{} ({} tasks, {})",
+                describe(&r.baseline, r.baseline_window, r.baseline_cpu),
+                args.impact_tasks,
+                secs(r.baseline_window)
+            ),
+            "",
+            "",
+        );
+        results.line(
+            &format!("round {}: workload during a pass", i + 1),
+            &label,
+            format!(
+                "{} ({} of a pass that removed {} roots in {}{}, {} ms paused{})",
+                describe(&r.during, r.during_window, r.during_cpu),
+                secs(r.during_window),
+                thousands(r.pass.removed),
+                secs(r.pass.wall),
+                if r.pass.complete {
+                    ""
+                } else {
+                    ", stopped by pass.max_duration"
+                },
+                r.pass.paused_ms,
+                if batch_pause.is_zero() {
+                    String::new()
+                } else {
+                    format!(", in-process, {} pause after each batch", ms(batch_pause))
+                }
+            ),
+            "",
+            "",
+        );
+    }
+    let ratios: Vec<f64> = rounds.iter().map(ImpactRound::ratio).collect();
+    let median = median(&ratios);
+    results.line(
+        "workload p99 during / without (median of the rounds)",
+        &label,
+        format!(
+            "{median:.2}x (rounds: {})",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}x"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "<= 1.5x",
+        holds(median <= 1.5),
+    );
+    // Per kind of transaction, every round's samples together.
+    let mut baseline = workload::Samples::default();
+    let mut during = workload::Samples::default();
+    for r in rounds {
+        baseline.merge(r.baseline);
+        during.merge(r.during);
+    }
+    for op in workload::OPS {
+        results.notes.push(format!(
+            "impact, {op:?} (all rounds): p99 {} without, {} during a pass",
+            ms(percentile(&baseline.of(op), 99.0).unwrap_or_default()),
+            ms(percentile(&during.of(op), 99.0).unwrap_or_default())
+        ));
+    }
+    Ok(())
+}
+
+async fn impact_round(
+    server: &Server,
+    daemon: &Daemon,
+    args: &Args,
+    seed_db: &str,
+    round: u32,
+) -> Result<ImpactRound> {
+    let db = format!("impact_{}_{round}", args.n);
+    server.fresh_copy(seed_db, &db).await?;
     let pause = Duration::from_millis(args.impact_pause_ms);
     let window = Duration::from_secs(args.impact_secs);
 
-    eprintln!("impact: warm-up 2 s");
+    eprintln!("impact round {}: warm-up 2 s", round + 1);
     let stop = CancellationToken::new();
     let warm = tokio::spawn(workload::run(
         connect_many(server, &db, args.impact_tasks).await?,
@@ -860,8 +1069,13 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
     stop.cancel();
     warm.await??;
 
-    eprintln!("impact: {} s without a pass", window.as_secs());
+    eprintln!(
+        "impact round {}: {} s without a pass",
+        round + 1,
+        window.as_secs()
+    );
     let stop = CancellationToken::new();
+    let mark = CpuMark::now();
     let started = Instant::now();
     let baseline = tokio::spawn(workload::run(
         connect_many(server, &db, args.impact_tasks).await?,
@@ -873,8 +1087,13 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
     stop.cancel();
     let baseline = baseline.await??;
     let baseline_window = started.elapsed();
+    let baseline_cpu = mark.and_then(|m| m.since());
 
-    eprintln!("impact: up to {} s during a pass", window.as_secs());
+    eprintln!(
+        "impact round {}: up to {} s during a pass",
+        round + 1,
+        window.as_secs()
+    );
     let stop = CancellationToken::new();
     let during = tokio::spawn(workload::run(
         connect_many(server, &db, args.impact_tasks).await?,
@@ -882,8 +1101,9 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
         pause,
         stop.clone(),
     ));
+    let mark = CpuMark::now();
     let started = Instant::now();
-    let (b, d) = (bin.to_owned(), server.dsn(&db));
+    let (d, dsn) = (daemon.clone(), server.dsn(&db));
     // The pass stops itself (between batches) shortly after the window.
     let stop_after = window + Duration::from_secs(3);
     let batch_pause = Duration::from_millis(args.impact_batch_pause_ms);
@@ -892,10 +1112,11 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
     let mut pass = tokio::task::spawn_blocking(move || {
         if batch_pause.is_zero() {
             let sets = vec![format!("pass.max_duration={}s", stop_after.as_secs())];
-            daemon::once_with(&b, &d, &sets, &[], false).map(|r| PassOutcome {
+            d.once_with(&dsn, &sets, &[], false).map(|r| PassOutcome {
                 removed: r.instances_removed,
                 wall: r.wall,
                 complete: r.report["complete"] == serde_json::Value::Bool(true),
+                paused_ms: r.report["paused_ms"].as_u64().unwrap_or(0),
             })
         } else {
             paced_pass(&cfg, batch_pause)
@@ -906,78 +1127,20 @@ async fn impact(server: &Server, bin: &Path, args: &Args, results: &mut Results)
         _ = tokio::time::sleep(window) => { stop.cancel(); None }
     };
     let during_window = started.elapsed();
+    let during_cpu = mark.and_then(|m| m.since());
     let during = during.await??;
-    let pass_run = match pass_result {
+    let pass = match pass_result {
         Some(r) => r??,
         None => pass.await??,
     };
     server.drop_db(&db).await?;
-
-    let p99 = |s: &workload::Samples| percentile(&s.all, 99.0).unwrap_or_default();
-    let (b99, d99) = (p99(&baseline), p99(&during));
-    let describe = |s: &workload::Samples, w: Duration| {
-        format!(
-            "p50 {}, p99 {}, max {}, {} tx/s{}",
-            ms(percentile(&s.all, 50.0).unwrap_or_default()),
-            ms(p99(s)),
-            ms(percentile(&s.all, 100.0).unwrap_or_default()),
-            rate(s.all.len() as u64, w),
-            if s.errors > 0 {
-                format!(", {} errors", s.errors)
-            } else {
-                String::new()
-            }
-        )
-    };
-    results.line(
-        "workload without a pass",
-        &label,
-        format!(
-            "{} ({} tasks, {})",
-            describe(&baseline, baseline_window),
-            args.impact_tasks,
-            secs(baseline_window)
-        ),
-        "",
-        "",
-    );
-    results.line(
-        "workload during a pass",
-        &label,
-        format!(
-            "{} ({} of a pass that removed {} roots in {}{}{})",
-            describe(&during, during_window),
-            secs(during_window),
-            thousands(pass_run.removed),
-            secs(pass_run.wall),
-            if pass_run.complete {
-                ""
-            } else {
-                ", stopped by pass.max_duration"
-            },
-            if batch_pause.is_zero() {
-                String::new()
-            } else {
-                format!(", in-process, {} pause after each batch", ms(batch_pause))
-            }
-        ),
-        "",
-        "",
-    );
-    let ratio = d99.as_secs_f64() / b99.as_secs_f64().max(1e-9);
-    results.line(
-        "workload p99 during / without",
-        &label,
-        format!("{ratio:.2}x"),
-        "<= 1.5x",
-        holds(ratio <= 1.5),
-    );
-    for op in workload::OPS {
-        results.notes.push(format!(
-            "impact, {op:?}: p99 {} without, {} during a pass",
-            ms(percentile(&baseline.of(op), 99.0).unwrap_or_default()),
-            ms(percentile(&during.of(op), 99.0).unwrap_or_default())
-        ));
-    }
-    Ok(())
+    Ok(ImpactRound {
+        baseline,
+        baseline_window,
+        baseline_cpu,
+        during,
+        during_window,
+        during_cpu,
+        pass,
+    })
 }

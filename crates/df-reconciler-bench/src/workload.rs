@@ -36,7 +36,7 @@ pub struct Samples {
 }
 
 impl Samples {
-    fn merge(&mut self, other: Samples) {
+    pub fn merge(&mut self, other: Samples) {
         self.all.extend(other.all);
         self.by_op.extend(other.by_op);
         self.errors += other.errors;
