@@ -114,6 +114,7 @@ async fn once_json_prints_one_report_object_and_deletes() {
         "rows_deleted",
         "skipped_unsettled",
         "skipped_locked",
+        "skipped_abandoned",
         "running_without_df_row",
         "df_rows_without_engine",
         "batches",

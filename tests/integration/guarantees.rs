@@ -388,3 +388,51 @@ async fn a_prepared_transaction_protects_like_an_open_one() {
     assert_eq!(report.expired_removed.failed, 1);
     assert!(engine_ids(&c).await.is_empty());
 }
+
+/// A batch whose statement times out is rolled back and the next ones run at half the
+/// size; after `BATCHES_BEFORE_GROWING` (8) clean batches the size doubles back to
+/// `pass.batch_size`. The timed-out batch's candidates are left whole for the next pass.
+#[tokio::test]
+async fn a_timed_out_batch_halves_the_batch_size_and_clean_batches_restore_it() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "SELECT df_fixture.workflow(to_hex(x'25000000'::int + i), 'completed', 'Completed',
+                                    now() - interval '60 days', now() - interval '59 days', 0)
+         FROM generate_series(0, 599) AS i;
+         -- Deleting the first candidate's df row outlasts any statement_timeout.
+         CREATE FUNCTION public.slow_delete() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(60); RETURN OLD; END $$;
+         CREATE TRIGGER slow_delete BEFORE DELETE ON df.instances
+             FOR EACH ROW WHEN (OLD.id = '25000000') EXECUTE FUNCTION public.slow_delete();",
+    )
+    .await
+    .unwrap();
+    let mut cfg = config_for(&db);
+    cfg.pass.batch_size = 40;
+    cfg.pass.statement_timeout = Duration::from_secs(1);
+
+    let report = pass(&cfg, false).await;
+    assert_eq!(report.batches_abandoned, 1);
+    assert_eq!(report.skipped_abandoned, 40);
+    assert_eq!(report.skipped_locked, 0);
+    // 600 candidates: 40 abandoned, then 8 clean batches of 20 and 10 of 40.
+    assert_eq!(report.expired_removed.completed, 560);
+    assert_eq!(
+        report.batches, 18,
+        "8 batches at half size, then back to 40 (never shrunk: 14; never grown: 28)"
+    );
+    let left = df_ids(&c).await;
+    assert_eq!(left.len(), 40, "the abandoned batch is rolled back whole");
+    assert_eq!(left.first().map(String::as_str), Some("25000000"));
+    assert_eq!(left.last().map(String::as_str), Some("25000027"));
+    assert!(violations(&c).await.is_empty());
+
+    c.batch_execute("DROP TRIGGER slow_delete ON df.instances")
+        .await
+        .unwrap();
+    let report = pass(&cfg, false).await;
+    assert_eq!(report.expired_removed.completed, 40);
+    assert!(df_ids(&c).await.is_empty());
+    assert!(engine_ids(&c).await.is_empty());
+}

@@ -274,6 +274,7 @@ impl Metrics {
         for (reason, n) in [
             ("unsettled", report.skipped_unsettled),
             ("locked", report.skipped_locked),
+            ("abandoned", report.skipped_abandoned),
             ("inconsistent", report.skipped_inconsistent),
             ("young_orphan", report.orphans_waiting),
         ] {

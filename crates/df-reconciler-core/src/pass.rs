@@ -288,7 +288,8 @@ async fn run_phases_on(
     }
     let oldest = pass.oldest_skipped;
     let r = &mut *pass.report;
-    r.backlog_eligible = r.skipped_unsettled + r.skipped_locked + r.skipped_inconsistent;
+    r.backlog_eligible =
+        r.skipped_unsettled + r.skipped_locked + r.skipped_abandoned + r.skipped_inconsistent;
     r.backlog_oldest_age_s = oldest
         .and_then(|t| pass.clock.db_now.duration_since(t).ok())
         .map(|d| d.as_secs_f64());
@@ -335,11 +336,15 @@ async fn vacuum_hints(
     Ok(hints)
 }
 
+/// (`schema.table` label, statement) per table.
+type TableStatements = Vec<(String, Statement)>;
+
 /// The statements of one pass, rendered for the verified schemas and prepared once on the
 /// pass's connection: a batch then costs one round trip per statement, not two (parse,
 /// then execute). Dropped, and so closed, with the pass.
 struct Statements {
     terminal_count_up_to: Statement,
+    batch_fence: Statement,
     other_active_sessions: Statement,
     cap_edge: Statement,
     expired_candidates: Statement,
@@ -350,12 +355,12 @@ struct Statements {
     root_state: Statement,
     root_status: Statement,
     drift: Statement,
-    /// (`schema.table` label, statement) for df rows, then engine rows, in deletion order.
-    /// In a dry run each one counts the rows instead.
-    delete_df: Vec<(String, Statement)>,
-    delete_engine: Vec<(String, Statement)>,
+    /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
+    /// rows instead.
+    delete_df: TableStatements,
+    delete_engine: TableStatements,
     /// The engine's queue tables alone, for df rows that never got an engine record.
-    delete_queues: Vec<(String, Statement)>,
+    delete_queues: TableStatements,
     dry_run: bool,
 }
 
@@ -383,6 +388,7 @@ impl Statements {
         };
         Ok(Self {
             terminal_count_up_to: prepare(reconcile::TERMINAL_COUNT_UP_TO).await?,
+            batch_fence: prepare(reconcile::TRY_BATCH_FENCE).await?,
             other_active_sessions: prepare(reconcile::OTHER_ACTIVE_SESSIONS).await?,
             cap_edge: prepare(reconcile::CAP_EDGE).await?,
             expired_candidates: prepare(reconcile::EXPIRED_CANDIDATES).await?,
@@ -600,7 +606,7 @@ impl Pass<'_> {
                     }
                     match progress {
                         Some(p) => {
-                            self.report.skipped_locked += p.candidates;
+                            self.report.skipped_abandoned += p.candidates;
                             watermark = Some(p.watermark);
                         }
                         None if statement_timeout => {}
@@ -658,32 +664,43 @@ impl Pass<'_> {
             .start()
             .await
             .context("starting a batch")?;
-        set_local_limits(&tx, self.cfg).await?;
-        if self.cfg.pass.busy_duty_percent < 100 {
-            let others: i64 = tx
-                .query_one(&self.statements.other_active_sessions, &[])
-                .await
-                .context("looking for other active sessions")?
-                .get(0);
-            if others > 0 {
-                self.last_busy = Some(Instant::now());
+        // The limits, the look at other sessions and the fence do not depend on each
+        // other: pipelined, one round trip, the limits first.
+        let st = &self.statements;
+        let look_for_others = async {
+            if self.cfg.pass.busy_duty_percent >= 100 {
+                return Ok(0);
             }
+            Ok::<i64, Error>(
+                tx.query_one(&st.other_active_sessions, &[])
+                    .await
+                    .context("looking for other active sessions")?
+                    .get(0),
+            )
+        };
+        let take_fence = async {
+            if dry_run {
+                return Ok(true);
+            }
+            Ok::<bool, Error>(
+                tx.query_one(&st.batch_fence, &[&locks::BATCH_FENCE])
+                    .await
+                    .context("taking the batch fence")?
+                    .get(0),
+            )
+        };
+        let ((), others, fenced_in) = futures_util::future::try_join3(
+            set_local_limits(&tx, self.cfg),
+            look_for_others,
+            take_fence,
+        )
+        .await?;
+        if others > 0 {
+            self.last_busy = Some(Instant::now());
         }
-        if !dry_run {
-            // The fence: one batch at a time across replicas. Transaction-scoped, so it
-            // also works behind a transaction-pooling proxy.
-            let got: bool = tx
-                .query_one(
-                    "SELECT pg_try_advisory_xact_lock($1)",
-                    &[&locks::BATCH_FENCE],
-                )
-                .await
-                .context("taking the batch fence")?
-                .get(0);
-            if !got {
-                tx.rollback().await.context("standing down")?;
-                return Ok(Step::Fenced);
-            }
+        if !fenced_in {
+            tx.rollback().await.context("standing down")?;
+            return Ok(Step::Fenced);
         }
         let mut tally = BatchTally::default();
         let batch = Batch {
@@ -972,9 +989,17 @@ async fn expired_batch(
         .filter(|id| trees.deletable.contains(*id))
         .cloned()
         .collect();
-    delete_rows(tx, st, &st.delete_df, &df_ids, tally).await?;
-    delete_rows(tx, st, &st.delete_engine, &trees.members, tally).await?;
-    delete_rows(tx, st, &st.delete_queues, &cleared_bare, tally).await?;
+    delete_rows(
+        tx,
+        st,
+        &[
+            (&st.delete_df, &df_ids),
+            (&st.delete_engine, &trees.members),
+            (&st.delete_queues, &cleared_bare),
+        ],
+        tally,
+    )
+    .await?;
     for id in &df_ids {
         let c = &candidates[id];
         tally.expired.push((c.status, c.window_expired));
@@ -1033,7 +1058,7 @@ async fn orphan_batch(
     if trees.members.is_empty() {
         return Ok(Step::Continue { watermark: next });
     }
-    delete_rows(tx, st, &st.delete_engine, &trees.members, tally).await?;
+    delete_rows(tx, st, &[(&st.delete_engine, &trees.members)], tally).await?;
     for (id, status) in &trees.root_statuses {
         tally.orphans.push(*status);
         tally.deleted_roots.push(DeletedRoot {
@@ -1188,30 +1213,40 @@ async fn lock_trees(
     Ok(cleared)
 }
 
-/// Runs each table's DELETE (or, in a dry run, its count) for `ids`, tallying rows. The
-/// statements are pipelined: sent together, run by the server one after the other in
-/// order, in the batch's transaction.
+/// Runs each table's DELETE (or, in a dry run, its count) for the ids paired with its
+/// group of statements, tallying rows; a group with no ids is left out. The statements are
+/// pipelined: sent together, run by the server one after the other in order, in the
+/// batch's transaction.
 async fn delete_rows(
     tx: &Transaction<'_>,
     st: &Statements,
-    statements: &[(String, Statement)],
-    ids: &[String],
+    groups: &[(&TableStatements, &[String])],
     tally: &mut BatchTally,
 ) -> Result<(), Error> {
-    let unique: Vec<&String> = ids.iter().collect::<BTreeSet<_>>().into_iter().collect();
-    let unique = &unique;
-    let runs = statements.iter().map(|(table, statement)| async move {
-        let n = if st.dry_run {
-            tx.query_one(statement, &[unique])
-                .await
-                .with_context(|| format!("counting {table}"))?
-                .get::<_, i64>(0) as u64
-        } else {
-            tx.execute(statement, &[unique])
-                .await
-                .with_context(|| format!("deleting from {table}"))?
-        };
-        Ok::<_, Error>((table, n))
+    let groups: Vec<(&TableStatements, Vec<&String>)> = groups
+        .iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(statements, ids)| {
+            (
+                *statements,
+                ids.iter().collect::<BTreeSet<_>>().into_iter().collect(),
+            )
+        })
+        .collect();
+    let runs = groups.iter().flat_map(|(statements, unique)| {
+        statements.iter().map(move |(table, statement)| async move {
+            let n = if st.dry_run {
+                tx.query_one(statement, &[unique])
+                    .await
+                    .with_context(|| format!("counting {table}"))?
+                    .get::<_, i64>(0) as u64
+            } else {
+                tx.execute(statement, &[unique])
+                    .await
+                    .with_context(|| format!("deleting from {table}"))?
+            };
+            Ok::<_, Error>((table, n))
+        })
     });
     for (table, n) in futures_util::future::try_join_all(runs).await? {
         if n > 0 {

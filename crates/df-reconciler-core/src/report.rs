@@ -73,6 +73,9 @@ pub struct PassReport {
     pub skipped_unsettled: u64,
     /// Candidates locked by another session or leased by a dispatcher: retried next pass.
     pub skipped_locked: u64,
+    /// Candidates of batches rolled back on a lock or statement timeout, left whole for
+    /// the next pass.
+    pub skipped_abandoned: u64,
     /// Expired df rows whose engine record is not a root (hostile or corrupt data).
     pub skipped_inconsistent: u64,
     /// Engine roots Running with no df row (drift; never deleted).
@@ -141,7 +144,10 @@ impl PassReport {
             self.expired_removed.total(),
             self.capped_removed,
             self.orphans_reclaimed,
-            self.skipped_unsettled + self.skipped_locked + self.skipped_inconsistent,
+            self.skipped_unsettled
+                + self.skipped_locked
+                + self.skipped_abandoned
+                + self.skipped_inconsistent,
             self.duration_ms
         )
     }
@@ -175,7 +181,7 @@ impl fmt::Display for PassReport {
         let e = &self.expired_removed;
         // Drift counts this pass did not take print as "-", not as 0.
         let drift = |n: u64| self.drift_counted.then_some(n);
-        let rows: [(&str, Option<u64>); 15] = [
+        let rows: [(&str, Option<u64>); 16] = [
             ("expired completed", Some(e.completed)),
             ("expired failed", Some(e.failed)),
             ("expired cancelled", Some(e.cancelled)),
@@ -190,6 +196,10 @@ impl fmt::Display for PassReport {
                 Some(self.skipped_unsettled),
             ),
             ("skipped: locked or leased", Some(self.skipped_locked)),
+            (
+                "skipped: in an abandoned batch",
+                Some(self.skipped_abandoned),
+            ),
             (
                 "skipped: inconsistent engine record",
                 Some(self.skipped_inconsistent),

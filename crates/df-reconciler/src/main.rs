@@ -103,9 +103,12 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// One thread: the daemon waits on PostgreSQL nearly all the time, and a pass's batches are
+/// strictly sequential. With the database connection's task on another worker thread,
+/// every reply crossed threads (a futex wake and a context switch), which cost more CPU
+/// than the daemon's own work and held up the next statement.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("the tokio runtime starts")

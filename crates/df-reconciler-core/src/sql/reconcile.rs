@@ -33,6 +33,10 @@ pub const PASS_CLOCK: &str = "
            (pg_has_role('pg_read_all_stats', 'MEMBER')
              OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) AS sees_all";
 
+/// The batch fence: one batch at a time across replicas (`$1` = `locks::BATCH_FENCE`).
+/// Transaction-scoped, so it also works behind a transaction-pooling proxy.
+pub const TRY_BATCH_FENCE: &str = "SELECT pg_try_advisory_xact_lock($1)";
+
 /// How many other client sessions of this database are at work right now: running a
 /// statement, or inside a transaction that did something within the last second (the
 /// engine's short transactions spend most of their time between statements; a session
