@@ -12,11 +12,11 @@
 //! candidate is rescanned within a pass and none can starve another. A dry run executes the
 //! same selections in READ ONLY transactions and counts instead of deleting.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio_postgres::types::Timestamp;
+use tokio_postgres::types::{Timestamp, ToSql};
 use tokio_postgres::Statement;
 
 use deadpool_postgres::{Object, Pool, Transaction};
@@ -336,8 +336,17 @@ async fn vacuum_hints(
     Ok(hints)
 }
 
-/// (`schema.table` label, statement) per table.
-type TableStatements = Vec<(String, Statement)>;
+/// One table's DELETE (or, in a dry run, its count) of a batch's rows.
+struct TableStatement {
+    /// `schema.table`, for the report.
+    table: String,
+    statement: Statement,
+    /// Takes the locked rows' addresses as `$2` (see `InstanceTable::delete_by_address`).
+    by_address: bool,
+}
+
+/// A group of tables deleted from for the same ids, in deletion order.
+type TableStatements = Vec<TableStatement>;
 
 /// The statements of one pass, rendered for the verified schemas and prepared once on the
 /// pass's connection: a batch then costs one round trip per statement, not two (parse,
@@ -379,9 +388,22 @@ impl Statements {
             let jobs: Vec<_> = tables
                 .iter()
                 .map(|t| {
-                    let label = format!("{schema}.{}", t.name);
-                    let statement = prepare(&t.statement(placeholder, dry_run));
-                    async move { Ok::<_, Error>((label, statement.await?)) }
+                    let table = format!("{schema}.{}", t.name);
+                    // A dry run locks nothing, so it counts by id (the same rows).
+                    let by_address = t.locked && !dry_run;
+                    let sql = if by_address {
+                        t.delete_by_address(placeholder)
+                    } else {
+                        t.statement(placeholder, dry_run)
+                    };
+                    let statement = prepare(&sql);
+                    async move {
+                        Ok::<_, Error>(TableStatement {
+                            table,
+                            statement: statement.await?,
+                            by_address,
+                        })
+                    }
                 })
                 .collect();
             futures_util::future::try_join_all(jobs)
@@ -723,9 +745,9 @@ impl Pass<'_> {
             }
             // The df foreign keys are deferred: check them now, under statement_timeout,
             // which PostgreSQL disarms before COMMIT runs deferred triggers. Their checks
-            // are cached plans run once per deleted row: replanning each (our
-            // force_custom_plan) made this step 5x slower.
-            tx.batch_execute("SET LOCAL plan_cache_mode TO DEFAULT; SET CONSTRAINTS ALL IMMEDIATE")
+            // are cached plans run once per deleted row, generic since the candidates
+            // (replanning each under force_custom_plan made this step 5x slower).
+            tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
                 .await
                 .context("checking the deleted rows' foreign keys")?;
             tx.commit().await.context("committing a batch")?;
@@ -825,8 +847,8 @@ fn is_timeout(e: &Error) -> bool {
 /// prices random reads as cached ones: a batch touches ~1,000 ids by primary key, and at
 /// the default random_page_cost of 4 the planner hashed whole tables instead (a 100k-row
 /// backlog: root state 152 -> 11 ms, kv_delta delete 32 -> 3 ms; docs/PERFORMANCE.md).
-/// The pass's prepared statements are planned for their actual ids and watermark on every
-/// execution, never with a generic plan.
+/// The candidate selections are planned for their actual watermark on every execution
+/// (custom plans); see [`select_candidates`] for the rest of a batch.
 async fn set_local_limits(tx: &Transaction<'_>, cfg: &Config) -> Result<(), Error> {
     let statement_ms = cfg.pass.statement_timeout.as_millis();
     let sql = format!(
@@ -868,6 +890,26 @@ fn advance(rows: &[tokio_postgres::Row], progress: &mut Option<Progress>) -> Opt
     Some(next)
 }
 
+/// Runs a candidate selection, planned for its actual watermark (a generic plan cannot use
+/// `$1 IS NULL OR id > $1` as an index bound), and behind it, pipelined, switches the rest
+/// of the batch to generic plans: every later statement probes an index once per id of
+/// `unnest($1)`, which a generic plan does as well, without planning on every execution.
+async fn select_candidates(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> Result<Vec<tokio_postgres::Row>, Error> {
+    let select = async { tx.query(statement, params).await.context(what) };
+    let generic_plans = async {
+        tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            .await
+            .context("switching to generic plans")
+    };
+    let (rows, ()) = futures_util::future::try_join(select, generic_plans).await?;
+    Ok(rows)
+}
+
 fn limit(batch_size: u32) -> i64 {
     i64::from(batch_size)
 }
@@ -890,21 +932,21 @@ async fn expired_batch(
         None => (None, None),
     };
     let [cut_completed, cut_failed, cut_cancelled] = clock.cutoffs;
-    let rows = tx
-        .query(
-            &st.expired_candidates,
-            &[
-                &watermark,
-                &limit(batch_size),
-                &cut_completed,
-                &cut_failed,
-                &cut_cancelled,
-                &edge_at,
-                &edge_id,
-            ],
-        )
-        .await
-        .context("selecting expired instances")?;
+    let rows = select_candidates(
+        tx,
+        &st.expired_candidates,
+        &[
+            &watermark,
+            &limit(batch_size),
+            &cut_completed,
+            &cut_failed,
+            &cut_cancelled,
+            &edge_at,
+            &edge_id,
+        ],
+        "selecting expired instances",
+    )
+    .await?;
     let Some(next) = advance(&rows, progress) else {
         return Ok(Step::Exhausted);
     };
@@ -942,18 +984,19 @@ async fn expired_batch(
         }
     }
     let ids: Vec<String> = candidates.keys().cloned().collect();
-    let locked: HashSet<String> = if ids.is_empty() {
-        HashSet::new()
+    // Locked df rows and their addresses.
+    let locked: HashMap<String, String> = if ids.is_empty() {
+        HashMap::new()
     } else {
         tx.query(&st.lock_df_rows, &[&ids])
             .await
             .context("locking expired df rows")?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect()
     };
     tally.skipped_locked += (ids.len() - locked.len()) as u64;
-    candidates.retain(|id, _| locked.contains(id));
+    candidates.retain(|id, _| locked.contains_key(id));
 
     let engine_roots: Vec<String> = candidates
         .iter()
@@ -968,39 +1011,39 @@ async fn expired_batch(
     let trees = lock_trees(tx, st, &engine_roots, &bare_ids, RootRule::Settled, tally).await?;
 
     // df ids to delete: bare rows not leased, and rows whose whole tree was cleared.
-    let df_ids: Vec<String> = candidates
+    let df_rows: Rows = candidates
         .keys()
         .filter(|id| trees.deletable.contains(*id))
-        .cloned()
+        .map(|id| (id.clone(), locked[id].clone()))
         .collect();
     for (id, at) in &terminal_at {
         if !trees.deletable.contains(id) {
             tally.skipped_since(*at);
         }
     }
-    if df_ids.is_empty() {
+    if df_rows.is_empty() {
         return Ok(Step::Continue { watermark: next });
     }
     // Engine rows: every instance of the cleared trees. A df row without an engine record
     // takes only the queue items carrying its id: should the engine create its instance
     // meanwhile, that instance is left whole, to be reclaimed later as an orphan.
-    let cleared_bare: Vec<String> = bare_ids
+    let cleared_bare: Rows = bare_ids
         .iter()
         .filter(|id| trees.deletable.contains(*id))
-        .cloned()
+        .map(|id| (id.clone(), String::new()))
         .collect();
     delete_rows(
         tx,
         st,
         &[
-            (&st.delete_df, &df_ids),
+            (&st.delete_df, &df_rows),
             (&st.delete_engine, &trees.members),
             (&st.delete_queues, &cleared_bare),
         ],
         tally,
     )
     .await?;
-    for id in &df_ids {
+    for (id, _) in &df_rows {
         let c = &candidates[id];
         tally.expired.push((c.status, c.window_expired));
         tally.deleted_roots.push(DeletedRoot {
@@ -1031,18 +1074,18 @@ async fn orphan_batch(
         batch_size,
         watermark,
     } = batch;
-    let rows = tx
-        .query(
-            &st.orphan_candidates,
-            &[
-                &watermark,
-                &limit(batch_size),
-                &clock.orphan_cutoff,
-                &clock.orphan_created_before,
-            ],
-        )
-        .await
-        .context("selecting orphan engine roots")?;
+    let rows = select_candidates(
+        tx,
+        &st.orphan_candidates,
+        &[
+            &watermark,
+            &limit(batch_size),
+            &clock.orphan_cutoff,
+            &clock.orphan_created_before,
+        ],
+        "selecting orphan engine roots",
+    )
+    .await?;
     let Some(next) = advance(&rows, progress) else {
         return Ok(Step::Exhausted);
     };
@@ -1086,8 +1129,8 @@ enum RootRule {
 struct ClearedTrees {
     /// Roots (and bare df ids) that may be deleted.
     deletable: HashSet<String>,
-    /// Every engine instance of the cleared trees, roots included.
-    members: Vec<String>,
+    /// Every engine instance of the cleared trees, roots included, with its row address.
+    members: Rows,
     children: u64,
     root_statuses: Vec<(String, EngineStatus)>,
 }
@@ -1105,7 +1148,8 @@ async fn lock_trees(
     tally: &mut BatchTally,
 ) -> Result<ClearedTrees, Error> {
     let mut trees: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut locked: HashSet<String> = HashSet::new();
+    // Members this batch locked: their row address and current execution.
+    let mut locked: HashMap<String, (String, Option<i64>)> = HashMap::new();
     // Bare ids are expanded too: an engine record that appeared since selection shows here
     // (and is locked until the batch ends, though never deleted in it).
     let expand: Vec<&String> = roots.iter().chain(bare_ids).collect();
@@ -1117,20 +1161,19 @@ async fn lock_trees(
         {
             let member: String = row.get(1);
             if row.get::<_, bool>(2) {
-                locked.insert(member.clone());
+                locked.insert(member.clone(), (row.get(3), row.get(4)));
             }
             trees.entry(row.get(0)).or_default().push(member);
         }
     }
-    let members: Vec<String> = roots
+    // Leases and root states are both read after locking and independent of each other:
+    // pipelined, one round trip.
+    let lease_ids: Vec<&String> = roots
         .iter()
         .filter_map(|r| trees.get(r))
         .flatten()
-        .cloned()
+        .chain(bare_ids)
         .collect();
-    // Leases and root states are both read after locking and independent of each other:
-    // pipelined, one round trip.
-    let lease_ids: Vec<String> = members.iter().chain(bare_ids).cloned().collect();
     let read_leases = async {
         if lease_ids.is_empty() {
             return Ok(HashSet::new());
@@ -1144,15 +1187,20 @@ async fn lock_trees(
                 .collect::<HashSet<String>>(),
         )
     };
+    // Roots whose own row is locked, with the current execution the lock read.
+    let (state_ids, state_executions): (Vec<&String>, Vec<Option<i64>>) = roots
+        .iter()
+        .filter_map(|r| locked.get(r).map(|(_, execution)| (r, *execution)))
+        .unzip();
     let read_states = async {
         let mut states: BTreeMap<String, (Option<String>, bool)> = BTreeMap::new();
-        if !roots.is_empty() {
+        if !state_ids.is_empty() {
             let statement = match rule {
                 RootRule::Settled => &st.root_status,
                 RootRule::Orphan => &st.root_state,
             };
             for row in tx
-                .query(statement, &[&roots])
+                .query(statement, &[&state_ids, &state_executions])
                 .await
                 .context("reading engine root state")?
             {
@@ -1173,7 +1221,7 @@ async fn lock_trees(
         };
         if tree
             .iter()
-            .any(|id| !locked.contains(id) || leased.contains(id))
+            .any(|id| !locked.contains_key(id) || leased.contains(id))
         {
             tally.skipped_locked += 1;
             continue;
@@ -1194,7 +1242,9 @@ async fn lock_trees(
             continue;
         }
         cleared.deletable.insert(root.clone());
-        cleared.members.extend(tree.iter().cloned());
+        cleared
+            .members
+            .extend(tree.iter().map(|id| (id.clone(), locked[id].0.clone())));
         cleared.children += (tree.len() - 1) as u64;
         if let Some(s) = status {
             cleared.root_statuses.push((root.clone(), s));
@@ -1213,39 +1263,60 @@ async fn lock_trees(
     Ok(cleared)
 }
 
-/// Runs each table's DELETE (or, in a dry run, its count) for the ids paired with its
-/// group of statements, tallying rows; a group with no ids is left out. The statements are
-/// pipelined: sent together, run by the server one after the other in order, in the
-/// batch's transaction.
+/// A batch's rows of one table group: (instance id, row address). The address is the
+/// ctid the batch's lock returned, used by tables deleted by address; empty otherwise.
+type Rows = Vec<(String, String)>;
+
+/// Runs each table's DELETE (or, in a dry run, its count) for the rows paired with its
+/// group of statements, tallying rows; a group with no rows is left out. The statements
+/// are pipelined: sent together, run by the server one after the other in order, in the
+/// batch's transaction. A delete by address must match every locked row, or the batch
+/// fails (and rolls back) rather than leave part of an instance behind.
 async fn delete_rows(
     tx: &Transaction<'_>,
     st: &Statements,
-    groups: &[(&TableStatements, &[String])],
+    groups: &[(&TableStatements, &Rows)],
     tally: &mut BatchTally,
 ) -> Result<(), Error> {
-    let groups: Vec<(&TableStatements, Vec<&String>)> = groups
+    // Unique ids in order, and their addresses in the same order.
+    let groups: Vec<(&TableStatements, Vec<&str>, Vec<&str>)> = groups
         .iter()
-        .filter(|(_, ids)| !ids.is_empty())
-        .map(|(statements, ids)| {
-            (
-                *statements,
-                ids.iter().collect::<BTreeSet<_>>().into_iter().collect(),
-            )
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(statements, rows)| {
+            let unique: BTreeMap<&str, &str> = rows
+                .iter()
+                .map(|(id, address)| (id.as_str(), address.as_str()))
+                .collect();
+            let (ids, addresses) = unique.into_iter().unzip();
+            (*statements, ids, addresses)
         })
         .collect();
-    let runs = groups.iter().flat_map(|(statements, unique)| {
-        statements.iter().map(move |(table, statement)| async move {
+    let runs = groups.iter().flat_map(|(statements, ids, addresses)| {
+        statements.iter().map(move |t| async move {
             let n = if st.dry_run {
-                tx.query_one(statement, &[unique])
+                tx.query_one(&t.statement, &[ids])
                     .await
-                    .with_context(|| format!("counting {table}"))?
+                    .with_context(|| format!("counting {}", t.table))?
                     .get::<_, i64>(0) as u64
-            } else {
-                tx.execute(statement, &[unique])
+            } else if t.by_address {
+                let n = tx
+                    .execute(&t.statement, &[ids, addresses])
                     .await
-                    .with_context(|| format!("deleting from {table}"))?
+                    .with_context(|| format!("deleting from {}", t.table))?;
+                if n != ids.len() as u64 {
+                    return Err(Error::Refused(vec![format!(
+                        "deleting {} locked rows of {} by address removed {n}; the batch is rolled back",
+                        ids.len(),
+                        t.table
+                    )]));
+                }
+                n
+            } else {
+                tx.execute(&t.statement, &[ids])
+                    .await
+                    .with_context(|| format!("deleting from {}", t.table))?
             };
-            Ok::<_, Error>((table, n))
+            Ok::<_, Error>((&t.table, n))
         })
     });
     for (table, n) in futures_util::future::try_join_all(runs).await? {

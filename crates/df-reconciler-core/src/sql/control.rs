@@ -12,10 +12,12 @@ pub const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
     InstanceTable {
         name: "nodes",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "instances",
         key: "id",
+        locked: true,
     },
 ];
 
@@ -27,7 +29,7 @@ pub const TERMINAL_STATUSES: &str = "('completed', 'failed', 'cancelled')";
 /// being terminal drops out because FOR UPDATE re-checks the WHERE clause on the newest
 /// version. `$1`: ids.
 pub const LOCK_TERMINAL_ROWS: &str = "
-    SELECT d.id::text
+    SELECT d.id::text, d.ctid::text
     FROM unnest($1::text[]) AS r(id)
     JOIN {control}.instances d ON d.id::text = r.id
     WHERE d.status IN ('completed', 'failed', 'cancelled')
@@ -35,7 +37,7 @@ pub const LOCK_TERMINAL_ROWS: &str = "
 
 /// The dry-run twin of [`LOCK_TERMINAL_ROWS`]: a read-only transaction cannot lock.
 pub const READ_TERMINAL_ROWS: &str = "
-    SELECT d.id::text
+    SELECT d.id::text, d.ctid::text
     FROM unnest($1::text[]) AS r(id)
     JOIN {control}.instances d ON d.id::text = r.id
     WHERE d.status IN ('completed', 'failed', 'cancelled')";

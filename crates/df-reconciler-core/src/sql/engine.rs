@@ -34,34 +34,42 @@ pub const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
     InstanceTable {
         name: "history",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "executions",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "orchestrator_queue",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "worker_queue",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "instance_locks",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "kv_delta",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "kv_store",
         key: "instance_id",
+        locked: false,
     },
     InstanceTable {
         name: "instances",
         key: "instance_id",
+        locked: true,
     },
 ];
 
@@ -88,7 +96,8 @@ pub const TABLES_WITH_INSTANCE_ID: &str = "
 /// down, each locked without waiting: `locked` is false for a row another session holds (a
 /// dispatcher). UNION (not UNION ALL) makes a cycle in hostile parent links terminate.
 /// Expanding and locking in one statement saves a round trip and a second lookup per
-/// instance in every batch.
+/// instance in every batch. A locked row also gives its address (ctid), by which the batch
+/// deletes it, and its current execution, whose status is read after locking.
 macro_rules! trees_then {
     ($lock:literal) => {
         concat!(
@@ -107,10 +116,11 @@ macro_rules! trees_then {
             WHERE c.parent_instance_id = tree.instance_id
             OFFSET 0) child
     )
-    SELECT tree.root_id, tree.instance_id, l.instance_id IS NOT NULL AS locked
+    SELECT tree.root_id, tree.instance_id, l.instance_id IS NOT NULL AS locked,
+           l.ctid::text AS address, l.current_execution_id
     FROM tree
     LEFT JOIN LATERAL (
-        SELECT ei.instance_id FROM {engine}.instances ei
+        SELECT ei.instance_id, ei.ctid, ei.current_execution_id FROM {engine}.instances ei
         WHERE ei.instance_id = tree.instance_id",
             $lock,
             ") l ON true"
@@ -126,15 +136,15 @@ pub const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 /// table, 90 ms per batch at 200k instead of 11.
 pub const READ_TREES: &str = trees_then!(" OFFSET 0");
 
-/// Current execution status of roots `$1`, read AFTER their rows were locked. For the
+/// Status of the current executions `$2` of roots `$1`, read AFTER the roots' rows were
+/// locked (which gave their current_execution_id; locked, it cannot change). For the
 /// engine roots of expired df rows, whose df rows this batch holds locked; orphans need
 /// [`super::reconcile::ROOT_STATE`], which also looks for a df row.
 pub const ROOT_STATUS: &str = "
-    SELECT ei.instance_id, ex.status, true AS has_df_row
-    FROM unnest($1::text[]) AS r(id)
-    JOIN {engine}.instances ei ON ei.instance_id = r.id
+    SELECT r.id, ex.status, true AS has_df_row
+    FROM unnest($1::text[], $2::bigint[]) AS r(id, execution_id)
     LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id";
+           ON ex.instance_id = r.id AND ex.execution_id = r.execution_id";
 
 /// Ids among `$1` that a dispatcher or worker holds a lease on right now (instance lock or
 /// a locked queue item). `locked_until` is epoch milliseconds on the database clock.

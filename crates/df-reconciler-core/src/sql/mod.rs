@@ -60,6 +60,10 @@ pub fn quote_ident(name: &str) -> String {
 pub struct InstanceTable {
     pub name: &'static str,
     pub key: &'static str,
+    /// A batch locks these rows (`FOR UPDATE`) before deleting them, and its lock returns
+    /// their row addresses: a real pass deletes them by address, see
+    /// [`InstanceTable::delete_by_address`].
+    pub locked: bool,
 }
 
 impl InstanceTable {
@@ -80,6 +84,20 @@ impl InstanceTable {
                  USING unnest($1::text[]) AS u(id) WHERE t.{key}::text = u.id"
             )
         }
+    }
+
+    /// `DELETE` of the rows of ids `$1` at the row addresses (ctid) `$2` that locking them
+    /// returned, pairwise: one heap fetch per row instead of an index probe. A row locked
+    /// by this transaction cannot move, so this deletes exactly what [`Self::statement`]
+    /// deletes; the id is compared as well, and the caller checks that every pair
+    /// matched.
+    pub fn delete_by_address(&self, schema_placeholder: &str) -> String {
+        let (table, key) = (self.name, self.key);
+        format!(
+            "DELETE FROM {schema_placeholder}.{table} t \
+             USING unnest($1::text[], $2::text[]) AS u(id, address) \
+             WHERE t.ctid = u.address::tid AND t.{key}::text = u.id"
+        )
     }
 }
 
@@ -222,6 +240,7 @@ mod tests {
         let t = InstanceTable {
             name: "history",
             key: "instance_id",
+            locked: false,
         };
         let delete = t.statement("{engine}", false);
         let count = t.statement("{engine}", true);
@@ -232,5 +251,18 @@ mod tests {
             assert!(s.contains("t.instance_id::text = u.id"), "{s}");
         }
         assert!(delete.starts_with("DELETE") && count.starts_with("SELECT count(*)"));
+    }
+
+    #[test]
+    fn a_delete_by_address_also_matches_the_id() {
+        let t = InstanceTable {
+            name: "instances",
+            key: "id",
+            locked: true,
+        };
+        let s = t.delete_by_address("{control}");
+        assert!(s.starts_with("DELETE FROM {control}.instances t"), "{s}");
+        assert!(s.contains("t.ctid = u.address::tid"), "{s}");
+        assert!(s.contains("t.id::text = u.id"), "{s}");
     }
 }

@@ -166,19 +166,19 @@ pub const ORPHAN_CANDIDATES: &str = "
     ORDER BY ex.instance_id
     LIMIT $2";
 
-/// State of roots `$1` read AFTER their rows were locked: current execution status and
-/// whether a df row exists (an orphan whose df row appeared is no orphan any more).
+/// State of roots `$1` read AFTER their rows were locked (which gave their current
+/// executions `$2`): current execution status and whether a df row exists (an orphan
+/// whose df row appeared is no orphan any more).
 pub const ROOT_STATE: &str = "
-    SELECT ei.instance_id,
+    SELECT r.id,
            ex.status,
            d.id IS NOT NULL AS has_df_row
-    FROM unnest($1::text[]) AS r(id)
+    FROM unnest($1::text[], $2::bigint[]) AS r(id, execution_id)
     -- Driven from the array: `instance_id = ANY($1)` over 1,000 ids got a parallel seq
     -- scan; the df row as a join, not EXISTS, so it is an index probe per root too.
-    JOIN {engine}.instances ei ON ei.instance_id = r.id
     LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
-    LEFT JOIN {control}.instances d ON d.id::text = ei.instance_id";
+           ON ex.instance_id = r.id AND ex.execution_id = r.execution_id
+    LEFT JOIN {control}.instances d ON d.id::text = r.id";
 
 /// Drift between the stores, reported only. `$1`: now - orphan_min_age; `$2`, `$3`: the
 /// orphan age cutoff and the oldest open transaction, as in [`ORPHAN_CANDIDATES`].
