@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use cpu::{CpuMark, CpuUse};
 use daemon::Daemon;
 use server::{Seed, Server};
-use stats::{mib, ms, percentile, rate, secs, thousands};
+use stats::{median, mib, ms, percentile, rate, secs, thousands};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -584,11 +584,7 @@ async fn pass_lines(server: &Server, p: &PassSummary<'_>, results: &mut Results)
             &label,
             format!(
                 "{median:.2} (pairs: {}; ratio of the means {:.2} = {} / {})",
-                pairs
-                    .iter()
-                    .map(|r| format!("{r:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                stats::ratios(&pairs, ""),
                 floor.as_secs_f64() / daemon.as_secs_f64(),
                 secs(floor),
                 secs(daemon)
@@ -605,17 +601,6 @@ async fn pass_lines(server: &Server, p: &PassSummary<'_>, results: &mut Results)
         batch_latency(server, p.seed_db, n, results).await?;
     }
     Ok(())
-}
-
-/// The middle value (the mean of the two middle ones for an even count); NaN when empty.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        k if k % 2 == 1 => sorted[k / 2],
-        k => (sorted[k / 2 - 1] + sorted[k / 2]) / 2.0,
-    }
 }
 
 fn mean(values: &[Duration]) -> Duration {
@@ -1017,14 +1002,7 @@ async fn impact(
     results.line(
         "workload p99 during / without (median of the rounds)",
         &label,
-        format!(
-            "{median:.2}x (rounds: {})",
-            ratios
-                .iter()
-                .map(|r| format!("{r:.2}x"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        format!("{median:.2}x (rounds: {})", stats::ratios(&ratios, "x")),
         "<= 1.5x",
         holds(median <= 1.5),
     );

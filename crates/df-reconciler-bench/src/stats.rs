@@ -44,6 +44,26 @@ pub fn histogram_quantile_bound(buckets: &[(f64, u64)], p: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
+/// The middle value (the mean of the two middle ones for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        k if k % 2 == 1 => sorted[k / 2],
+        k => (sorted[k / 2 - 1] + sorted[k / 2]) / 2.0,
+    }
+}
+
+/// "0.58, 0.69, 0.53" (with `unit` after each: "1.41x, 1.36x").
+pub fn ratios(values: &[f64], unit: &str) -> String {
+    values
+        .iter()
+        .map(|r| format!("{r:.2}{unit}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -98,6 +118,14 @@ mod tests {
         assert_eq!(b, vec![(0.001, 0), (0.002, 2), (f64::INFINITY, 3)]);
         assert_eq!(histogram_quantile_bound(&b, 50.0), Some(0.002));
         assert_eq!(histogram_quantile_bound(&b, 99.0), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[0.7, 0.55, 0.66]), 0.66);
+        assert_eq!(median(&[1.0, 3.0]), 2.0);
+        assert!(median(&[]).is_nan());
+        assert_eq!(ratios(&[1.414, 0.9], "x"), "1.41x, 0.90x");
     }
 
     #[test]

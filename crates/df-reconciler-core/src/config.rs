@@ -286,7 +286,7 @@ impl Default for PassConfig {
             retry_backoff_max: Duration::from_secs(300),
             leader_election: true,
             drift_interval: Duration::from_secs(3600),
-            busy_duty_percent: 50,
+            busy_duty_percent: 25,
         }
     }
 }

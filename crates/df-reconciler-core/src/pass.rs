@@ -1159,12 +1159,19 @@ async fn lock_trees(
             .await
             .context("expanding and locking engine trees")?
         {
+            if !row.get::<_, bool>(5) {
+                // No engine row (a bare df row, or a root gone since selection).
+                continue;
+            }
             let member: String = row.get(1);
             if row.get::<_, bool>(2) {
                 locked.insert(member.clone(), (row.get(3), row.get(4)));
             }
             trees.entry(row.get(0)).or_default().push(member);
         }
+        // A tree is one whose root has an engine row; rows found under an id without one
+        // (a corrupt parent link to a missing instance) are no tree of this batch's.
+        trees.retain(|root, members| members.contains(root));
     }
     // Leases and root states are both read after locking and independent of each other:
     // pipelined, one round trip.

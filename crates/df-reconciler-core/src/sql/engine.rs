@@ -97,15 +97,16 @@ pub const TABLES_WITH_INSTANCE_ID: &str = "
 /// dispatcher). UNION (not UNION ALL) makes a cycle in hostile parent links terminate.
 /// Expanding and locking in one statement saves a round trip and a second lookup per
 /// instance in every batch. A locked row also gives its address (ctid), by which the batch
-/// deletes it, and its current execution, whose status is read after locking.
+/// deletes it, and its current execution, whose status is read after locking. A given id
+/// without an engine row comes back alone, with `present` false.
 macro_rules! trees_then {
     ($lock:literal) => {
         concat!(
             "
     WITH RECURSIVE tree(root_id, instance_id) AS (
-        SELECT ei.instance_id, ei.instance_id
-        FROM unnest($1::text[]) AS r(id)
-        JOIN {engine}.instances ei ON ei.instance_id = r.id
+        -- Every given id, whether or not it has an engine row: the lock below finds the
+        -- row, and only an id whose row it did not lock is looked up (`present`).
+        SELECT r.id, r.id FROM unnest($1::text[]) AS r(id)
       UNION
         -- A probe of the parent index per member (OFFSET 0): as a join, the recursive
         -- step could be planned as a scan of the parent index from its first entry.
@@ -117,7 +118,10 @@ macro_rules! trees_then {
             OFFSET 0) child
     )
     SELECT tree.root_id, tree.instance_id, l.instance_id IS NOT NULL AS locked,
-           l.ctid::text AS address, l.current_execution_id
+           l.ctid::text AS address, l.current_execution_id,
+           l.instance_id IS NOT NULL
+             OR EXISTS (SELECT 1 FROM {engine}.instances e
+                        WHERE e.instance_id = tree.instance_id) AS present
     FROM tree
     LEFT JOIN LATERAL (
         SELECT ei.instance_id, ei.ctid, ei.current_execution_id FROM {engine}.instances ei
