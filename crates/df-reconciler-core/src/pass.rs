@@ -1211,7 +1211,10 @@ async fn lock_trees(
                 .await
                 .context("reading engine root state")?
             {
-                states.insert(row.get(0), (row.get(1), row.get(2)));
+                // Only ROOT_STATE (orphans) looks for a df row; an expired row's root has
+                // its df row, locked by this batch.
+                let has_df_row = rule == RootRule::Settled || row.get::<_, bool>(2);
+                states.insert(row.get(0), (row.get(1), has_df_row));
             }
         }
         Ok::<_, Error>(states)

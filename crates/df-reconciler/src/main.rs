@@ -105,8 +105,8 @@ fn main() -> ExitCode {
 
 /// One thread: the daemon waits on PostgreSQL nearly all the time, and a pass's batches are
 /// strictly sequential. With the database connection's task on another worker thread,
-/// every reply crossed threads (a futex wake and a context switch), which cost more CPU
-/// than the daemon's own work and held up the next statement.
+/// every reply crossed threads (a futex wake and a context switch) before the next
+/// statement could go out.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -145,7 +145,7 @@ pub const READ_TREES: &str = trees_then!(" OFFSET 0");
 /// engine roots of expired df rows, whose df rows this batch holds locked; orphans need
 /// [`super::reconcile::ROOT_STATE`], which also looks for a df row.
 pub const ROOT_STATUS: &str = "
-    SELECT r.id, ex.status, true AS has_df_row
+    SELECT r.id, ex.status
     FROM unnest($1::text[], $2::bigint[]) AS r(id, execution_id)
     LEFT JOIN {engine}.executions ex
            ON ex.instance_id = r.id AND ex.execution_id = r.execution_id";
