@@ -30,17 +30,15 @@ pub const TERMINAL_STATUSES: &str = "('completed', 'failed', 'cancelled')";
 /// version. `$1`: ids.
 pub const LOCK_TERMINAL_ROWS: &str = "
     SELECT d.id::text, d.ctid::text
-    FROM unnest($1::text[]) AS r(id)
-    JOIN {control}.instances d ON d.id::text = r.id
-    WHERE d.status IN ('completed', 'failed', 'cancelled')
+    FROM {control}.instances d
+    WHERE d.id::text = ANY($1::text[]) AND d.status IN ('completed', 'failed', 'cancelled')
     FOR UPDATE OF d SKIP LOCKED";
 
 /// The dry-run twin of [`LOCK_TERMINAL_ROWS`]: a read-only transaction cannot lock.
 pub const READ_TERMINAL_ROWS: &str = "
     SELECT d.id::text, d.ctid::text
-    FROM unnest($1::text[]) AS r(id)
-    JOIN {control}.instances d ON d.id::text = r.id
-    WHERE d.status IN ('completed', 'failed', 'cancelled')";
+    FROM {control}.instances d
+    WHERE d.id::text = ANY($1::text[]) AND d.status IN ('completed', 'failed', 'cancelled')";
 
 /// Whether the connected role sees every df row whatever the row-level security policies
 /// say: superuser, BYPASSRLS, or owner of a table whose RLS is not FORCEd (or RLS off).

@@ -153,16 +153,15 @@ pub const ROOT_STATUS: &str = "
 /// Ids among `$1` that a dispatcher or worker holds a lease on right now (instance lock or
 /// a locked queue item). `locked_until` is epoch milliseconds on the database clock.
 pub const LEASED: &str = "
-    WITH now_ms(ms) AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint),
-         ids(id) AS (SELECT DISTINCT unnest($1::text[]))
-    SELECT il.instance_id FROM ids JOIN {engine}.instance_locks il ON il.instance_id = ids.id, now_ms
-     WHERE il.locked_until > now_ms.ms
+    WITH now_ms(ms) AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+    SELECT il.instance_id FROM {engine}.instance_locks il, now_ms
+     WHERE il.instance_id = ANY($1::text[]) AND il.locked_until > now_ms.ms
     UNION
-    SELECT oq.instance_id FROM ids JOIN {engine}.orchestrator_queue oq ON oq.instance_id = ids.id, now_ms
-     WHERE oq.locked_until > now_ms.ms
+    SELECT oq.instance_id FROM {engine}.orchestrator_queue oq, now_ms
+     WHERE oq.instance_id = ANY($1::text[]) AND oq.locked_until > now_ms.ms
     UNION
-    SELECT wq.instance_id FROM ids JOIN {engine}.worker_queue wq ON wq.instance_id = ids.id, now_ms
-     WHERE wq.locked_until > now_ms.ms";
+    SELECT wq.instance_id FROM {engine}.worker_queue wq, now_ms
+     WHERE wq.instance_id = ANY($1::text[]) AND wq.locked_until > now_ms.ms";
 
 /// The orphan walk reads terminal executions only and rules out young ones by their
 /// completed_at from the index alone, instead of reading every execution of every instance.

@@ -69,21 +69,19 @@ pub struct InstanceTable {
 impl InstanceTable {
     /// `DELETE` of the rows of the given ids (`$1 text[]`), or the same predicate counted in
     /// a dry run: one definition, so a dry run counts exactly what a real pass deletes.
-    /// The ids are joined from `unnest($1)` rather than tested with `= ANY($1)`, which
-    /// the planner turned into sequential scans of narrow tables. `$1` holds no duplicates.
+    /// `= ANY($1)` is one index scan that walks the sorted ids in key order; a join from
+    /// `unnest($1)` first copies the ids into a tuplestore and then descends once per id
+    /// (20-40% slower per statement). It relies on the generic plans a batch switches to
+    /// after its candidates: planned for the actual 1,000 ids, narrow tables were read
+    /// whole instead.
     pub fn statement(&self, schema_placeholder: &str, dry_run: bool) -> String {
         let (table, key) = (self.name, self.key);
-        if dry_run {
-            format!(
-                "SELECT count(*) FROM {schema_placeholder}.{table} t \
-                 JOIN unnest($1::text[]) AS u(id) ON t.{key}::text = u.id"
-            )
+        let verb = if dry_run {
+            "SELECT count(*) FROM"
         } else {
-            format!(
-                "DELETE FROM {schema_placeholder}.{table} t \
-                 USING unnest($1::text[]) AS u(id) WHERE t.{key}::text = u.id"
-            )
-        }
+            "DELETE FROM"
+        };
+        format!("{verb} {schema_placeholder}.{table} t WHERE t.{key}::text = ANY($1::text[])")
     }
 
     /// `DELETE` of the rows of ids `$1` at the row addresses (ctid) `$2` that locking them
@@ -247,8 +245,7 @@ mod tests {
         // Same table, same join on the same key: only the verb differs.
         for s in [&delete, &count] {
             assert!(s.contains("{engine}.history t"), "{s}");
-            assert!(s.contains("unnest($1::text[]) AS u(id)"), "{s}");
-            assert!(s.contains("t.instance_id::text = u.id"), "{s}");
+            assert!(s.contains("t.instance_id::text = ANY($1::text[])"), "{s}");
         }
         assert!(delete.starts_with("DELETE") && count.starts_with("SELECT count(*)"));
     }
