@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::harness::TestDb;
-use crate::support::{config_for, count, df_ids, engine_ids, pass, rows_of};
+use crate::support::{config_for, count, df_ids, engine_ids, pass, rows_of, violations};
 
 const DAY: f64 = 86_400.0;
 const HOUR: f64 = 3_600.0;
@@ -439,6 +439,74 @@ async fn leased_instances_are_skipped_without_waiting() {
     let report = pass(&config_for(&db), false).await;
     assert_eq!(report.instances_removed(), 2);
     assert_eq!(engine_ids(&c).await.len(), 0);
+}
+
+/// A real pass learns of leases from the rows it deletes and rolls those deletes back; the
+/// rest of the same batch still goes, and a dry run (which reads leases first) counts the same.
+#[tokio::test]
+async fn a_lease_puts_back_its_whole_tree_and_the_rest_of_the_batch_still_goes() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    for id in ["0e100001", "0e100002", "0e100003"] {
+        workflow(
+            &c,
+            id,
+            "completed",
+            Some("Completed"),
+            60.0 * DAY,
+            Some(60.0 * DAY),
+            1,
+        )
+        .await;
+    }
+    // No engine record: only its queue items would go.
+    workflow(
+        &c,
+        "0e100004",
+        "failed",
+        None,
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    // 0e100002: a live lease on its child's worker item, and stale items that the first
+    // attempt deletes before it sees the lease; they must come back with the rollback.
+    // 0e100004: a live lease on its queue item. 0e100003: only stale items.
+    c.batch_execute(
+        "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, lock_token, locked_until)
+         VALUES ('0e100002', '{}', 'old', 0), ('0e100003', '{}', 'old', 0),
+                ('0e100004', '{}', 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000);
+         INSERT INTO _duroxide.instance_locks (instance_id, lock_token, locked_until, locked_at)
+         VALUES ('0e100002', 'old', 0, 0);
+         INSERT INTO _duroxide.worker_queue (instance_id, work_item, lock_token, locked_until)
+         SELECT instance_id, '{}', 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000
+           FROM _duroxide.instances WHERE instance_id LIKE '0e100002::%';",
+    )
+    .await
+    .unwrap();
+    let leased_tree_rows = rows_of(&c, "0e100002").await;
+    let leased_bare_rows = rows_of(&c, "0e100004").await;
+
+    let dry = pass(&config_for(&db), true).await;
+    let report = pass(&config_for(&db), false).await;
+
+    assert_eq!(df_ids(&c).await, vec!["0e100002", "0e100004"]);
+    assert_eq!(rows_of(&c, "0e100002").await, leased_tree_rows);
+    assert_eq!(rows_of(&c, "0e100004").await, leased_bare_rows);
+    assert_eq!(rows_of(&c, "0e100001").await, 0);
+    assert_eq!(rows_of(&c, "0e100003").await, 0);
+    assert_eq!(report.skipped_locked, 2);
+    assert_eq!(report.instances_removed(), 2);
+    assert_eq!(report.engine_children_removed, 2);
+    assert_eq!(
+        report.rows_deleted.get("_duroxide.orchestrator_queue"),
+        Some(&1)
+    );
+    assert_eq!(dry.skipped_locked, report.skipped_locked);
+    assert_eq!(dry.instances_removed(), report.instances_removed());
+    assert_eq!(dry.rows_deleted, report.rows_deleted);
+    assert!(violations(&c).await.is_empty());
 }
 
 #[tokio::test]

@@ -317,10 +317,14 @@ async fn cut_and_black_holed_connections_are_noticed_and_recovered_from() {
 }
 
 /// SQL run once per test database: triggers that make any forbidden deletion abort the
-/// reconciler's batch, and a log of every engine instance it deleted.
+/// reconciler's batch, a log of every engine instance it deleted, and a log of leased
+/// instance locks it deleted. A pass learns of leases from the rows it deletes and rolls
+/// such a delete back, so only a committed one is a violation: its log row commits with
+/// it or not at all.
 const GUARDS: &str = r#"
 CREATE SCHEMA test_guard;
 CREATE TABLE test_guard.deleted_engine (instance_id text, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE test_guard.deleted_leased (instance_id text, at timestamptz DEFAULT clock_timestamp());
 CREATE FUNCTION test_guard.df_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF OLD.status IS NULL OR OLD.status NOT IN ('completed', 'failed', 'cancelled') THEN
@@ -343,7 +347,7 @@ CREATE TRIGGER guard BEFORE DELETE ON _duroxide.executions FOR EACH ROW EXECUTE 
 CREATE FUNCTION test_guard.lease_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF OLD.locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
-    RAISE EXCEPTION 'GUARD: leased instance % deleted', OLD.instance_id;
+    INSERT INTO test_guard.deleted_leased (instance_id) VALUES (OLD.instance_id);
   END IF;
   RETURN OLD;
 END $$;
@@ -658,6 +662,11 @@ async fn a_live_engine_never_loses_live_unsettled_leased_or_still_owned_work() {
     assert_eq!(
         stolen, 0,
         "an engine record of a committed start was reclaimed"
+    );
+    let leased = count(&c, "SELECT count(*) FROM test_guard.deleted_leased").await;
+    assert_eq!(
+        leased, 0,
+        "a committed batch deleted a leased instance lock"
     );
     assert!(
         violations(&c).await.is_empty(),

@@ -12,7 +12,7 @@
 //! candidate is rescanned within a pass and none can starve another. A dry run executes the
 //! same selections in READ ONLY transactions and counts instead of deleting.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::policy::{EngineStatus, TerminalStatus};
 use crate::preflight::{self, Intent};
 use crate::report::PassReport;
-use crate::sql::{control, engine, reconcile, Schemas};
+use crate::sql::{control, engine, reconcile, InstanceTable, Schemas};
 
 /// A failed pass, with what it had done (committed batches stay committed).
 #[derive(Debug)]
@@ -341,8 +341,19 @@ struct TableStatement {
     /// `schema.table`, for the report.
     table: String,
     statement: Statement,
-    /// Takes the locked rows' addresses as `$2` (see `InstanceTable::delete_by_address`).
-    by_address: bool,
+    kind: DeleteKind,
+}
+
+/// What a table's statement takes and returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeleteKind {
+    /// Ids `$1`; returns the number of rows (a dry run's counts too).
+    ById,
+    /// Ids `$1` and the locked rows' addresses `$2` (`InstanceTable::delete_by_address`).
+    ByAddress,
+    /// Ids `$1`; returns the number of rows and the ids among them that were leased
+    /// (`InstanceTable::delete_reporting_leases`).
+    ReportingLeases,
 }
 
 /// A group of tables deleted from for the same ids, in deletion order.
@@ -367,6 +378,9 @@ struct Statements {
     /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
     /// rows instead.
     delete_df: TableStatements,
+    /// The engine tables whose rows carry leases (queues, instance locks): deleted first.
+    delete_engine_leased: TableStatements,
+    /// The other engine tables, instances last.
     delete_engine: TableStatements,
     /// The engine's queue tables alone, for df rows that never got an engine record.
     delete_queues: TableStatements,
@@ -384,30 +398,39 @@ impl Statements {
                     .with_context(|| format!("preparing {}", first_line(&sql)))
             }
         };
-        let deletes = |schema: &str, placeholder: &str, tables: &[crate::sql::InstanceTable]| {
+        let deletes = |schema: &str, placeholder: &str, tables: &[&InstanceTable]| {
             let jobs: Vec<_> = tables
                 .iter()
                 .map(|t| {
                     let table = format!("{schema}.{}", t.name);
-                    // A dry run locks nothing, so it counts by id (the same rows).
-                    let by_address = t.locked && !dry_run;
-                    let sql = if by_address {
-                        t.delete_by_address(placeholder)
+                    // A dry run locks nothing and read the leases before: it counts by id
+                    // (the same rows).
+                    let (kind, sql) = if dry_run {
+                        (DeleteKind::ById, t.statement(placeholder, true))
+                    } else if t.locked {
+                        (DeleteKind::ByAddress, t.delete_by_address(placeholder))
+                    } else if t.leased {
+                        (
+                            DeleteKind::ReportingLeases,
+                            t.delete_reporting_leases(placeholder),
+                        )
                     } else {
-                        t.statement(placeholder, dry_run)
+                        (DeleteKind::ById, t.statement(placeholder, false))
                     };
                     let statement = prepare(&sql);
                     async move {
                         Ok::<_, Error>(TableStatement {
                             table,
                             statement: statement.await?,
-                            by_address,
+                            kind,
                         })
                     }
                 })
                 .collect();
             futures_util::future::try_join_all(jobs)
         };
+        let (engine_leased, engine_rest): (Vec<&InstanceTable>, Vec<&InstanceTable>) =
+            engine::PER_INSTANCE_TABLES.iter().partition(|t| t.leased);
         Ok(Self {
             terminal_count_up_to: prepare(reconcile::TERMINAL_COUNT_UP_TO).await?,
             batch_fence: prepare(reconcile::TRY_BATCH_FENCE).await?,
@@ -431,11 +454,20 @@ impl Statements {
             root_state: prepare(reconcile::ROOT_STATE).await?,
             root_status: prepare(engine::ROOT_STATUS).await?,
             drift: prepare(reconcile::DRIFT).await?,
-            delete_df: deletes(&schemas.control, "{control}", &control::PER_INSTANCE_TABLES)
-                .await?,
-            delete_engine: deletes(&schemas.engine, "{engine}", &engine::PER_INSTANCE_TABLES)
-                .await?,
-            delete_queues: deletes(&schemas.engine, "{engine}", &engine::QUEUE_TABLES).await?,
+            delete_df: deletes(
+                &schemas.control,
+                "{control}",
+                &control::PER_INSTANCE_TABLES.iter().collect::<Vec<_>>(),
+            )
+            .await?,
+            delete_engine_leased: deletes(&schemas.engine, "{engine}", &engine_leased).await?,
+            delete_engine: deletes(&schemas.engine, "{engine}", &engine_rest).await?,
+            delete_queues: deletes(
+                &schemas.engine,
+                "{engine}",
+                &engine::QUEUE_TABLES.iter().collect::<Vec<_>>(),
+            )
+            .await?,
             dry_run,
         })
     }
@@ -1008,56 +1040,51 @@ async fn expired_batch(
         .filter(|(_, c)| !c.has_engine_record)
         .map(|(id, _)| id.clone())
         .collect();
-    let trees = lock_trees(tx, st, &engine_roots, &bare_ids, RootRule::Settled, tally).await?;
+    let mut trees = lock_trees(tx, st, &engine_roots, &bare_ids, RootRule::Settled, tally).await?;
 
-    // df ids to delete: bare rows not leased, and rows whose whole tree was cleared.
-    let df_rows: Rows = candidates
-        .keys()
-        .filter(|id| trees.deletable.contains(*id))
-        .map(|id| (id.clone(), locked[id].clone()))
-        .collect();
-    for (id, at) in &terminal_at {
-        if !trees.deletable.contains(id) {
-            tally.skipped_since(*at);
-        }
-    }
-    if df_rows.is_empty() {
-        return Ok(Step::Continue { watermark: next });
-    }
     // Engine rows: every instance of the cleared trees. A df row without an engine record
     // takes only the queue items carrying its id: should the engine create its instance
     // meanwhile, that instance is left whole, to be reclaimed later as an orphan.
-    let cleared_bare: Rows = bare_ids
-        .iter()
-        .filter(|id| trees.deletable.contains(*id))
-        .map(|id| (id.clone(), String::new()))
-        .collect();
-    delete_rows(
-        tx,
-        st,
-        &[
-            (&st.delete_df, &df_rows),
-            (&st.delete_engine, &trees.members),
-            (&st.delete_queues, &cleared_bare),
-        ],
-        tally,
-    )
-    .await?;
-    for (id, _) in &df_rows {
-        let c = &candidates[id];
-        tally.expired.push((c.status, c.window_expired));
-        tally.deleted_roots.push(DeletedRoot {
-            instance_id: id.clone(),
-            reason: if c.window_expired {
-                "expired"
-            } else {
-                "capped"
-            },
-            status: c.status.as_str().to_owned(),
-            terminal_at: terminal_at.get(id).copied().flatten(),
-        });
+    if !trees.is_empty() {
+        let end_savepoint = delete_unleased(tx, st, &mut trees, tally).await?;
+        // df ids to delete: bare rows and rows whose whole tree was cleared.
+        let df_rows: Rows = candidates
+            .keys()
+            .filter(|id| trees.is_deletable(id))
+            .map(|id| (id.clone(), locked[id].clone()))
+            .collect();
+        let deleted = delete_rows(
+            tx,
+            st,
+            end_savepoint,
+            &[
+                (&st.delete_df, &df_rows),
+                (&st.delete_engine, &trees.members()),
+            ],
+        )
+        .await?;
+        tally.rows.extend(deleted.rows);
+        for (id, _) in &df_rows {
+            let c = &candidates[id];
+            tally.expired.push((c.status, c.window_expired));
+            tally.deleted_roots.push(DeletedRoot {
+                instance_id: id.clone(),
+                reason: if c.window_expired {
+                    "expired"
+                } else {
+                    "capped"
+                },
+                status: c.status.as_str().to_owned(),
+                terminal_at: terminal_at.get(id).copied().flatten(),
+            });
+        }
+        tally.children += trees.children();
     }
-    tally.children += trees.children;
+    for (id, at) in &terminal_at {
+        if !trees.is_deletable(id) {
+            tally.skipped_since(*at);
+        }
+    }
     Ok(Step::Continue { watermark: next })
 }
 
@@ -1092,26 +1119,33 @@ async fn orphan_batch(
     let roots: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let aged_from: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(2))).collect();
-    let trees = lock_trees(tx, st, &roots, &[], RootRule::Orphan, tally).await?;
+    let mut trees = lock_trees(tx, st, &roots, &[], RootRule::Orphan, tally).await?;
+    if !trees.is_empty() {
+        let end_savepoint = delete_unleased(tx, st, &mut trees, tally).await?;
+        let deleted = delete_rows(
+            tx,
+            st,
+            end_savepoint,
+            &[(&st.delete_engine, &trees.members())],
+        )
+        .await?;
+        tally.rows.extend(deleted.rows);
+        for (id, status) in &trees.root_statuses {
+            tally.orphans.push(*status);
+            tally.deleted_roots.push(DeletedRoot {
+                instance_id: id.clone(),
+                reason: "orphan",
+                status: format!("{status:?}"),
+                terminal_at: aged_from.get(id).copied().flatten(),
+            });
+        }
+        tally.children += trees.children();
+    }
     for (id, at) in &aged_from {
-        if !trees.deletable.contains(id) {
+        if !trees.is_deletable(id) {
             tally.skipped_since(*at);
         }
     }
-    if trees.members.is_empty() {
-        return Ok(Step::Continue { watermark: next });
-    }
-    delete_rows(tx, st, &[(&st.delete_engine, &trees.members)], tally).await?;
-    for (id, status) in &trees.root_statuses {
-        tally.orphans.push(*status);
-        tally.deleted_roots.push(DeletedRoot {
-            instance_id: id.clone(),
-            reason: "orphan",
-            status: format!("{status:?}"),
-            terminal_at: aged_from.get(id).copied().flatten(),
-        });
-    }
-    tally.children += trees.children;
     Ok(Step::Continue { watermark: next })
 }
 
@@ -1127,18 +1161,60 @@ enum RootRule {
 /// Trees cleared for deletion in this batch.
 #[derive(Debug, Default)]
 struct ClearedTrees {
-    /// Roots (and bare df ids) that may be deleted.
-    deletable: HashSet<String>,
-    /// Every engine instance of the cleared trees, roots included, with its row address.
-    members: Rows,
-    children: u64,
-    root_statuses: Vec<(String, EngineStatus)>,
+    /// By root: every engine instance of the tree, root included, with its row address.
+    trees: BTreeMap<String, Rows>,
+    /// df ids without an engine record whose queue items may go.
+    bare: BTreeSet<String>,
+    /// The cleared roots' current-execution status.
+    root_statuses: BTreeMap<String, EngineStatus>,
+}
+
+impl ClearedTrees {
+    fn is_empty(&self) -> bool {
+        self.trees.is_empty() && self.bare.is_empty()
+    }
+
+    /// A cleared root or bare df id.
+    fn is_deletable(&self, id: &str) -> bool {
+        self.trees.contains_key(id) || self.bare.contains(id)
+    }
+
+    /// Every engine instance of the cleared trees.
+    fn members(&self) -> Rows {
+        self.trees.values().flatten().cloned().collect()
+    }
+
+    /// The bare ids, without addresses (queue tables never delete by address).
+    fn bare_rows(&self) -> Rows {
+        self.bare
+            .iter()
+            .map(|id| (id.clone(), String::new()))
+            .collect()
+    }
+
+    fn children(&self) -> u64 {
+        self.trees.values().map(|m| m.len() as u64 - 1).sum()
+    }
+
+    /// Puts back every tree with a member among `leased`, and every leased bare id.
+    /// Returns how many it put back.
+    fn put_back_leased(&mut self, leased: &HashSet<String>) -> u64 {
+        let before = self.trees.len() + self.bare.len();
+        self.trees
+            .retain(|_, members| !members.iter().any(|(id, _)| leased.contains(id)));
+        self.root_statuses
+            .retain(|root, _| self.trees.contains_key(root));
+        self.bare.retain(|id| !leased.contains(id));
+        (before - self.trees.len() - self.bare.len()) as u64
+    }
 }
 
 /// Expands `roots` into whole trees, locks every instance without waiting, and clears a
-/// tree only when all its instances were locked, none is leased by a dispatcher or worker,
-/// and the root's state, read after locking, satisfies `rule`. `bare_ids` (df rows without
-/// an engine record) are cleared when no queue item of theirs is leased.
+/// tree only when all its instances were locked and the root's state, read after locking,
+/// satisfies `rule`. `bare_ids` (df rows without an engine record) are cleared when the
+/// engine has not created them meanwhile. Leases: a dry run clears only trees and bare ids
+/// none of whose queue items or instance locks is leased; a real pass learns of leases as
+/// it deletes ([`delete_unleased`]).
 async fn lock_trees(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -1173,14 +1249,18 @@ async fn lock_trees(
         // (a corrupt parent link to a missing instance) are no tree of this batch's.
         trees.retain(|root, members| members.contains(root));
     }
-    // Leases and root states are both read after locking and independent of each other:
-    // pipelined, one round trip.
-    let lease_ids: Vec<&String> = roots
-        .iter()
-        .filter_map(|r| trees.get(r))
-        .flatten()
-        .chain(bare_ids)
-        .collect();
+    // A dry run's leases and the root states are both read after locking and independent
+    // of each other: pipelined, one round trip.
+    let lease_ids: Vec<&String> = if st.dry_run {
+        roots
+            .iter()
+            .filter_map(|r| trees.get(r))
+            .flatten()
+            .chain(bare_ids)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let read_leases = async {
         if lease_ids.is_empty() {
             return Ok(HashSet::new());
@@ -1251,13 +1331,14 @@ async fn lock_trees(
             }
             continue;
         }
-        cleared.deletable.insert(root.clone());
-        cleared
-            .members
-            .extend(tree.iter().map(|id| (id.clone(), locked[id].0.clone())));
-        cleared.children += (tree.len() - 1) as u64;
+        cleared.trees.insert(
+            root.clone(),
+            tree.iter()
+                .map(|id| (id.clone(), locked[id].0.clone()))
+                .collect(),
+        );
         if let Some(s) = status {
-            cleared.root_statuses.push((root.clone(), s));
+            cleared.root_statuses.insert(root.clone(), s);
         }
     }
     for id in bare_ids {
@@ -1267,7 +1348,7 @@ async fn lock_trees(
         } else if leased.contains(id) {
             tally.skipped_locked += 1;
         } else {
-            cleared.deletable.insert(id.clone());
+            cleared.bare.insert(id.clone());
         }
     }
     Ok(cleared)
@@ -1277,17 +1358,75 @@ async fn lock_trees(
 /// ctid the batch's lock returned, used by tables deleted by address; empty otherwise.
 type Rows = Vec<(String, String)>;
 
-/// Runs each table's DELETE (or, in a dry run, its count) for the rows paired with its
-/// group of statements, tallying rows; a group with no rows is left out. The statements
-/// are pipelined: sent together, run by the server one after the other in order, in the
-/// batch's transaction. A delete by address must match every locked row, or the batch
-/// fails (and rolls back) rather than leave part of an instance behind.
+/// The savepoint a real batch sets before deleting the rows that carry leases.
+const LEASE_SAVEPOINT: &str = "SAVEPOINT before_leased_rows";
+const BACK_TO_LEASE_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT before_leased_rows";
+const END_LEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT before_leased_rows";
+
+/// Deletes the rows that carry leases (queue items, instance locks) of the cleared trees and
+/// bare ids, first and inside a savepoint, reading each row's lease as it goes: the delete
+/// is the lease check, so a lease taken after the trees were locked cannot slip through.
+/// A tree (or bare id) with a lease not yet expired is put back (`skipped_locked`), the
+/// savepoint rolled back and the rest deleted again, until no deleted row was leased.
+/// Returns the statement that ends the savepoint, for the batch to send ahead of its other
+/// deletes: those must run in the top transaction, as a row it locked and a subtransaction
+/// deleted would take a MultiXact each. A dry run read the leases when it locked
+/// ([`engine::LEASED`]) and only counts.
+async fn delete_unleased(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    cleared: &mut ClearedTrees,
+    tally: &mut BatchTally,
+) -> Result<Option<&'static str>, Error> {
+    let mut prelude = (!st.dry_run).then_some(LEASE_SAVEPOINT);
+    loop {
+        let deleted = delete_rows(
+            tx,
+            st,
+            prelude,
+            &[
+                (&st.delete_engine_leased, &cleared.members()),
+                (&st.delete_queues, &cleared.bare_rows()),
+            ],
+        )
+        .await?;
+        if deleted.leased.is_empty() {
+            tally.rows.extend(deleted.rows);
+            return Ok((!st.dry_run).then_some(END_LEASE_SAVEPOINT));
+        }
+        let put_back = cleared.put_back_leased(&deleted.leased);
+        if put_back == 0 {
+            // Cannot happen: every deleted row carries an id of the batch's. Never loop.
+            return Err(Error::Refused(vec![format!(
+                "leased rows of {:?} belong to no tree of the batch; the batch is rolled back",
+                deleted.leased
+            )]));
+        }
+        tally.skipped_locked += put_back;
+        prelude = Some(BACK_TO_LEASE_SAVEPOINT);
+    }
+}
+
+/// What a group of deletes removed.
+#[derive(Debug, Default)]
+struct Deleted {
+    /// Rows per table, tables with none left out.
+    rows: Vec<(String, u64)>,
+    /// Ids among the deleted rows whose lease had not expired.
+    leased: HashSet<String>,
+}
+
+/// Runs `prelude` (a savepoint statement), then each table's DELETE (or, in a dry run, its
+/// count) for the rows paired with its group of statements; a group with no rows is left
+/// out. The statements are pipelined: sent together, run by the server one after the other
+/// in order, in the batch's transaction. A delete by address must match every locked row,
+/// or the batch fails (and rolls back) rather than leave part of an instance behind.
 async fn delete_rows(
     tx: &Transaction<'_>,
     st: &Statements,
+    prelude: Option<&str>,
     groups: &[(&TableStatements, &Rows)],
-    tally: &mut BatchTally,
-) -> Result<(), Error> {
+) -> Result<Deleted, Error> {
     // Unique ids in order, and their addresses in the same order.
     let groups: Vec<(&TableStatements, Vec<&str>, Vec<&str>)> = groups
         .iter()
@@ -1301,38 +1440,66 @@ async fn delete_rows(
             (*statements, ids, addresses)
         })
         .collect();
+    let prelude = async {
+        match prelude {
+            Some(sql) => tx
+                .batch_execute(sql)
+                .await
+                .context("moving the batch's savepoint"),
+            None => Ok(()),
+        }
+    };
     let runs = groups.iter().flat_map(|(statements, ids, addresses)| {
         statements.iter().map(move |t| async move {
-            let n = if st.dry_run {
-                tx.query_one(&t.statement, &[ids])
-                    .await
-                    .with_context(|| format!("counting {}", t.table))?
-                    .get::<_, i64>(0) as u64
-            } else if t.by_address {
-                let n = tx
-                    .execute(&t.statement, &[ids, addresses])
-                    .await
-                    .with_context(|| format!("deleting from {}", t.table))?;
-                if n != ids.len() as u64 {
-                    return Err(Error::Refused(vec![format!(
-                        "deleting {} locked rows of {} by address removed {n}; the batch is rolled back",
-                        ids.len(),
-                        t.table
-                    )]));
+            let context = || format!("deleting from {}", t.table);
+            let (n, leased) = match t.kind {
+                _ if st.dry_run => {
+                    let n = tx
+                        .query_one(&t.statement, &[ids])
+                        .await
+                        .with_context(|| format!("counting {}", t.table))?
+                        .get::<_, i64>(0);
+                    (n as u64, Vec::new())
                 }
-                n
-            } else {
-                tx.execute(&t.statement, &[ids])
-                    .await
-                    .with_context(|| format!("deleting from {}", t.table))?
+                DeleteKind::ByAddress => {
+                    let n = tx
+                        .execute(&t.statement, &[ids, addresses])
+                        .await
+                        .with_context(context)?;
+                    if n != ids.len() as u64 {
+                        return Err(Error::Refused(vec![format!(
+                            "deleting {} locked rows of {} by address removed {n}; the batch is rolled back",
+                            ids.len(),
+                            t.table
+                        )]));
+                    }
+                    (n, Vec::new())
+                }
+                DeleteKind::ReportingLeases => {
+                    let row = tx
+                        .query_one(&t.statement, &[ids])
+                        .await
+                        .with_context(context)?;
+                    (row.get::<_, i64>(0) as u64, row.get::<_, Vec<String>>(1))
+                }
+                DeleteKind::ById => (
+                    tx.execute(&t.statement, &[ids])
+                        .await
+                        .with_context(context)?,
+                    Vec::new(),
+                ),
             };
-            Ok::<_, Error>((&t.table, n))
+            Ok::<_, Error>((&t.table, n, leased))
         })
     });
-    for (table, n) in futures_util::future::try_join_all(runs).await? {
+    let ((), results) =
+        futures_util::future::try_join(prelude, futures_util::future::try_join_all(runs)).await?;
+    let mut deleted = Deleted::default();
+    for (table, n, leased) in results {
         if n > 0 {
-            tally.rows.push((table.clone(), n));
+            deleted.rows.push((table.clone(), n));
         }
+        deleted.leased.extend(leased);
     }
-    Ok(())
+    Ok(deleted)
 }

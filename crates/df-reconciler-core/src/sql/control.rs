@@ -13,11 +13,13 @@ pub const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
         name: "nodes",
         key: "instance_id",
         locked: false,
+        leased: false,
     },
     InstanceTable {
         name: "instances",
         key: "id",
         locked: true,
+        leased: false,
     },
 ];
 

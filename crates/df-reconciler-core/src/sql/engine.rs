@@ -28,6 +28,8 @@ pub const REQUIRED_TABLES: [&str; 11] = [
 ];
 
 /// Per-instance tables in the order the engine's own delete routine uses, instances last.
+/// A batch deletes the leased ones (queues, instance locks) first, to learn of leases before
+/// anything else goes; the engine has no foreign keys between these tables.
 /// Preflight refuses to run when the engine has a per-instance table not listed here, so a
 /// future engine version cannot make the daemon leave rows behind silently.
 pub const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
@@ -35,41 +37,49 @@ pub const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
         name: "history",
         key: "instance_id",
         locked: false,
+        leased: false,
     },
     InstanceTable {
         name: "executions",
         key: "instance_id",
         locked: false,
+        leased: false,
     },
     InstanceTable {
         name: "orchestrator_queue",
         key: "instance_id",
         locked: false,
+        leased: true,
     },
     InstanceTable {
         name: "worker_queue",
         key: "instance_id",
         locked: false,
+        leased: true,
     },
     InstanceTable {
         name: "instance_locks",
         key: "instance_id",
         locked: false,
+        leased: true,
     },
     InstanceTable {
         name: "kv_delta",
         key: "instance_id",
         locked: false,
+        leased: false,
     },
     InstanceTable {
         name: "kv_store",
         key: "instance_id",
         locked: false,
+        leased: false,
     },
     InstanceTable {
         name: "instances",
         key: "instance_id",
         locked: true,
+        leased: false,
     },
 ];
 
@@ -151,7 +161,9 @@ pub const ROOT_STATUS: &str = "
            ON ex.instance_id = r.id AND ex.execution_id = r.execution_id";
 
 /// Ids among `$1` that a dispatcher or worker holds a lease on right now (instance lock or
-/// a locked queue item). `locked_until` is epoch milliseconds on the database clock.
+/// a locked queue item). `locked_until` is epoch milliseconds on the database clock. Read
+/// by a dry run, which cannot delete; a real pass reads the leases of the rows as it
+/// deletes them ([`super::InstanceTable::delete_reporting_leases`]).
 pub const LEASED: &str = "
     WITH now_ms(ms) AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
     SELECT il.instance_id FROM {engine}.instance_locks il, now_ms

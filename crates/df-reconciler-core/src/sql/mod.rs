@@ -64,6 +64,10 @@ pub struct InstanceTable {
     /// their row addresses: a real pass deletes them by address, see
     /// [`InstanceTable::delete_by_address`].
     pub locked: bool,
+    /// Rows carry a dispatcher's or worker's lease (`locked_until`, epoch milliseconds on
+    /// the database clock): a real pass reads the leases of the rows it deletes, see
+    /// [`InstanceTable::delete_reporting_leases`].
+    pub leased: bool,
 }
 
 impl InstanceTable {
@@ -82,6 +86,23 @@ impl InstanceTable {
             "DELETE FROM"
         };
         format!("{verb} {schema_placeholder}.{table} t WHERE t.{key}::text = ANY($1::text[])")
+    }
+
+    /// `DELETE` of the rows of the given ids (`$1 text[]`) that also returns how many it
+    /// deleted and the ids among them whose lease had not expired at that moment. The
+    /// delete itself is the lease check: it sees the newest committed version of each
+    /// row, and waits for one being leased right now.
+    pub fn delete_reporting_leases(&self, schema_placeholder: &str) -> String {
+        let (table, key) = (self.name, self.key);
+        format!(
+            "WITH deleted AS (\
+                 DELETE FROM {schema_placeholder}.{table} t WHERE t.{key}::text = ANY($1::text[]) \
+                 RETURNING t.{key}::text AS id, t.locked_until) \
+             SELECT count(*), coalesce(array_agg(DISTINCT deleted.id) FILTER (\
+                 WHERE deleted.locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint), \
+                 '{{}}'::text[]) \
+             FROM deleted"
+        )
     }
 
     /// `DELETE` of the rows of ids `$1` at the row addresses (ctid) `$2` that locking them
@@ -239,6 +260,7 @@ mod tests {
             name: "history",
             key: "instance_id",
             locked: false,
+            leased: false,
         };
         let delete = t.statement("{engine}", false);
         let count = t.statement("{engine}", true);
@@ -256,10 +278,27 @@ mod tests {
             name: "instances",
             key: "id",
             locked: true,
+            leased: false,
         };
         let s = t.delete_by_address("{control}");
         assert!(s.starts_with("DELETE FROM {control}.instances t"), "{s}");
         assert!(s.contains("t.ctid = u.address::tid"), "{s}");
         assert!(s.contains("t.id::text = u.id"), "{s}");
+    }
+
+    #[test]
+    fn a_delete_reporting_leases_compares_locked_until_with_the_database_clock() {
+        let t = crate::sql::engine::QUEUE_TABLES[0];
+        let s = t.delete_reporting_leases("{engine}");
+        assert!(s.contains("DELETE FROM {engine}.orchestrator_queue t WHERE t.instance_id::text = ANY($1::text[])"), "{s}");
+        assert!(
+            s.contains("RETURNING t.instance_id::text AS id, t.locked_until"),
+            "{s}"
+        );
+        assert!(
+            s.contains("locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint"),
+            "{s}"
+        );
+        assert!(s.contains("'{}'::text[]"), "{s}");
     }
 }
