@@ -207,7 +207,7 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
             // Floor and pass alternate, so that both sides of each ratio ran under the
             // same machine conditions (this VM's speed drifts by 20% within minutes).
             let mut floors: Vec<Timed> = Vec::new();
-            let mut passes: Vec<(daemon::Run, Option<CpuUse>)> = Vec::new();
+            let mut passes: Vec<PassRun> = Vec::new();
             for r in 0..repeat {
                 if measures.contains(&Measure::Floor) {
                     let (timed, got) = floor_run(server, &seed_db, n, r).await?;
@@ -223,9 +223,9 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
                 }
                 if measures.contains(&Measure::Pass) {
                     let reference = expected.clone().or_else(|| {
-                        passes.first().map(|(first, _)| Expected {
-                            roots: first.instances_removed,
-                            rows: first.rows_deleted.clone(),
+                        passes.first().map(|first| Expected {
+                            roots: first.run.instances_removed,
+                            rows: first.run.rows_deleted.clone(),
                         })
                     });
                     passes
@@ -423,6 +423,12 @@ struct Timed {
     cpu: Option<CpuUse>,
 }
 
+/// A run of the daemon's `once` and where the machine's cores spent it.
+struct PassRun {
+    run: daemon::Run,
+    cpu: Option<CpuUse>,
+}
+
 async fn floor_run(server: &Server, seed_db: &str, n: u32, run: u32) -> Result<(Timed, Expected)> {
     let db = format!("floor_{n}_{run}");
     server.fresh_copy(seed_db, &db).await?;
@@ -491,7 +497,7 @@ async fn pass_run(
     n: u32,
     run: u32,
     expected: Option<&Expected>,
-) -> Result<(daemon::Run, Option<CpuUse>)> {
+) -> Result<PassRun> {
     let db = format!("pass_{n}_{run}");
     server.fresh_copy(seed_db, &db).await?;
     let dsn = server.dsn(&db);
@@ -522,7 +528,7 @@ async fn pass_run(
         result.max_rss_kb.map_or("?".into(), mib),
         cpu::describe(cpu)
     );
-    Ok((result, cpu))
+    Ok(PassRun { run: result, cpu })
 }
 
 /// What [`pass_lines`] reports on.
@@ -531,7 +537,7 @@ struct PassSummary<'a> {
     seed_db: &'a str,
     /// Floor runs, each run just before the pass run of the same index.
     floors: &'a [Timed],
-    passes: &'a [(daemon::Run, Option<CpuUse>)],
+    passes: &'a [PassRun],
     /// Also run the in-process pass for batch latencies.
     latency: bool,
 }
@@ -539,19 +545,19 @@ struct PassSummary<'a> {
 async fn pass_lines(server: &Server, p: &PassSummary<'_>, results: &mut Results) -> Result<()> {
     let n = p.n;
     let label = thousands(n.into());
-    let first = &p.passes[0].0;
+    let first = &p.passes[0].run;
     let roots = first.instances_removed;
     let total = first.rows_total();
     let figure = p
         .passes
         .iter()
-        .map(|(r, cpu)| {
+        .map(|p| {
             format!(
                 "{} ({} roots/s, {} rows/s; {})",
-                secs(r.wall),
-                rate(roots, r.wall),
-                rate(total, r.wall),
-                cpu::describe(*cpu)
+                secs(p.run.wall),
+                rate(roots, p.run.wall),
+                rate(total, p.run.wall),
+                cpu::describe(p.cpu)
             )
         })
         .collect::<Vec<_>>()
@@ -574,10 +580,10 @@ async fn pass_lines(server: &Server, p: &PassSummary<'_>, results: &mut Results)
             .floors
             .iter()
             .zip(p.passes)
-            .map(|(f, (r, _))| f.took.as_secs_f64() / r.wall.as_secs_f64())
+            .map(|(f, p)| f.took.as_secs_f64() / p.run.wall.as_secs_f64())
             .collect();
         let floor = mean(&p.floors.iter().map(|f| f.took).collect::<Vec<_>>());
-        let daemon = mean(&p.passes.iter().map(|(r, _)| r.wall).collect::<Vec<_>>());
+        let daemon = mean(&p.passes.iter().map(|p| p.run.wall).collect::<Vec<_>>());
         let median = median(&pairs);
         results.line(
             "ratio floor / daemon (median of floor-then-pass pairs)",
@@ -593,7 +599,7 @@ async fn pass_lines(server: &Server, p: &PassSummary<'_>, results: &mut Results)
             holds(median >= 0.6),
         );
     }
-    if let Some(kb) = p.passes.iter().filter_map(|(r, _)| r.max_rss_kb).max() {
+    if let Some(kb) = p.passes.iter().filter_map(|p| p.run.max_rss_kb).max() {
         results.rss.insert(n, kb);
         results.line("peak RSS of `once`", &label, mib(kb), "", first.rss_method);
     }
