@@ -113,113 +113,98 @@ impl Daemon {
         once_args: &[&str],
         require_complete: bool,
     ) -> Result<Run> {
-        once_with(
-            &self.bin,
-            dsn,
-            sets.iter().chain(&self.sets),
-            once_args,
-            require_complete,
-        )
-    }
-}
-
-fn once_with<'a>(
-    bin: &Path,
-    dsn: &str,
-    sets: impl Iterator<Item = &'a String>,
-    once_args: &[&str],
-    require_complete: bool,
-) -> Result<Run> {
-    let gnu_time = Path::new(GNU_TIME).exists();
-    let mut command = if gnu_time {
-        let mut c = Command::new(GNU_TIME);
-        c.arg("-f").arg(format!("{RSS_MARK}%M")).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
-    for set in sets {
-        command.arg("--set").arg(set);
-    }
-    command
-        .args(["once", "--json"])
-        .args(once_args)
-        .env("DF_RECONCILER__DATABASE__URL", dsn)
-        .env("DF_RECONCILER__HTTP__LISTEN", "")
-        .env_remove("RUST_LOG")
-        .env_remove("DF_RECONCILER_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let poller = (!gnu_time).then(|| {
-        let pid = child.id();
-        std::thread::spawn(move || poll_hwm(pid))
-    });
-    let output = child.wait_with_output().context("waiting for the daemon")?;
-    let wall = started.elapsed();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let (max_rss_kb, rss_method) = match poller {
-        None => (
-            stderr
-                .lines()
-                .rev()
-                .find_map(|l| l.trim().strip_prefix(RSS_MARK))
-                .and_then(|v| v.trim().parse().ok()),
-            "GNU time (wait4 rusage)",
-        ),
-        Some(handle) => (
-            handle.join().ok().flatten(),
-            "/proc VmHWM polled every 2 ms",
-        ),
-    };
-    if !output.status.success() {
-        bail!(
-            "df-reconciler once exited with {}:\n{}\n{}",
-            output.status,
-            stdout,
-            stderr
-        );
-    }
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("no JSON report on stdout")?;
-    let report: serde_json::Value = serde_json::from_str(line).context("parsing the report")?;
-    let rows_deleted = report["rows_deleted"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                .filter(|(_, v)| *v > 0)
-                .collect()
+        let bin = &self.bin;
+        let gnu_time = Path::new(GNU_TIME).exists();
+        let mut command = if gnu_time {
+            let mut c = Command::new(GNU_TIME);
+            c.arg("-f").arg(format!("{RSS_MARK}%M")).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        for set in sets.iter().chain(&self.sets) {
+            command.arg("--set").arg(set);
+        }
+        command
+            .args(["once", "--json"])
+            .args(once_args)
+            .env("DF_RECONCILER__DATABASE__URL", dsn)
+            .env("DF_RECONCILER__HTTP__LISTEN", "")
+            .env_remove("RUST_LOG")
+            .env_remove("DF_RECONCILER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let poller = (!gnu_time).then(|| {
+            let pid = child.id();
+            std::thread::spawn(move || poll_hwm(pid))
+        });
+        let output = child.wait_with_output().context("waiting for the daemon")?;
+        let wall = started.elapsed();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let (max_rss_kb, rss_method) = match poller {
+            None => (
+                stderr
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.trim().strip_prefix(RSS_MARK))
+                    .and_then(|v| v.trim().parse().ok()),
+                "GNU time (wait4 rusage)",
+            ),
+            Some(handle) => (
+                handle.join().ok().flatten(),
+                "/proc VmHWM polled every 2 ms",
+            ),
+        };
+        if !output.status.success() {
+            bail!(
+                "df-reconciler once exited with {}:\n{}\n{}",
+                output.status,
+                stdout,
+                stderr
+            );
+        }
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .context("no JSON report on stdout")?;
+        let report: serde_json::Value = serde_json::from_str(line).context("parsing the report")?;
+        let rows_deleted = report["rows_deleted"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .filter(|(_, v)| *v > 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let expired = &report["expired_removed"];
+        let instances_removed = ["completed", "failed", "cancelled"]
+            .iter()
+            .map(|k| expired[*k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            + report["capped_removed"].as_u64().unwrap_or(0)
+            + report["orphans_reclaimed"].as_u64().unwrap_or(0);
+        if require_complete && report["complete"] != serde_json::Value::Bool(true) {
+            bail!("the pass did not complete: {report}");
+        }
+        Ok(Run {
+            wall,
+            pass_ms: report["duration_ms"].as_u64().unwrap_or(0),
+            max_rss_kb,
+            rss_method,
+            rows_deleted,
+            instances_removed,
+            batches: report["batches"].as_u64().unwrap_or(0),
+            report,
         })
-        .unwrap_or_default();
-    let expired = &report["expired_removed"];
-    let instances_removed = ["completed", "failed", "cancelled"]
-        .iter()
-        .map(|k| expired[*k].as_u64().unwrap_or(0))
-        .sum::<u64>()
-        + report["capped_removed"].as_u64().unwrap_or(0)
-        + report["orphans_reclaimed"].as_u64().unwrap_or(0);
-    if require_complete && report["complete"] != serde_json::Value::Bool(true) {
-        bail!("the pass did not complete: {report}");
     }
-    Ok(Run {
-        wall,
-        pass_ms: report["duration_ms"].as_u64().unwrap_or(0),
-        max_rss_kb,
-        rss_method,
-        rows_deleted,
-        instances_removed,
-        batches: report["batches"].as_u64().unwrap_or(0),
-        report,
-    })
 }
 
 /// The last `VmHWM` seen while the process lives.

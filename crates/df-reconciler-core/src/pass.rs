@@ -288,8 +288,7 @@ async fn run_phases_on(
     }
     let oldest = pass.oldest_skipped;
     let r = &mut *pass.report;
-    r.backlog_eligible =
-        r.skipped_unsettled + r.skipped_locked + r.skipped_abandoned + r.skipped_inconsistent;
+    r.backlog_eligible = r.instances_skipped();
     r.backlog_oldest_age_s = oldest
         .and_then(|t| pass.clock.db_now.duration_since(t).ok())
         .map(|d| d.as_secs_f64());
@@ -924,8 +923,9 @@ fn advance(rows: &[tokio_postgres::Row], progress: &mut Option<Progress>) -> Opt
 
 /// Runs a candidate selection, planned for its actual watermark (a generic plan cannot use
 /// `$1 IS NULL OR id > $1` as an index bound), and behind it, pipelined, switches the rest
-/// of the batch to generic plans: every later statement probes an index once per id of
-/// `unnest($1)`, which a generic plan does as well, without planning on every execution.
+/// of the batch to generic plans: every later statement takes the batch's ids as an array,
+/// for which a generic plan probes the index as well (assuming a short array, it keeps
+/// `= ANY($1)` an index scan), without planning on every execution.
 async fn select_candidates(
     tx: &Transaction<'_>,
     statement: &Statement,

@@ -112,6 +112,14 @@ impl PassReport {
         self.expired_removed.total() + self.capped_removed + self.orphans_reclaimed
     }
 
+    /// Eligible candidates this pass left in place, for any reason: the backlog it leaves.
+    pub fn instances_skipped(&self) -> u64 {
+        self.skipped_unsettled
+            + self.skipped_locked
+            + self.skipped_abandoned
+            + self.skipped_inconsistent
+    }
+
     pub fn add_rows(&mut self, table: &str, orphan: bool, n: u64) {
         *self.rows_deleted.entry(table.to_owned()).or_default() += n;
         let by_reason = if orphan {
@@ -144,10 +152,7 @@ impl PassReport {
             self.expired_removed.total(),
             self.capped_removed,
             self.orphans_reclaimed,
-            self.skipped_unsettled
-                + self.skipped_locked
-                + self.skipped_abandoned
-                + self.skipped_inconsistent,
+            self.instances_skipped(),
             self.duration_ms
         )
     }

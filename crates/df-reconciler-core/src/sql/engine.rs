@@ -164,8 +164,11 @@ pub const ROOT_STATUS: &str = "
 /// a locked queue item). `locked_until` is epoch milliseconds on the database clock. Read
 /// by a dry run, which cannot delete; a real pass reads the leases of the rows as it
 /// deletes them ([`super::InstanceTable::delete_reporting_leases`]).
-pub const LEASED: &str = "
-    WITH now_ms(ms) AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+pub const LEASED: &str = concat!(
+    "
+    WITH now_ms(ms) AS (SELECT ",
+    now_epoch_ms!(),
+    ")
     SELECT il.instance_id FROM {engine}.instance_locks il, now_ms
      WHERE il.instance_id = ANY($1::text[]) AND il.locked_until > now_ms.ms
     UNION
@@ -173,7 +176,8 @@ pub const LEASED: &str = "
      WHERE oq.instance_id = ANY($1::text[]) AND oq.locked_until > now_ms.ms
     UNION
     SELECT wq.instance_id FROM {engine}.worker_queue wq, now_ms
-     WHERE wq.instance_id = ANY($1::text[]) AND wq.locked_until > now_ms.ms";
+     WHERE wq.instance_id = ANY($1::text[]) AND wq.locked_until > now_ms.ms"
+);
 
 /// The orphan walk reads terminal executions only and rules out young ones by their
 /// completed_at from the index alone, instead of reading every execution of every instance.

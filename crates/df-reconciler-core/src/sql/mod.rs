@@ -8,6 +8,14 @@
 //! the quoted identifiers once per pass. Ids travel as ONE `text[]` parameter per statement,
 //! never one bind parameter per id.
 
+/// The database clock as epoch milliseconds, the unit of the engine's `locked_until`:
+/// a lease is live while `locked_until` is greater.
+macro_rules! now_epoch_ms {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
+
 pub mod control;
 pub mod engine;
 pub mod reconcile;
@@ -99,9 +107,9 @@ impl InstanceTable {
                  DELETE FROM {schema_placeholder}.{table} t WHERE t.{key}::text = ANY($1::text[]) \
                  RETURNING t.{key}::text AS id, t.locked_until) \
              SELECT count(*), coalesce(array_agg(DISTINCT deleted.id) FILTER (\
-                 WHERE deleted.locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint), \
-                 '{{}}'::text[]) \
-             FROM deleted"
+                 WHERE deleted.locked_until > {now_ms}), '{{}}'::text[]) \
+             FROM deleted",
+            now_ms = now_epoch_ms!()
         )
     }
 
