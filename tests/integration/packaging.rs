@@ -380,11 +380,30 @@ async fn dockerfile_builds_locked_and_runs_unprivileged_with_the_contract() {
         assert!(docker_context_allows(entry));
         copy_tree(&repo().join(entry), &context.path().join(entry));
     }
+    // The resolve covers every platform, but only the packages of this host's target can
+    // be counted on in cargo's cache (a fresh cargo home downloaded only those), so the
+    // package download is limited to this host: the lock file is still checked whole.
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host_target().await])
         .current_dir(context.path());
     let out = run(cmd).await;
     assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// The target triple cargo builds for on this host (`rustc -vV`'s `host:` line).
+async fn host_target() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let mut cmd = Command::new(rustc);
+    cmd.arg("-vV");
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .trim()
+        .to_owned()
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -875,7 +875,7 @@ fn paced_pass(cfg: &df_reconciler_core::config::Config, pause: Duration) -> Resu
             metrics: None,
             // Runs on this dedicated thread between two batches: the pass pauses, the
             // workload's runtime does not.
-            on_batch: Some(Arc::new(move || std::thread::sleep(pause))),
+            on_batch: Some(Arc::new(move |_| std::thread::sleep(pause))),
             ..PassOptions::default()
         };
         let started = Instant::now();

@@ -131,7 +131,7 @@ impl Daemon {
             let options = PassOptions {
                 dry_run: false,
                 metrics: Some(self.metrics.clone()),
-                on_batch: Some(Arc::new(move || {
+                on_batch: Some(Arc::new(move |_| {
                     health.tick();
                     lifecycle::watchdog();
                 })),

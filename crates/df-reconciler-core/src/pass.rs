@@ -55,8 +55,9 @@ const BATCHES_BEFORE_GROWING: u32 = 8;
 pub struct PassOptions {
     pub dry_run: bool,
     pub metrics: Option<Arc<Metrics>>,
-    /// Called after every batch: the run loop's watchdog and liveness tick.
-    pub on_batch: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Called after every committed batch with its transaction's wall time: the run
+    /// loop's watchdog and liveness tick, the benchmark's batch latencies.
+    pub on_batch: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
     /// Leave the drift counts out (they read every live row; `pass.drift_interval`).
     pub skip_drift: bool,
 }
@@ -790,11 +791,12 @@ impl Pass<'_> {
                 removed = tally.deleted_roots.len(),
                 "batch done"
             );
+            let elapsed = started.elapsed();
             if let Some(m) = &self.options.metrics {
-                m.observe_batch(started.elapsed());
+                m.observe_batch(elapsed);
             }
             if let Some(on_batch) = &self.options.on_batch {
-                on_batch();
+                on_batch(elapsed);
             }
         }
         self.apply(phase, tally);
