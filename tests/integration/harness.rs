@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use df_reconciler_core::{fixture, throwaway::ThrowawayCluster};
+use df_reconciler_testkit::{fixture, ThrowawayCluster};
 use tokio_postgres::{Client, NoTls};
 
 /// The database every [`TestDb`] on the shared cluster is copied from.

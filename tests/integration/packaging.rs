@@ -469,7 +469,7 @@ async fn compose_wires_postgres_seed_and_reconciler() {
     );
     let volumes = compose_volumes(seed);
     for fixture in ["schema.sql", "seed_functions.sql", "demo_seed.sql"] {
-        let host = format!("crates/df-reconciler-core/sql/fixture/{fixture}");
+        let host = format!("crates/df-reconciler-testkit/sql/fixture/{fixture}");
         assert!(
             volumes.iter().any(|(h, _, _)| *h == host),
             "the seed mounts {host}"

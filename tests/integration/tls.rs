@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use df_reconciler_core::config::{Config, SecretString};
 use df_reconciler_core::error::{exit_code, Error};
-use df_reconciler_core::throwaway::ThrowawayCluster;
+use df_reconciler_testkit::throwaway::ThrowawayCluster;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 use crate::classification::workflow;

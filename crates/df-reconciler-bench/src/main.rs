@@ -632,7 +632,7 @@ async fn batch_latency(
     let options = PassOptions {
         dry_run: false,
         metrics: Some(metrics.clone()),
-        on_batch: Some(Arc::new(move || {
+        on_batch: Some(Arc::new(move |_| {
             if let Ok(mut t) = sink.lock() {
                 t.push(Instant::now());
             }

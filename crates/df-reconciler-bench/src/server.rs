@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use df_reconciler_core::config::{Config, SecretString};
-use df_reconciler_core::fixture;
 use df_reconciler_core::preflight;
 use df_reconciler_core::sql::Schemas;
-use df_reconciler_core::throwaway::ThrowawayCluster;
+use df_reconciler_testkit::fixture;
+use df_reconciler_testkit::throwaway::ThrowawayCluster;
 use tokio_postgres::{Client, NoTls};
 
 /// The database holding both schemas and the seed functions, and no rows: every seeded

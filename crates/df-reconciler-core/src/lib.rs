@@ -15,17 +15,15 @@
 //! - [`http`]: /metrics, /healthz, /readyz.
 //! - [`lifecycle`]: systemd notifications (READY, WATCHDOG, STATUS, STOPPING).
 //! - [`audit`]: the daemon's own schema: passes and deletions, and its migrations.
-//! - [`demo`]: the zero-setup tour behind `df-reconciler demo`.
-//! - [`throwaway`]: a disposable PostgreSQL cluster for `demo` and the tests.
-//! - [`fixture`]: the pg_durable + duroxide schemas and seed data used by `demo` and tests.
+//!
+//! The test machinery (throwaway clusters, the imitation of both stores) lives in the
+//! `df-reconciler-testkit` crate; this library ships none of it.
 
 pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod db;
-pub mod demo;
 pub mod error;
-pub mod fixture;
 pub mod http;
 pub mod lifecycle;
 pub mod locks;
@@ -35,5 +33,4 @@ pub mod policy;
 pub mod preflight;
 pub mod report;
 pub mod sql;
-pub mod throwaway;
 pub mod tls;

@@ -1,13 +1,15 @@
 //! `df-reconciler`: the thin binary. Parses the command line, loads the configuration,
 //! sets up logging and hands over to `df_reconciler_core`.
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use df_reconciler_core::config::{Config, LogFormat};
 use df_reconciler_core::error::{exit_code, Error};
-use df_reconciler_core::{audit, daemon, db, demo, pass, preflight};
+use df_reconciler_core::{audit, daemon, db, pass, preflight};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SecretString};
-use crate::fixture;
-use crate::pass::{self, PassFailed};
-use crate::report::PassReport;
-use crate::throwaway::{ThrowawayCluster, ThrowawayError};
+use df_reconciler_core::config::{Config, SecretString};
+use df_reconciler_core::error::describe_pg_error;
+use df_reconciler_core::pass::{self, PassFailed};
+use df_reconciler_core::report::PassReport;
+use df_reconciler_testkit::{fixture, ThrowawayCluster, ThrowawayError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -46,27 +46,28 @@ impl Demo {
         let admin_dsn = cluster.dsn("postgres");
         let (client, conn) = tokio_postgres::connect(&admin_dsn, NoTls)
             .await
-            .map_err(|e| DemoError::Seed(crate::error::describe_pg_error(&e)))?;
+            .map_err(|e| DemoError::Seed(describe_pg_error(&e)))?;
         let task = tokio::spawn(conn);
         client
             .batch_execute("CREATE DATABASE demo")
             .await
-            .map_err(|e| DemoError::Seed(crate::error::describe_pg_error(&e)))?;
+            .map_err(|e| DemoError::Seed(describe_pg_error(&e)))?;
         drop(client);
         let _ = task.await;
         let dsn = cluster.dsn("demo");
         let (client, conn) = tokio_postgres::connect(&dsn, NoTls)
             .await
-            .map_err(|e| DemoError::Seed(crate::error::describe_pg_error(&e)))?;
+            .map_err(|e| DemoError::Seed(describe_pg_error(&e)))?;
         let task = tokio::spawn(conn);
         for (what, sql) in [
             ("schemas", fixture::SCHEMA_SQL),
             ("seed functions", fixture::SEED_FUNCTIONS_SQL),
             ("demo population", fixture::DEMO_SEED_SQL),
         ] {
-            client.batch_execute(sql).await.map_err(|e| {
-                DemoError::Seed(format!("{what}: {}", crate::error::describe_pg_error(&e)))
-            })?;
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| DemoError::Seed(format!("{what}: {}", describe_pg_error(&e))))?;
         }
         drop(client);
         let _ = task.await;
@@ -82,8 +83,8 @@ impl Demo {
 
     /// A dry run, a real pass, and a second real pass.
     pub async fn run(&self) -> Result<DemoOutcome, DemoError> {
-        let pool =
-            crate::db::build_pool(&self.config).map_err(|e| DemoError::Seed(e.to_string()))?;
+        let pool = df_reconciler_core::db::build_pool(&self.config)
+            .map_err(|e| DemoError::Seed(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let pass = |dry_run: bool, what: &'static str| {
             let pool = &pool;

@@ -1,0 +1,12 @@
+//! df-reconciler's test machinery: what `demo`, the integration tests and the benchmark
+//! need, and the daemon's library does not ship.
+//!
+//! # Layout
+//! - [`throwaway`]: a disposable PostgreSQL cluster that never outlives its process.
+//! - [`fixture`]: an imitation of pg_durable's two stores (`df` and `_duroxide`), seed
+//!   helpers writing every row a real instance has, and the demo population.
+
+pub mod fixture;
+pub mod throwaway;
+
+pub use throwaway::{ThrowawayCluster, ThrowawayError};
