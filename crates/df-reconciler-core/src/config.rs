@@ -142,28 +142,6 @@ impl DatabaseConfig {
             (None, None) => Err(ConfigError::NoDatabase),
         }
     }
-
-    /// Parsed connection settings, with the application name filled in when the DSN has none.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        self.connection_settings().map(|(pg, _)| pg)
-    }
-
-    /// [`Self::pg_config`] plus the DSN's libpq TLS parameters (`sslmode=verify-full`,
-    /// `sslrootcert`, ...), which tokio-postgres cannot parse itself; see [`crate::tls`].
-    pub fn connection_settings(
-        &self,
-    ) -> Result<(tokio_postgres::Config, crate::tls::DsnTls), ConfigError> {
-        let dsn = self.connection_string()?;
-        // The parser's messages never echo the password; the DSN itself is not shown.
-        let (mut pg, tls) = crate::tls::parse_dsn(dsn.expose())?;
-        if pg.get_application_name().is_none() {
-            pg.application_name(&self.application_name);
-        }
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(self.connect_timeout);
-        }
-        Ok((pg, tls))
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -346,7 +324,7 @@ pub enum LogFormat {
 }
 
 /// TLS of the database connections. Whether TLS is used, and how strictly the server is
-/// checked, is the DSN's `sslmode` (libpq semantics, see [`crate::tls`]); this section only
+/// checked, is the DSN's `sslmode` (libpq semantics, see `db::tls`); this section only
 /// says whom to trust.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -640,8 +618,6 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        let pg = c.database.pg_config().unwrap();
-        assert_eq!(pg.get_application_name(), Some("df-reconciler"));
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl Daemon {
         pool: &Pool,
         shutdown: &CancellationToken,
     ) -> Result<bool, Error> {
-        let target = db::describe_target(&cfg.database.pg_config()?);
+        let target = db::describe_target(&db::pg_config(&cfg.database)?);
         let mut failures = 0;
         loop {
             let attempt = async {

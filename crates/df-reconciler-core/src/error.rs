@@ -104,8 +104,20 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
                 s.push_str(&format!(": {inner}"));
                 src = inner.source();
             }
-            s.push_str(crate::tls::hint(&s));
+            s.push_str(tls_hint(&s));
             s
         }
+    }
+}
+
+/// What an operator should look at after a TLS failure, appended to connection errors;
+/// empty when `message` is not one.
+fn tls_hint(message: &str) -> &'static str {
+    if message.contains("invalid peer certificate") {
+        " (the server's certificate is not trusted: check sslmode and the CA in tls.ca_file or the DSN's sslrootcert)"
+    } else if message.contains("server does not support TLS") {
+        " (sslmode requires TLS: enable ssl on the server, or lower sslmode)"
+    } else {
+        ""
     }
 }

@@ -7,8 +7,8 @@
 //! - [`preflight`]: engine-schema discovery and the fail-closed checks run before a pass.
 //! - [`pass`]: one reconciliation pass: keyset batches, locking, deletion, the report.
 //! - [`report`]: [`report::PassReport`], the numbers of one pass.
-//! - [`db`]: the connection pool and DSN handling (secrets never printed).
-//! - [`tls`]: libpq's `sslmode` on rustls (verify-full, verify-ca, CA file).
+//! - [`db`]: all database access: the connection pool, libpq DSN parsing, and libpq's
+//!   `sslmode` on rustls (secrets never printed).
 //! - [`daemon`]: the `run` loop: leadership, backoff, reload, a pass every interval.
 //! - [`locks`]: every advisory-lock key (batch fence, leader, migration).
 //! - [`metrics`]: the Prometheus registry, fed from pass reports.
@@ -33,4 +33,3 @@ pub mod policy;
 pub mod preflight;
 pub mod report;
 pub mod sql;
-pub mod tls;

@@ -163,7 +163,7 @@ async fn run_phases(
     shutdown: &CancellationToken,
     report: &mut PassReport,
 ) -> Result<(), Error> {
-    let target = db::describe_target(&cfg.database.pg_config()?);
+    let target = db::describe_target(&db::pg_config(&cfg.database)?);
     let mut client = db::connect(pool, &target).await?;
     let result = run_phases_on(&mut client, cfg, options, shutdown, report).await;
     if matches!(result, Err(Error::ClientTimeout { .. })) {

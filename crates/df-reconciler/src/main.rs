@@ -170,7 +170,7 @@ async fn check(cfg: &Config) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let target = match cfg.database.pg_config() {
+    let target = match db::pg_config(&cfg.database) {
         Ok(pg) => db::describe_target(&pg),
         Err(e) => {
             eprintln!("df-reconciler: {e}");
@@ -395,8 +395,7 @@ async fn history(cfg: &Config, limit: i64, json: bool) -> i32 {
 
 /// `user@host:port/db` of the configured DSN, for messages.
 fn describe(cfg: &Config) -> String {
-    cfg.database
-        .pg_config()
+    db::pg_config(&cfg.database)
         .map(|pg| db::describe_target(&pg))
         .unwrap_or_else(|_| "the configured database".into())
 }

@@ -1,21 +1,30 @@
-//! The connection pool and DSN handling. Secrets never leave this module in printable form.
+//! All database access: the connection pool, DSN parsing ([`dsn`]) and TLS ([`tls`]).
+//! Secrets never leave this module in printable form.
+//!
+//! Dependencies run one way: `config` <- `db` <- `pass`, `daemon`, `preflight`.
+
+mod dsn;
+mod tls;
+
+pub use dsn::{parse_dsn, DsnTls, RootCerts, SslMode};
+pub use tls::{connector, verification, Verification};
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 pub use deadpool_postgres::{Object, Pool};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, DatabaseConfig};
 use crate::error::Error;
 
 /// A pool for the daemon. Connections are created lazily, so building it never fails on a
 /// dead server; the first `get` does. TLS follows the DSN's `sslmode` and `[tls]` (see
-/// [`crate::tls`]); a CA file that cannot be read fails here, by name.
+/// [`tls`]); a CA file that cannot be read fails here, by name.
 pub fn build_pool(cfg: &Config) -> Result<Pool, Error> {
     let db = &cfg.database;
-    let (mut pg, dsn_tls) = db.connection_settings()?;
+    let (mut pg, dsn_tls) = connection_settings(db)?;
     bound_network_waits(&mut pg, cfg);
-    let tls = crate::tls::connector(&dsn_tls, &cfg.tls)?;
+    let tls = connector(&dsn_tls, &cfg.tls)?;
     let manager = Manager::from_config(
         pg,
         tls,
@@ -31,6 +40,29 @@ pub fn build_pool(cfg: &Config) -> Result<Pool, Error> {
         .wait_timeout(Some(db.connect_timeout + Duration::from_secs(5)))
         .build()
         .map_err(|e| Error::Pool(e.to_string()))
+}
+
+/// Parsed connection settings, with the application name and connect timeout filled in
+/// when the DSN has none.
+pub fn pg_config(db: &DatabaseConfig) -> Result<tokio_postgres::Config, ConfigError> {
+    connection_settings(db).map(|(pg, _)| pg)
+}
+
+/// [`pg_config`] plus the DSN's libpq TLS parameters (`sslmode=verify-full`,
+/// `sslrootcert`, ...), which tokio-postgres cannot parse itself; see [`tls`].
+pub fn connection_settings(
+    db: &DatabaseConfig,
+) -> Result<(tokio_postgres::Config, DsnTls), ConfigError> {
+    let dsn = db.connection_string()?;
+    // The parser's messages never echo the password; the DSN itself is not shown.
+    let (mut pg, tls) = parse_dsn(dsn.expose())?;
+    if pg.get_application_name().is_none() {
+        pg.application_name(&db.application_name);
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(db.connect_timeout);
+    }
+    Ok((pg, tls))
 }
 
 /// Where a DSN points, without the password: `user@host:port/dbname`.
@@ -76,9 +108,9 @@ pub async fn connect(pool: &Pool, target: &str) -> Result<deadpool_postgres::Obj
 /// A connection outside the pool, for state that must live exactly as long as one session
 /// (the leader's session advisory lock). Same DSN and TLS settings as the pool.
 pub async fn connect_dedicated(cfg: &Config) -> Result<tokio_postgres::Client, Error> {
-    let (mut pg, dsn_tls) = cfg.database.connection_settings()?;
+    let (mut pg, dsn_tls) = connection_settings(&cfg.database)?;
     bound_network_waits(&mut pg, cfg);
-    let tls = crate::tls::connector(&dsn_tls, &cfg.tls)?;
+    let tls = connector(&dsn_tls, &cfg.tls)?;
     let target = describe_target(&pg);
     let (client, connection) = pg
         .connect(tls)
