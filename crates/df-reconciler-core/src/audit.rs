@@ -71,6 +71,22 @@ pub async fn migrate(
     Ok(now_applied)
 }
 
+/// What every command that writes the trail as part of a real pass (`run`, `once`) does
+/// first: with `audit.auto_migrate` on, applies pending migrations; otherwise nothing.
+/// Dry runs never call it: they need SELECT only.
+pub async fn migrate_if_auto(
+    client: &mut deadpool_postgres::Object,
+    cfg: &AuditConfig,
+) -> Result<(), Error> {
+    if cfg.auto_migrate {
+        let applied = migrate(client, cfg).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, schema = %cfg.schema, "audit migrations applied");
+        }
+    }
+    Ok(())
+}
+
 /// Whether the audit tables exist (migrate has run).
 pub async fn is_installed(client: &impl GenericClient, cfg: &AuditConfig) -> Result<bool, Error> {
     Ok(client

@@ -181,12 +181,7 @@ impl Daemon {
         loop {
             let attempt = async {
                 let mut client = db::connect(pool, &target).await?;
-                if cfg.audit.auto_migrate {
-                    let applied = audit::migrate(&mut client, &cfg.audit).await?;
-                    if !applied.is_empty() {
-                        info!(?applied, schema = %cfg.audit.schema, "audit migrations applied");
-                    }
-                }
+                audit::migrate_if_auto(&mut client, &cfg.audit).await?;
                 let verified = preflight::verify(&**client, cfg, preflight::Intent::Delete).await?;
                 for w in &verified.warnings {
                     warn!("{w}");

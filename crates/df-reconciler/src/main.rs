@@ -88,7 +88,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::Demo => {
-            init_logging(&cli, LogFormat::Text);
+            // The tour's output is its narrative and the reports' tables; each pass's
+            // log lines (which repeat the report as JSON) only with -v or RUST_LOG.
+            init_logging(&cli, LogFormat::Text, "warn");
             runtime().block_on(run_demo())
         }
         _ => match Config::load(cli.config.as_deref(), &cli.overrides) {
@@ -97,7 +99,7 @@ fn main() -> ExitCode {
                 exit_code::USAGE
             }
             Ok(cfg) => {
-                init_logging(&cli, cfg.log.format);
+                init_logging(&cli, cfg.log.format, "info");
                 runtime().block_on(dispatch(&cli.command, cfg))
             }
         },
@@ -116,12 +118,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-fn init_logging(cli: &Cli, configured: LogFormat) {
+/// Logs to stderr at `level` (`-v`: debug; `RUST_LOG` overrides both).
+fn init_logging(cli: &Cli, configured: LogFormat, level: &str) {
     // tokio_postgres logs server NOTICEs at info; they are noise for operators.
     let default = if cli.verbose {
-        "debug,tokio_postgres=info"
+        "debug,tokio_postgres=info".to_owned()
     } else {
-        "info,tokio_postgres=warn"
+        format!("{level},tokio_postgres=warn")
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let format = match cli.log_format {
@@ -235,6 +238,12 @@ async fn once(cfg: &Config, dry_run: bool, json: bool, no_drift: bool) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    if !dry_run {
+        if let Err(e) = auto_migrate(&pool, cfg).await {
+            eprintln!("df-reconciler: {e}");
+            return e.exit_code();
+        }
+    }
     let shutdown = shutdown_on_signal();
     let options = pass::PassOptions {
         dry_run,
@@ -255,6 +264,16 @@ async fn once(cfg: &Config, dry_run: bool, json: bool, no_drift: bool) -> i32 {
         print!("{report}");
     }
     code
+}
+
+/// `audit.auto_migrate`: the trail's migrations, before the pass that writes it.
+async fn auto_migrate(pool: &db::Pool, cfg: &Config) -> Result<(), Error> {
+    if !cfg.audit.auto_migrate {
+        return Ok(());
+    }
+    let target = describe(cfg);
+    let mut client = db::connect(pool, &target).await?;
+    audit::migrate_if_auto(&mut client, &cfg.audit).await
 }
 
 /// Re-reads the same file, environment and `--set` flags the process started with.
