@@ -1,0 +1,37 @@
+//! Drift between the stores: counted and reported, never deleted.
+
+use super::batch::set_local_limits;
+use super::phase::Pass;
+use crate::error::{DbContext, Error};
+
+impl Pass<'_> {
+    pub(crate) async fn read_drift(&mut self) -> Result<(), Error> {
+        let tx = self
+            .client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .context("starting the drift report")?;
+        set_local_limits(&tx, self.cfg).await?;
+        let row = tx
+            .query_one(
+                &self.statements.drift,
+                &[
+                    &self.clock.drift_cutoff,
+                    &self.clock.orphan_cutoff,
+                    &self.clock.orphan_created_before,
+                ],
+            )
+            .await
+            .context("counting drift between the stores")?;
+        tx.commit().await.context("ending the drift report")?;
+        let count = |i: usize| row.get::<_, i64>(i) as u64;
+        self.report.running_without_df_row = count(0);
+        self.report.df_rows_without_engine = count(1);
+        self.report.queue_items_without_instance = count(2);
+        self.report.orphans_waiting = count(3);
+        self.report.drift_counted = true;
+        Ok(())
+    }
+}

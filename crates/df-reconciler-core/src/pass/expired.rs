@@ -1,0 +1,220 @@
+//! Phase 1, a batch of expired terminal df rows: select, classify, lock the df rows, then
+//! their engine trees, delete both stores' rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use tokio_postgres::types::Timestamp;
+
+use super::batch::Batch;
+use super::candidates::{advance, limit, select_candidates, Progress};
+use super::deletes::{delete_rows, Rows};
+use super::leases::delete_unleased;
+use super::phase::Step;
+use super::tally::BatchTally;
+use super::trees::{lock_trees, RootRule};
+use crate::audit::DeletedRoot;
+use crate::error::{DbContext, Error};
+use crate::policy::{EngineStatus, TerminalStatus};
+
+/// What the selection's look at the engine says of an expired df row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Its engine record is not a root (hostile or corrupt data): kept.
+    Inconsistent,
+    /// Its engine root is not settled (Running, or a status we do not know): kept.
+    Unsettled,
+    /// Goes on to locking.
+    Lock,
+}
+
+fn classify(has_engine_record: bool, engine_is_root: bool, engine_status: Option<&str>) -> Verdict {
+    if has_engine_record && !engine_is_root {
+        Verdict::Inconsistent
+    } else if has_engine_record && !engine_status.is_some_and(EngineStatus::is_terminal) {
+        Verdict::Unsettled
+    } else {
+        Verdict::Lock
+    }
+}
+
+/// Phase 1: the next batch of expired terminal df rows.
+pub(crate) async fn expired_batch(
+    batch: Batch<'_>,
+    progress: &mut Option<Progress>,
+    tally: &mut BatchTally,
+) -> Result<Step, Error> {
+    let Batch {
+        tx,
+        st,
+        clock,
+        batch_size,
+        watermark,
+    } = batch;
+    let (edge_at, edge_id) = match &clock.cap_edge {
+        Some((at, id)) => (*at, Some(id.as_str())),
+        None => (None, None),
+    };
+    let [cut_completed, cut_failed, cut_cancelled] = clock.cutoffs;
+    let rows = select_candidates(
+        tx,
+        &st.expired_candidates,
+        &[
+            &watermark,
+            &limit(batch_size),
+            &cut_completed,
+            &cut_failed,
+            &cut_cancelled,
+            &edge_at,
+            &edge_id,
+        ],
+        "selecting expired instances",
+    )
+    .await?;
+    let Some(next) = advance(&rows, progress) else {
+        return Ok(Step::Exhausted);
+    };
+
+    // Classify what the selection saw; only settled candidates go on to locking.
+    struct Candidate {
+        status: TerminalStatus,
+        window_expired: bool,
+        has_engine_record: bool,
+    }
+    let terminal_at: BTreeMap<String, Option<Timestamp<SystemTime>>> =
+        rows.iter().map(|r| (r.get(0), r.get(6))).collect();
+    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+    for row in &rows {
+        let id: String = row.get(0);
+        let Some(status) = TerminalStatus::parse(row.get::<_, &str>(1)) else {
+            continue;
+        };
+        let has_engine_record: bool = row.get(3);
+        let engine_is_root: bool = row.get(4);
+        let engine_status: Option<&str> = row.get(5);
+        match classify(has_engine_record, engine_is_root, engine_status) {
+            Verdict::Inconsistent => tally.skipped_inconsistent += 1,
+            Verdict::Unsettled => tally.skipped_unsettled += 1,
+            Verdict::Lock => {
+                candidates.insert(
+                    id,
+                    Candidate {
+                        status,
+                        window_expired: row.get(2),
+                        has_engine_record,
+                    },
+                );
+            }
+        }
+    }
+    let ids: Vec<String> = candidates.keys().cloned().collect();
+    // Locked df rows and their addresses.
+    let locked: HashMap<String, String> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        tx.query(&st.lock_df_rows, &[&ids])
+            .await
+            .context("locking expired df rows")?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    tally.skipped_locked += (ids.len() - locked.len()) as u64;
+    candidates.retain(|id, _| locked.contains_key(id));
+
+    let engine_roots: Vec<String> = candidates
+        .iter()
+        .filter(|(_, c)| c.has_engine_record)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let bare_ids: Vec<String> = candidates
+        .iter()
+        .filter(|(_, c)| !c.has_engine_record)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut trees = lock_trees(tx, st, &engine_roots, &bare_ids, RootRule::Settled, tally).await?;
+
+    // Engine rows: every instance of the cleared trees. A df row without an engine record
+    // takes only the queue items carrying its id: should the engine create its instance
+    // meanwhile, that instance is left whole, to be reclaimed later as an orphan.
+    if !trees.is_empty() {
+        let end_savepoint = delete_unleased(tx, st, &mut trees, tally).await?;
+        // df ids to delete: bare rows and rows whose whole tree was cleared.
+        let df_rows: Rows = candidates
+            .keys()
+            .filter(|id| trees.is_deletable(id))
+            .map(|id| (id.clone(), locked[id].clone()))
+            .collect();
+        let deleted = delete_rows(
+            tx,
+            st,
+            end_savepoint,
+            &[
+                (&st.delete_df, &df_rows),
+                (&st.delete_engine, &trees.members()),
+            ],
+        )
+        .await?;
+        tally.rows.extend(deleted.rows);
+        for (id, _) in &df_rows {
+            let c = &candidates[id];
+            tally.expired.push((c.status, c.window_expired));
+            tally.deleted_roots.push(DeletedRoot {
+                instance_id: id.clone(),
+                reason: if c.window_expired {
+                    "expired"
+                } else {
+                    "capped"
+                },
+                status: c.status.as_str().to_owned(),
+                terminal_at: terminal_at.get(id).copied().flatten(),
+            });
+        }
+        tally.children += trees.children();
+    }
+    for (id, at) in &terminal_at {
+        if !trees.is_deletable(id) {
+            tally.skipped_since(*at);
+        }
+    }
+    Ok(Step::Continue { watermark: next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_df_row_without_an_engine_record_goes_on_to_locking() {
+        for status in [None, Some("Running"), Some("Completed")] {
+            assert_eq!(classify(false, false, status), Verdict::Lock, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn an_engine_record_that_is_no_root_is_inconsistent_whatever_its_status() {
+        assert_eq!(
+            classify(true, false, Some("Completed")),
+            Verdict::Inconsistent
+        );
+        assert_eq!(
+            classify(true, false, Some("Running")),
+            Verdict::Inconsistent
+        );
+    }
+
+    #[test]
+    fn only_a_settled_engine_root_goes_on_to_locking() {
+        for settled in ["Completed", "Failed", "ContinuedAsNew"] {
+            assert_eq!(classify(true, true, Some(settled)), Verdict::Lock);
+        }
+        // Unknown means keep: a status we do not know, or none at all.
+        for unsettled in [Some("Running"), Some("Suspended"), Some("completed"), None] {
+            assert_eq!(
+                classify(true, true, unsettled),
+                Verdict::Unsettled,
+                "{unsettled:?}"
+            );
+        }
+    }
+}

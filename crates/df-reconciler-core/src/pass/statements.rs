@@ -1,0 +1,241 @@
+//! Every statement of a pass, rendered for the verified schemas and prepared once.
+
+use deadpool_postgres::Object;
+use tokio_postgres::Statement;
+
+use crate::error::{DbContext, Error};
+use crate::sql::{control, engine, reconcile, InstanceTable, Schemas};
+
+/// One table's DELETE (or, in a dry run, its count) of a batch's rows.
+pub(crate) struct TableStatement {
+    /// `schema.table`, for the report.
+    pub(crate) table: String,
+    pub(crate) statement: Statement,
+    pub(crate) kind: DeleteKind,
+}
+
+/// What a table's statement takes and returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeleteKind {
+    /// Ids `$1`; returns the number of rows (a dry run's counts too).
+    ById,
+    /// Ids `$1` and the locked rows' addresses `$2` (`InstanceTable::delete_by_address`).
+    ByAddress,
+    /// Ids `$1`; returns the number of rows and the ids among them that were leased
+    /// (`InstanceTable::delete_reporting_leases`).
+    ReportingLeases,
+}
+
+impl DeleteKind {
+    /// How a pass deletes from `table`. A dry run locks nothing and read the leases
+    /// before: it counts by id (the same rows).
+    fn for_table(table: &InstanceTable, dry_run: bool) -> Self {
+        if dry_run {
+            Self::ById
+        } else if table.locked {
+            Self::ByAddress
+        } else if table.leased {
+            Self::ReportingLeases
+        } else {
+            Self::ById
+        }
+    }
+
+    /// The statement of this kind for `table` (a count in a dry run).
+    fn sql(self, table: &InstanceTable, placeholder: &str, dry_run: bool) -> String {
+        match self {
+            Self::ById => table.statement(placeholder, dry_run),
+            Self::ByAddress => table.delete_by_address(placeholder),
+            Self::ReportingLeases => table.delete_reporting_leases(placeholder),
+        }
+    }
+}
+
+/// A group of tables deleted from for the same ids, in deletion order.
+pub(crate) type TableStatements = Vec<TableStatement>;
+
+/// The statements of one pass, rendered for the verified schemas and prepared once on the
+/// pass's connection: a batch then costs one round trip per statement, not two (parse,
+/// then execute). Dropped, and so closed, with the pass.
+pub(crate) struct Statements {
+    pub(crate) terminal_count_up_to: Statement,
+    pub(crate) batch_fence: Statement,
+    pub(crate) other_active_sessions: Statement,
+    pub(crate) cap_edge: Statement,
+    pub(crate) expired_candidates: Statement,
+    pub(crate) orphan_candidates: Statement,
+    pub(crate) lock_df_rows: Statement,
+    pub(crate) lock_trees: Statement,
+    pub(crate) leased: Statement,
+    pub(crate) root_state: Statement,
+    pub(crate) root_status: Statement,
+    pub(crate) drift: Statement,
+    /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
+    /// rows instead.
+    pub(crate) delete_df: TableStatements,
+    /// The engine tables whose rows carry leases (queues, instance locks): deleted first.
+    pub(crate) delete_engine_leased: TableStatements,
+    /// The other engine tables, instances last.
+    pub(crate) delete_engine: TableStatements,
+    /// The engine's queue tables alone, for df rows that never got an engine record.
+    pub(crate) delete_queues: TableStatements,
+    pub(crate) dry_run: bool,
+}
+
+impl Statements {
+    pub(crate) async fn prepare(
+        client: &Object,
+        schemas: &Schemas,
+        dry_run: bool,
+    ) -> Result<Self, Error> {
+        let prepare = |template: &str| {
+            let sql = schemas.render(template);
+            async move {
+                client
+                    .prepare(&sql)
+                    .await
+                    .with_context(|| format!("preparing {}", first_line(&sql)))
+            }
+        };
+        let deletes = |schema: &str, placeholder: &str, tables: &[&InstanceTable]| {
+            let jobs: Vec<_> = tables
+                .iter()
+                .map(|t| {
+                    let table = format!("{schema}.{}", t.name);
+                    let kind = DeleteKind::for_table(t, dry_run);
+                    let statement = prepare(&kind.sql(t, placeholder, dry_run));
+                    async move {
+                        Ok::<_, Error>(TableStatement {
+                            table,
+                            statement: statement.await?,
+                            kind,
+                        })
+                    }
+                })
+                .collect();
+            futures_util::future::try_join_all(jobs)
+        };
+        let (engine_leased, engine_rest) = engine_delete_groups();
+        Ok(Self {
+            terminal_count_up_to: prepare(reconcile::TERMINAL_COUNT_UP_TO).await?,
+            batch_fence: prepare(reconcile::TRY_BATCH_FENCE).await?,
+            other_active_sessions: prepare(reconcile::OTHER_ACTIVE_SESSIONS).await?,
+            cap_edge: prepare(reconcile::CAP_EDGE).await?,
+            expired_candidates: prepare(reconcile::EXPIRED_CANDIDATES).await?,
+            orphan_candidates: prepare(reconcile::ORPHAN_CANDIDATES).await?,
+            lock_df_rows: prepare(if dry_run {
+                control::READ_TERMINAL_ROWS
+            } else {
+                control::LOCK_TERMINAL_ROWS
+            })
+            .await?,
+            lock_trees: prepare(if dry_run {
+                engine::READ_TREES
+            } else {
+                engine::LOCK_TREES
+            })
+            .await?,
+            leased: prepare(engine::LEASED).await?,
+            root_state: prepare(reconcile::ROOT_STATE).await?,
+            root_status: prepare(engine::ROOT_STATUS).await?,
+            drift: prepare(reconcile::DRIFT).await?,
+            delete_df: deletes(
+                &schemas.control,
+                "{control}",
+                &control::PER_INSTANCE_TABLES.iter().collect::<Vec<_>>(),
+            )
+            .await?,
+            delete_engine_leased: deletes(&schemas.engine, "{engine}", &engine_leased).await?,
+            delete_engine: deletes(&schemas.engine, "{engine}", &engine_rest).await?,
+            delete_queues: deletes(
+                &schemas.engine,
+                "{engine}",
+                &engine::QUEUE_TABLES.iter().collect::<Vec<_>>(),
+            )
+            .await?,
+            dry_run,
+        })
+    }
+}
+
+/// The engine's per-instance tables split into those whose rows carry leases (deleted
+/// first, in a savepoint) and the rest, each in deletion order.
+fn engine_delete_groups() -> (Vec<&'static InstanceTable>, Vec<&'static InstanceTable>) {
+    engine::PER_INSTANCE_TABLES.iter().partition(|t| t.leased)
+}
+
+/// The first words of a statement, to name it in an error.
+fn first_line(sql: &str) -> String {
+    sql.split_whitespace().take(8).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_tables() -> impl Iterator<Item = &'static InstanceTable> {
+        control::PER_INSTANCE_TABLES
+            .iter()
+            .chain(engine::PER_INSTANCE_TABLES.iter())
+    }
+
+    #[test]
+    fn a_dry_run_counts_every_table_by_id() {
+        for t in all_tables() {
+            let kind = DeleteKind::for_table(t, true);
+            assert_eq!(kind, DeleteKind::ById, "{}", t.name);
+            let sql = kind.sql(t, "{engine}", true);
+            assert!(sql.starts_with("SELECT count(*) FROM"), "{}: {sql}", t.name);
+        }
+    }
+
+    #[test]
+    fn a_real_pass_deletes_locked_rows_by_address_and_reads_leases_as_it_deletes() {
+        let kinds: Vec<(&str, DeleteKind)> = all_tables()
+            .map(|t| (t.name, DeleteKind::for_table(t, false)))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("nodes", DeleteKind::ById),
+                ("instances", DeleteKind::ByAddress),
+                ("history", DeleteKind::ById),
+                ("executions", DeleteKind::ById),
+                ("orchestrator_queue", DeleteKind::ReportingLeases),
+                ("worker_queue", DeleteKind::ReportingLeases),
+                ("instance_locks", DeleteKind::ReportingLeases),
+                ("kv_delta", DeleteKind::ById),
+                ("kv_store", DeleteKind::ById),
+                ("instances", DeleteKind::ByAddress),
+            ]
+        );
+        for t in all_tables() {
+            let sql = DeleteKind::for_table(t, false).sql(t, "{engine}", false);
+            let delete = format!("DELETE FROM {{engine}}.{} t", t.name);
+            assert!(sql.contains(&delete), "{sql}");
+            assert!(!sql.starts_with("SELECT count(*)"), "{sql}");
+        }
+    }
+
+    #[test]
+    fn leased_engine_tables_go_first_and_instances_last() {
+        let (leased, rest) = engine_delete_groups();
+        let names = |ts: &[&InstanceTable]| ts.iter().map(|t| t.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(&leased),
+            ["orchestrator_queue", "worker_queue", "instance_locks"]
+        );
+        assert_eq!(rest.last().map(|t| t.name), Some("instances"));
+        assert!(rest.iter().all(|t| !t.leased));
+        assert_eq!(leased.len() + rest.len(), engine::PER_INSTANCE_TABLES.len());
+    }
+
+    #[test]
+    fn first_line_names_a_statement_by_its_first_eight_words() {
+        let sql = "\n    SELECT d.id::text,\n           d.ctid::text\n    FROM df.instances d WHERE d.id = ANY($1) FOR UPDATE";
+        assert_eq!(
+            first_line(sql),
+            "SELECT d.id::text, d.ctid::text FROM df.instances d WHERE d.id"
+        );
+    }
+}
