@@ -5,7 +5,7 @@
 #
 # Needs a Docker engine and the compose plugin. Where there is no engine (`docker info`
 # fails), it prints "SKIPPED: no Docker engine" and exits 0: compose.yaml, the Dockerfile
-# and the seed are then covered by tests/integration/packaging.rs, which also runs the
+# and the seed are then covered by tests/integration/packaging/, which also runs the
 # seed and the reconciler against a real PostgreSQL and expects the same numbers as below.
 #
 #   tests/compose/run.sh            # from anywhere; cleans up after itself

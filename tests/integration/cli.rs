@@ -1,23 +1,12 @@
 //! The operator contract of the binary: subcommands, exit codes, JSON report, config
 //! precedence and errors that name the offending key.
 
-use std::io::Write;
-use std::process::Command;
-
-use crate::classification::workflow;
 use std::time::Duration;
 
-use crate::harness::{wait_until, TestDb};
-use crate::process::{binary, run, text};
-use crate::support::df_ids;
-
-const DAY: f64 = 86_400.0;
-
-fn config_file(toml: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    f.write_all(toml.as_bytes()).unwrap();
-    f
-}
+use crate::support::db::{count, df_ids};
+use crate::support::harness::{wait_until, TestDb};
+use crate::support::process::{binary, exit_within, run, signal, text, toml_file};
+use crate::support::seed::{workflow, DAY};
 
 #[tokio::test]
 async fn invalid_configuration_exits_2_naming_the_key() {
@@ -27,7 +16,7 @@ async fn invalid_configuration_exits_2_naming_the_key() {
         ("[retention]\nwindwo = \"30d\"\n", "windwo"),
         ("[pass]\ninterval = \"often\"\n", "interval"),
     ] {
-        let file = config_file(toml);
+        let file = toml_file(toml);
         let mut cmd = binary();
         cmd.args(["check", "--offline", "--config"])
             .arg(file.path());
@@ -52,7 +41,7 @@ async fn invalid_configuration_exits_2_naming_the_key() {
 
 #[tokio::test]
 async fn environment_overrides_file_and_flags_override_environment() {
-    let file = config_file("[pass]\nbatch_size = 10\n");
+    let file = toml_file("[pass]\nbatch_size = 10\n");
     let mut cmd = binary();
     cmd.args(["check", "--offline", "--config"])
         .arg(file.path())
@@ -205,22 +194,8 @@ async fn run_passes_at_start_and_exits_0_on_sigterm() {
         || async { df_ids(&c).await.is_empty() },
     )
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "run did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    signal(&child, "TERM");
+    let exit = exit_within(&mut child, Duration::from_secs(20)).await;
     assert_eq!(exit.code(), Some(0));
 }
 
@@ -295,7 +270,7 @@ async fn check_reports_missing_supporting_indexes_and_migrate_creates_them() {
         .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
     let out = run(migrate).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let valid = crate::support::count(
+    let valid = count(
         &db.client().await,
         "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
           WHERE c.relname IN ('df_reconciler_nodes_left_node', 'df_reconciler_nodes_right_node',

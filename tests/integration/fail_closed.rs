@@ -5,26 +5,10 @@
 use df_reconciler_core::config::SecretString;
 use df_reconciler_core::error::{exit_code, Error};
 
-use crate::classification::{orphan, workflow};
-use crate::harness::TestDb;
-use crate::support::{config_for, count, pass, try_pass};
-
-const DAY: f64 = 86_400.0;
-
-async fn seed_deletable(db: &TestDb) {
-    let c = db.client().await;
-    workflow(
-        &c,
-        "30000001",
-        "completed",
-        Some("Completed"),
-        60.0 * DAY,
-        Some(60.0 * DAY),
-        1,
-    )
-    .await;
-    orphan(&c, "30000002", "Failed", 60.0 * DAY, 60.0 * DAY, 0).await;
-}
+use crate::support::db::{count, ids};
+use crate::support::harness::TestDb;
+use crate::support::passes::{config_for, pass, try_pass};
+use crate::support::seed::seed_deletable;
 
 /// Rows of df.instances plus the engine's instances, wherever the engine schema is now.
 async fn all_rows(db: &TestDb) -> i64 {
@@ -254,7 +238,7 @@ async fn engine_schema_is_discovered_or_configured() {
 }
 
 async fn engine_ids_in(db: &TestDb, schema: &str) -> Vec<String> {
-    crate::support::ids(
+    ids(
         &db.client().await,
         &format!("SELECT instance_id FROM {schema}.instances"),
     )

@@ -3,22 +3,12 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use crate::classification::{orphan, workflow};
-use crate::harness::{wait_until, TestDb};
-use crate::support::{
-    comparable, config_for, count, df_ids, engine_ids, pass, try_pass, violations,
-};
-
-const DAY: f64 = 86_400.0;
-
-/// A connection of its own, for a session that holds locks or an open transaction.
-async fn session(db: &TestDb) -> Client {
-    let (client, conn) = tokio_postgres::connect(&db.dsn, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
+use crate::support::db::{count, df_ids, engine_ids, violations};
+use crate::support::harness::{wait_until, TestDb};
+use crate::support::passes::{comparable, config_for, pass, try_pass};
+use crate::support::seed::{backlog, orphan, workflow, DAY};
 
 async fn mixed_population(c: &Client) {
     workflow(
@@ -76,26 +66,27 @@ async fn mixed_population(c: &Client) {
     orphan(c, "20000008", "Completed", 60.0, 30.0, 0).await;
 }
 
+/// Row counts of every table of both stores.
 async fn table_counts(c: &Client) -> Vec<i64> {
-    let mut counts = Vec::new();
-    for table in [
-        "df.instances",
-        "df.nodes",
-        "_duroxide.instances",
-        "_duroxide.executions",
-        "_duroxide.history",
-        "_duroxide.orchestrator_queue",
-        "_duroxide.worker_queue",
-        "_duroxide.instance_locks",
-        "_duroxide.kv_store",
-        "_duroxide.kv_delta",
-        "_duroxide.sessions",
-        "_duroxide._duroxide_migrations",
-        "_duroxide._worker_ready",
-    ] {
-        counts.push(count(c, &format!("SELECT count(*) FROM {table}")).await);
-    }
-    counts
+    crate::support::db::table_counts(
+        c,
+        &[
+            "df.instances",
+            "df.nodes",
+            "_duroxide.instances",
+            "_duroxide.executions",
+            "_duroxide.history",
+            "_duroxide.orchestrator_queue",
+            "_duroxide.worker_queue",
+            "_duroxide.instance_locks",
+            "_duroxide.kv_store",
+            "_duroxide.kv_delta",
+            "_duroxide.sessions",
+            "_duroxide._duroxide_migrations",
+            "_duroxide._worker_ready",
+        ],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -155,9 +146,7 @@ async fn never_touches_sessions_migrations_or_the_readiness_sentinel() {
 async fn small_batches_clear_a_backlog_in_keyset_order() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.execute("SELECT df_fixture.backlog(500)", &[])
-        .await
-        .unwrap();
+    backlog(&c, 500).await;
     let mut cfg = config_for(&db);
     cfg.pass.batch_size = 7;
     let dry = pass(&cfg, true).await;
@@ -211,7 +200,7 @@ async fn rows_locked_by_other_sessions_are_skipped_without_waiting() {
     .await;
     // The live engine: a transaction holding row locks on a df row, on an engine child and
     // on an orphan root.
-    let holder = session(&db).await;
+    let holder = db.client().await;
     holder
         .batch_execute(
             "BEGIN;
@@ -248,7 +237,7 @@ async fn an_open_transaction_protects_the_engine_records_it_may_still_own() {
     cfg.retention.allow_short_retention = true;
     // An in-flight df.start(): the caller's transaction inserted the df row and is still
     // open; the engine, on its own connection, already ran and failed the orchestration.
-    let caller = session(&db).await;
+    let caller = db.client().await;
     caller.batch_execute("BEGIN").await.unwrap();
     caller
         .execute(
@@ -290,9 +279,7 @@ async fn an_open_transaction_protects_the_engine_records_it_may_still_own() {
 async fn a_killed_connection_leaves_every_instance_whole_and_the_next_pass_finishes() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.execute("SELECT df_fixture.backlog(20000)", &[])
-        .await
-        .unwrap();
+    backlog(&c, 20000).await;
     let total = count(&c, "SELECT count(*) FROM df.instances").await;
     let mut cfg = config_for(&db);
     cfg.pass.batch_size = 50;
@@ -363,7 +350,7 @@ async fn a_prepared_transaction_protects_like_an_open_one() {
     cfg.retention.orphan_min_age = Duration::ZERO;
     cfg.retention.allow_short_retention = true;
     let gid = format!("{}_start", db.name);
-    let caller = session(&db).await;
+    let caller = db.client().await;
     caller
         .batch_execute(&format!(
             "BEGIN;

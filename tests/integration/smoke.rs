@@ -1,6 +1,6 @@
 //! The harness itself: a fresh test database carries both schemas, empty.
 
-use crate::harness::TestDb;
+use crate::support::harness::TestDb;
 
 #[tokio::test]
 async fn fresh_test_database_has_both_schemas_and_no_rows() {

@@ -14,11 +14,11 @@ use df_reconciler_core::error::{exit_code, Error};
 use df_reconciler_testkit::throwaway::ThrowawayCluster;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-use crate::classification::workflow;
-use crate::harness::{private_cluster, wait_until, TestDb};
-use crate::support::{df_ids, pass};
+use crate::support::db::df_ids;
+use crate::support::harness::{private_cluster, wait_until, TestDb};
+use crate::support::passes::{pass, try_pass};
+use crate::support::seed::{workflow, DAY};
 
-const DAY: f64 = 86_400.0;
 /// Trust authentication ignores it; it is here to prove it is never printed.
 const PASSWORD: &str = "tls-test-secret";
 
@@ -202,10 +202,9 @@ async fn sslmodes_against_a_server_with_a_private_ca() {
         "the hint names the key: {message}"
     );
     // The failure is a run-time one (exit 1), as for any unreachable server.
-    let failed =
-        crate::support::try_pass(&config(url("sslmode=verify-ca"), Some(&wrong_ca)), false)
-            .await
-            .expect_err("the pass must fail");
+    let failed = try_pass(&config(url("sslmode=verify-ca"), Some(&wrong_ca)), false)
+        .await
+        .expect_err("the pass must fail");
     assert!(matches!(failed.error, Error::Pool(_)), "{}", failed.error);
     assert_eq!(failed.error.exit_code(), exit_code::FAILED);
     assert_eq!(df_ids(&c).await, ["70000002"], "nothing deleted");

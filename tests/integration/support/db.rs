@@ -1,35 +1,13 @@
-//! Shared steps of the reconciliation tests: configuring and running a pass against a test
-//! database, and reading back what survived.
+//! Reading back (and writing by hand) what a test database holds: counts, ids, whole
+//! instances, and the consistency of both stores.
 
-use df_reconciler_core::config::{Config, SecretString};
-use df_reconciler_core::pass::{self, PassFailed};
-use df_reconciler_core::report::PassReport;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::TestDb;
-
-/// The default configuration pointed at `db`.
-pub fn config_for(db: &TestDb) -> Config {
-    let mut cfg = Config::default();
-    cfg.database.url = Some(SecretString::new(db.dsn.clone()));
-    cfg
-}
-
-/// Runs one pass with `cfg`, returning the report or the failure.
-pub async fn try_pass(cfg: &Config, dry_run: bool) -> Result<PassReport, PassFailed> {
-    let pool = df_reconciler_core::db::build_pool(cfg).expect("pool builds");
-    let result = pass::run_pass(&pool, cfg, dry_run, &CancellationToken::new()).await;
-    pool.close();
-    result
-}
-
-/// Runs one pass that must succeed.
-pub async fn pass(cfg: &Config, dry_run: bool) -> PassReport {
-    match try_pass(cfg, dry_run).await {
-        Ok(r) => r,
-        Err(f) => panic!("pass failed: {}\n{}", f.error, f.report),
-    }
+/// Runs `sql` (one or more statements) that must succeed.
+pub async fn exec(c: &Client, sql: &str) {
+    c.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
 }
 
 pub async fn count(client: &Client, sql: &str) -> i64 {
@@ -130,16 +108,11 @@ pub async fn violations(client: &Client) -> Vec<String> {
     found
 }
 
-/// A report with the fields that legitimately differ between two runs blanked out.
-pub fn comparable(report: &PassReport) -> PassReport {
-    PassReport {
-        pass_id: String::new(),
-        backlog_oldest_age_s: None,
-        dry_run: false,
-        started_at: String::new(),
-        duration_ms: 0,
-        batches: 0,
-        warnings: Vec::new(),
-        ..report.clone()
+/// Row counts of `tables`, in order, for asserting that nothing was written.
+pub async fn table_counts(c: &Client, tables: &[&str]) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in tables {
+        counts.push(count(c, &format!("SELECT count(*) FROM {table}")).await);
     }
+    counts
 }

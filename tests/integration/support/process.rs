@@ -32,6 +32,14 @@ pub fn quiet(cmd: &mut Command) -> &mut Command {
     cmd.stdout(Stdio::null()).stderr(Stdio::null())
 }
 
+/// A temporary `.toml` file holding `text`, removed when dropped: a configuration for
+/// `--config` or `DF_RECONCILER_CONFIG`.
+pub fn toml_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
 /// Runs to completion off the async runtime.
 pub async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
@@ -115,6 +123,13 @@ pub async fn get(port: u16, path: &'static str) -> Option<(u16, String)> {
     tokio::task::spawn_blocking(move || http_get(port, path))
         .await
         .unwrap()
+}
+
+/// The value of one sample of the daemon's /metrics on `port`; None when nothing answers
+/// or the sample is not there.
+pub async fn metric_at(port: u16, name_and_labels: &str) -> Option<f64> {
+    let (_, body) = get(port, "/metrics").await?;
+    metric(&body, name_and_labels)
 }
 
 /// The value of one sample line of an OpenMetrics body.

@@ -1,0 +1,15 @@
+//! One test per row of the classification table in the specification (reconcile.md), plus
+//! the terminal_at and hard-cap rules. Each test seeds a small population with the
+//! `df_fixture` functions, runs a pass, and asserts on the database state.
+//!
+//! - [`df_rows`]: instances with a df row: expired, settled or not, with or without an
+//!   engine record; terminal ones within their window; live ones;
+//! - [`orphans`]: engine roots without a df row (old, young, running), engine children,
+//!   queue items nobody owns;
+//! - [`leases`]: dispatcher leases and what a lease puts back;
+//! - [`age_and_cap`]: where terminal_at comes from, per-status windows, the hard cap.
+
+mod age_and_cap;
+mod df_rows;
+mod leases;
+mod orphans;

@@ -1,0 +1,15 @@
+//! Operating the daemon: HTTP endpoints and metrics, many replicas, the audit trail,
+//! signals (SIGTERM mid-pass, SIGHUP reloads) and a server that goes away and comes back.
+//! These run the real binary (`run`, `once`, `migrate`, `history`) as operators would.
+//!
+//! - [`http`]: /metrics, /healthz and /readyz, through a server restart;
+//! - [`concurrency`]: replicas sharing a backlog, and passes pacing themselves while other
+//!   sessions are at work;
+//! - [`signals`]: SIGTERM mid-pass, SIGHUP reloads, and what systemd hears (sd-notify);
+//! - [`audit_and_logs`]: the audit trail and `history`, JSON logs, drift counts per
+//!   `pass.drift_interval`.
+
+mod audit_and_logs;
+mod concurrency;
+mod http;
+mod signals;
