@@ -12,7 +12,7 @@ use crate::report::PassReport;
 use crate::sql::quote_ident;
 
 /// The migrations, in order: (version, name, SQL with `{audit}` for the schema).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
     1,
     "audit",
     include_str!("../../../migrations/0001_audit.sql"),
@@ -100,7 +100,7 @@ pub async fn is_installed(client: &impl GenericClient, cfg: &AuditConfig) -> Res
 }
 
 /// Records a finished pass and applies the audit retention.
-pub async fn record_pass(
+pub(crate) async fn record_pass(
     client: &impl GenericClient,
     cfg: &AuditConfig,
     report: &PassReport,

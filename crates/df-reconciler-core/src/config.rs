@@ -15,10 +15,10 @@ use crate::policy::TerminalStatus;
 
 /// Windows shorter than this need `allow_short_retention = true`: `30m` typed for `30M`
 /// (months) must not delete everything older than half an hour.
-pub const SHORT_RETENTION_FLOOR: Duration = Duration::from_secs(3600);
+pub(crate) const SHORT_RETENTION_FLOOR: Duration = Duration::from_secs(3600);
 
 /// Prefix of the environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "DF_RECONCILER";
+pub(crate) const ENV_PREFIX: &str = "DF_RECONCILER";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -110,7 +110,7 @@ impl Default for DatabaseConfig {
 
 impl DatabaseConfig {
     /// The connection string, read from `url_file` when that is set.
-    pub fn connection_string(&self) -> Result<SecretString, ConfigError> {
+    pub(crate) fn connection_string(&self) -> Result<SecretString, ConfigError> {
         match (&self.url, &self.url_file) {
             (Some(url), None) if url.expose().trim().is_empty() => Err(ConfigError::Invalid {
                 key: "database.url",
@@ -393,7 +393,7 @@ impl Config {
     }
 
     /// The guards of the operator contract. Returns the first problem, naming key and value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, value: String, reason: &str| ConfigError::Invalid {
             key,
             value,
@@ -641,7 +641,7 @@ mod strict {
 
     use serde::de::{self, Deserializer, Visitor};
 
-    pub fn integer<'de, D, T>(d: D) -> Result<T, D::Error>
+    pub(super) fn integer<'de, D, T>(d: D) -> Result<T, D::Error>
     where
         D: Deserializer<'de>,
         T: TryFrom<u64>,
@@ -670,7 +670,7 @@ mod strict {
         })
     }
 
-    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         struct V;
         impl Visitor<'_> for V {
             type Value = bool;

@@ -55,7 +55,7 @@ impl Error {
     }
 
     /// The SQLSTATE of a database error, if any.
-    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+    pub(crate) fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
             Error::Database { source, .. } => source.code(),
             _ => None,
@@ -64,7 +64,7 @@ impl Error {
 }
 
 /// Attaches what the daemon was doing to a database error.
-pub trait DbContext<T> {
+pub(crate) trait DbContext<T> {
     fn context(self, what: &str) -> Result<T, Error>;
     fn with_context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
 }

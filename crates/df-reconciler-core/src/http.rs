@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 /// How long /readyz waits for the database.
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 /// /healthz fails when the scheduler loop has not ticked for this long.
-pub const LOOP_STALL_LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LOOP_STALL_LIMIT: Duration = Duration::from_secs(120);
 
 /// What the endpoints report on; updated by the daemon loop.
 #[derive(Debug)]
@@ -94,7 +94,7 @@ struct AppState {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -111,7 +111,7 @@ pub async fn serve(
 }
 
 /// Binds the configured address; the error names it.
-pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
+pub(crate) async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
     let parsed: SocketAddr = addr
         .parse()
         .map_err(|e| format!("http.listen {addr:?}: {e}"))?;

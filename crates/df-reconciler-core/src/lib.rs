@@ -19,14 +19,16 @@
 //! The test machinery (throwaway clusters, the imitation of both stores) lives in the
 //! `df-reconciler-testkit` crate; this library ships none of it.
 
+#![warn(unreachable_pub)]
+
 pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod error;
-pub mod http;
-pub mod lifecycle;
-pub mod locks;
+pub(crate) mod http;
+pub(crate) mod lifecycle;
+pub(crate) mod locks;
 pub mod metrics;
 pub mod pass;
 pub mod policy;

@@ -6,26 +6,26 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 /// Connected and verified: systemd may consider the unit started.
-pub fn ready() {
+pub(crate) fn ready() {
     notify(&[NotifyState::Ready]);
 }
 
 /// The scheduler loop made progress; only ever sent from that loop.
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     notify(&[NotifyState::Watchdog]);
 }
 
 /// One line for `systemctl status`.
-pub fn status(line: &str) {
+pub(crate) fn status(line: &str) {
     notify(&[NotifyState::Status(line)]);
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify(&[NotifyState::Stopping]);
 }
 
 /// Half the watchdog interval systemd asked for, if it asked.
-pub fn watchdog_period() -> Option<Duration> {
+pub(crate) fn watchdog_period() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 

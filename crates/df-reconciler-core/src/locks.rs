@@ -12,13 +12,13 @@
 const NAMESPACE: i64 = 0x6466_7263 << 32; // "dfrc"
 
 /// Taken with `pg_try_advisory_xact_lock` at the start of every real batch transaction.
-pub const BATCH_FENCE: i64 = NAMESPACE | 1;
+pub(crate) const BATCH_FENCE: i64 = NAMESPACE | 1;
 
 /// Taken with `pg_try_advisory_lock` on a connection outside the pool.
-pub const LEADER: i64 = NAMESPACE | 2;
+pub(crate) const LEADER: i64 = NAMESPACE | 2;
 
 /// Taken with `pg_advisory_xact_lock` by the migration transaction.
-pub const MIGRATION: i64 = NAMESPACE | 3;
+pub(crate) const MIGRATION: i64 = NAMESPACE | 3;
 
 #[cfg(test)]
 mod tests {

@@ -207,12 +207,12 @@ impl Metrics {
         out
     }
 
-    pub fn observe_batch(&self, elapsed: Duration) {
+    pub(crate) fn observe_batch(&self, elapsed: Duration) {
         self.batch_duration.observe(elapsed.as_secs_f64());
     }
 
     /// Folds a finished pass into the metrics. Dry runs only count as passes.
-    pub fn observe_pass(&self, report: &PassReport, failed: bool) {
+    pub(crate) fn observe_pass(&self, report: &PassReport, failed: bool) {
         let outcome = report.outcome(failed);
         self.passes
             .get_or_create(&Outcome {

@@ -12,7 +12,7 @@ use crate::error::{DbContext, Error};
 use crate::sql::{self, control, engine, Schemas, SupportingIndex};
 
 /// The engine schema name when `df.duroxide_schema()` does not exist (pg_durable <= 0.2.2).
-pub const LEGACY_ENGINE_SCHEMA: &str = "duroxide";
+pub(crate) const LEGACY_ENGINE_SCHEMA: &str = "duroxide";
 
 /// What preflight established about the database.
 #[derive(Debug, Clone)]

@@ -113,14 +113,14 @@ impl PassReport {
     }
 
     /// Eligible candidates this pass left in place, for any reason: the backlog it leaves.
-    pub fn instances_skipped(&self) -> u64 {
+    pub(crate) fn instances_skipped(&self) -> u64 {
         self.skipped_unsettled
             + self.skipped_locked
             + self.skipped_abandoned
             + self.skipped_inconsistent
     }
 
-    pub fn add_rows(&mut self, table: &str, orphan: bool, n: u64) {
+    pub(crate) fn add_rows(&mut self, table: &str, orphan: bool, n: u64) {
         *self.rows_deleted.entry(table.to_owned()).or_default() += n;
         let by_reason = if orphan {
             &mut self.rows_by_reason.orphan

@@ -13,7 +13,7 @@ use crate::error::describe_pg_error;
 
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     Disable,
     /// Treated as [`SslMode::Prefer`].
     Allow,
@@ -26,7 +26,7 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    pub fn parse(value: &str) -> Option<SslMode> {
+    pub(crate) fn parse(value: &str) -> Option<SslMode> {
         Some(match value {
             "disable" => SslMode::Disable,
             "allow" => SslMode::Allow,
@@ -38,7 +38,7 @@ impl SslMode {
         })
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Allow => "allow",
@@ -62,7 +62,7 @@ impl SslMode {
 
 /// Where trusted CA certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootCerts {
+pub(crate) enum RootCerts {
     /// A PEM file of one or more CA certificates.
     File(PathBuf),
     /// The system's trust store.
@@ -71,7 +71,7 @@ pub enum RootCerts {
 
 /// The DSN's TLS parameters, taken out of it by [`parse_dsn`]. Never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DsnTls {
+pub(crate) struct DsnTls {
     /// The effective mode: `disable` when every host is a Unix socket.
     pub sslmode: SslMode,
     /// The DSN's `sslrootcert`, which takes precedence over `[tls] ca_file`.
@@ -81,7 +81,7 @@ pub struct DsnTls {
 /// Parses a libpq connection string (URL or `key=value` form) into tokio-postgres settings
 /// with the negotiation of `sslmode` applied, and the TLS parameters tokio-postgres does
 /// not know. Error messages name options, never their values (the password stays out).
-pub fn parse_dsn(dsn: &str) -> Result<(tokio_postgres::Config, DsnTls), ConfigError> {
+pub(crate) fn parse_dsn(dsn: &str) -> Result<(tokio_postgres::Config, DsnTls), ConfigError> {
     let (rest, params) = take_tls_params(dsn);
     let mut pg: tokio_postgres::Config = rest
         .parse()

@@ -6,8 +6,8 @@
 mod dsn;
 mod tls;
 
-pub use dsn::{parse_dsn, DsnTls, RootCerts, SslMode};
-pub use tls::{connector, verification, Verification};
+use dsn::{parse_dsn, DsnTls};
+use tls::connector;
 
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ pub fn pg_config(db: &DatabaseConfig) -> Result<tokio_postgres::Config, ConfigEr
 
 /// [`pg_config`] plus the DSN's libpq TLS parameters (`sslmode=verify-full`,
 /// `sslrootcert`, ...), which tokio-postgres cannot parse itself; see [`tls`].
-pub fn connection_settings(
+pub(crate) fn connection_settings(
     db: &DatabaseConfig,
 ) -> Result<(tokio_postgres::Config, DsnTls), ConfigError> {
     let dsn = db.connection_string()?;
@@ -107,7 +107,7 @@ pub async fn connect(pool: &Pool, target: &str) -> Result<deadpool_postgres::Obj
 
 /// A connection outside the pool, for state that must live exactly as long as one session
 /// (the leader's session advisory lock). Same DSN and TLS settings as the pool.
-pub async fn connect_dedicated(cfg: &Config) -> Result<tokio_postgres::Client, Error> {
+pub(crate) async fn connect_dedicated(cfg: &Config) -> Result<tokio_postgres::Client, Error> {
     let (mut pg, dsn_tls) = connection_settings(&cfg.database)?;
     bound_network_waits(&mut pg, cfg);
     let tls = connector(&dsn_tls, &cfg.tls)?;

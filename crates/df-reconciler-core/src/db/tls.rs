@@ -45,7 +45,7 @@ use crate::config::{ConfigError, TlsConfig};
 
 /// How the server's certificate is checked, from the mode and the trust settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verification {
+pub(crate) enum Verification {
     /// No TLS (`sslmode=disable`, Unix sockets).
     Off,
     /// Encrypted, the certificate not checked (libpq's `prefer`/`require` without a CA).
@@ -57,7 +57,7 @@ pub enum Verification {
 }
 
 /// Decides the [`Verification`] of a connection; see the module docs for the rules.
-pub fn verification(dsn: &DsnTls, cfg: &TlsConfig) -> Verification {
+pub(crate) fn verification(dsn: &DsnTls, cfg: &TlsConfig) -> Verification {
     let configured = dsn
         .sslrootcert
         .clone()
@@ -75,7 +75,7 @@ pub fn verification(dsn: &DsnTls, cfg: &TlsConfig) -> Verification {
 
 /// The TLS connector of the pool, for the verification [`verification`] decides. Reads the
 /// CA file (or the system store) once, now, so a missing file fails at start, by name.
-pub fn connector(dsn: &DsnTls, cfg: &TlsConfig) -> Result<MakeRustlsConnect, ConfigError> {
+pub(crate) fn connector(dsn: &DsnTls, cfg: &TlsConfig) -> Result<MakeRustlsConnect, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let algorithms = provider.signature_verification_algorithms;
     let origin = if dsn.sslrootcert.is_some() {

@@ -4,11 +4,11 @@ use super::{InstanceTable, Store, SupportingIndex};
 
 /// Tables of the control plane, checked by preflight. Per-instance ones are in
 /// [`PER_INSTANCE_TABLES`].
-pub const REQUIRED_TABLES: [&str; 2] = ["instances", "nodes"];
+pub(crate) const REQUIRED_TABLES: [&str; 2] = ["instances", "nodes"];
 
 /// Per-instance tables in deletion order. The foreign keys between them are DEFERRABLE
 /// INITIALLY DEFERRED and checked at COMMIT, so nodes and instance go in one transaction.
-pub const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
+pub(crate) const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
     InstanceTable {
         name: "nodes",
         key: "instance_id",
@@ -23,21 +23,18 @@ pub const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
     },
 ];
 
-/// Terminal statuses as an SQL list, shared by every statement that selects terminal rows.
-pub const TERMINAL_STATUSES: &str = "('completed', 'failed', 'cancelled')";
-
 /// Locks the batch's df rows that are still terminal. A row locked by another session (a
 /// user updating it, another reconciler) is skipped, never waited for; a row that stopped
 /// being terminal drops out because FOR UPDATE re-checks the WHERE clause on the newest
 /// version. `$1`: ids.
-pub const LOCK_TERMINAL_ROWS: &str = "
+pub(crate) const LOCK_TERMINAL_ROWS: &str = "
     SELECT d.id::text, d.ctid::text
     FROM {control}.instances d
     WHERE d.id::text = ANY($1::text[]) AND d.status IN ('completed', 'failed', 'cancelled')
     FOR UPDATE OF d SKIP LOCKED";
 
 /// The dry-run twin of [`LOCK_TERMINAL_ROWS`]: a read-only transaction cannot lock.
-pub const READ_TERMINAL_ROWS: &str = "
+pub(crate) const READ_TERMINAL_ROWS: &str = "
     SELECT d.id::text, d.ctid::text
     FROM {control}.instances d
     WHERE d.id::text = ANY($1::text[]) AND d.status IN ('completed', 'failed', 'cancelled')";
@@ -45,7 +42,7 @@ pub const READ_TERMINAL_ROWS: &str = "
 /// Whether the connected role sees every df row whatever the row-level security policies
 /// say: superuser, BYPASSRLS, or owner of a table whose RLS is not FORCEd (or RLS off).
 /// `$1`: schema name, `$2`: table name. No row when the table does not exist.
-pub const RLS_EXEMPTION: &str = "
+pub(crate) const RLS_EXEMPTION: &str = "
     SELECT NOT c.relrowsecurity
         OR r.rolsuper
         OR r.rolbypassrls
@@ -56,16 +53,16 @@ pub const RLS_EXEMPTION: &str = "
     WHERE n.nspname = $1 AND c.relname = $2";
 
 /// Asks pg_durable where the engine store lives; only run when the function exists.
-pub const ENGINE_SCHEMA_FUNCTION: &str = "SELECT {control}.duroxide_schema()::text";
+pub(crate) const ENGINE_SCHEMA_FUNCTION: &str = "SELECT {control}.duroxide_schema()::text";
 
 /// Whether `{control}.duroxide_schema()` exists. `$1`: control schema name.
-pub const HAS_ENGINE_SCHEMA_FUNCTION: &str = "
+pub(crate) const HAS_ENGINE_SCHEMA_FUNCTION: &str = "
     SELECT EXISTS (
         SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = $1 AND p.proname = 'duroxide_schema' AND p.pronargs = 0)";
 
 /// Whether the in-database reconcile of pg_durable is still on (`check` warns).
-pub const IN_DATABASE_RECONCILE_INTERVAL: &str =
+pub(crate) const IN_DATABASE_RECONCILE_INTERVAL: &str =
     "SELECT current_setting('pg_durable.reconcile_interval', true)";
 
 /// df.nodes references itself through (instance_id, left_node) and (instance_id,
@@ -74,7 +71,7 @@ pub const IN_DATABASE_RECONCILE_INTERVAL: &str =
 /// quadratic in the size of the graph (minutes for a graph of ~10,000 nodes). The partial
 /// index on terminal rows lets a pass walk them (and count them against the hard cap) from
 /// the index alone instead of reading every df row: an idle pass over 1M df rows.
-pub const SUPPORTING_INDEXES: [SupportingIndex; 3] = [
+pub(crate) const SUPPORTING_INDEXES: [SupportingIndex; 3] = [
     SupportingIndex {
         name: "df_reconciler_nodes_left_node",
         store: Store::Control,

@@ -4,7 +4,8 @@ use super::{InstanceTable, Store, SupportingIndex};
 
 /// SQL twin of [`crate::policy::has_child_shape`] for a column named `$id`: composed
 /// `{parent}::{execution}::{node}`, legacy `sub::{n}` and `…::sub::…`.
-pub const CHILD_SHAPE: &str = "($id ~ '::[0-9]+::' OR $id LIKE 'sub::%' OR $id LIKE '%::sub::%')";
+pub(crate) const CHILD_SHAPE: &str =
+    "($id ~ '::[0-9]+::' OR $id LIKE 'sub::%' OR $id LIKE '%::sub::%')";
 
 /// The child-shape predicate applied to a column expression.
 pub fn child_shape(column: &str) -> String {
@@ -13,7 +14,7 @@ pub fn child_shape(column: &str) -> String {
 
 /// Tables the engine store must have. `sessions`, `_duroxide_migrations` and
 /// `_worker_ready` are never written to.
-pub const REQUIRED_TABLES: [&str; 11] = [
+pub(crate) const REQUIRED_TABLES: [&str; 11] = [
     "instances",
     "executions",
     "history",
@@ -32,7 +33,7 @@ pub const REQUIRED_TABLES: [&str; 11] = [
 /// anything else goes; the engine has no foreign keys between these tables.
 /// Preflight refuses to run when the engine has a per-instance table not listed here, so a
 /// future engine version cannot make the daemon leave rows behind silently.
-pub const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
+pub(crate) const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
     InstanceTable {
         name: "history",
         key: "instance_id",
@@ -84,16 +85,18 @@ pub const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
 ];
 
 /// The queue tables: all a df row that never got an engine record can have there.
-pub const QUEUE_TABLES: [InstanceTable; 2] = [PER_INSTANCE_TABLES[2], PER_INSTANCE_TABLES[3]];
+pub(crate) const QUEUE_TABLES: [InstanceTable; 2] =
+    [PER_INSTANCE_TABLES[2], PER_INSTANCE_TABLES[3]];
 
 /// Engine migrations this version of the daemon was written against.
-pub const KNOWN_MIGRATION_VERSIONS: std::ops::RangeInclusive<i64> = 1..=21;
+pub(crate) const KNOWN_MIGRATION_VERSIONS: std::ops::RangeInclusive<i64> = 1..=21;
 
 /// Applied engine migrations, as text so any integer type of `version` reads the same.
-pub const MIGRATION_VERSIONS: &str = "SELECT version::text FROM {engine}._duroxide_migrations";
+pub(crate) const MIGRATION_VERSIONS: &str =
+    "SELECT version::text FROM {engine}._duroxide_migrations";
 
 /// Tables of a schema that carry an `instance_id` column. `$1`: schema name.
-pub const TABLES_WITH_INSTANCE_ID: &str = "
+pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
     SELECT c.relname::text
     FROM pg_attribute a
     JOIN pg_class c ON c.oid = a.attrelid
@@ -142,19 +145,19 @@ macro_rules! trees_then {
     };
 }
 
-pub const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
+pub(crate) const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 
 /// The dry-run twin of [`LOCK_TREES`]: a read-only transaction cannot lock; every instance
 /// counts as locked. OFFSET 0 keeps the probe a probe (FOR UPDATE does that in the real
 /// one): pulled up into a join, it was planned as a hash join over the whole instances
 /// table, 90 ms per batch at 200k instead of 11.
-pub const READ_TREES: &str = trees_then!(" OFFSET 0");
+pub(crate) const READ_TREES: &str = trees_then!(" OFFSET 0");
 
 /// Status of the current executions `$2` of roots `$1`, read AFTER the roots' rows were
 /// locked (which gave their current_execution_id; locked, it cannot change). For the
 /// engine roots of expired df rows, whose df rows this batch holds locked; orphans need
 /// [`super::reconcile::ROOT_STATE`], which also looks for a df row.
-pub const ROOT_STATUS: &str = "
+pub(crate) const ROOT_STATUS: &str = "
     SELECT r.id, ex.status
     FROM unnest($1::text[], $2::bigint[]) AS r(id, execution_id)
     LEFT JOIN {engine}.executions ex
@@ -164,7 +167,7 @@ pub const ROOT_STATUS: &str = "
 /// a locked queue item). `locked_until` is epoch milliseconds on the database clock. Read
 /// by a dry run, which cannot delete; a real pass reads the leases of the rows as it
 /// deletes them ([`super::InstanceTable::delete_reporting_leases`]).
-pub const LEASED: &str = concat!(
+pub(crate) const LEASED: &str = concat!(
     "
     WITH now_ms(ms) AS (SELECT ",
     now_epoch_ms!(),
@@ -181,7 +184,7 @@ pub const LEASED: &str = concat!(
 
 /// The orphan walk reads terminal executions only and rules out young ones by their
 /// completed_at from the index alone, instead of reading every execution of every instance.
-pub const SUPPORTING_INDEXES: [SupportingIndex; 1] = [SupportingIndex {
+pub(crate) const SUPPORTING_INDEXES: [SupportingIndex; 1] = [SupportingIndex {
     name: "df_reconciler_terminal_executions",
     store: Store::Engine,
     table: "executions",

@@ -16,9 +16,9 @@ macro_rules! now_epoch_ms {
     };
 }
 
-pub mod control;
+pub(crate) mod control;
 pub mod engine;
-pub mod reconcile;
+pub(crate) mod reconcile;
 
 /// The two schemas of one database, as quoted SQL identifiers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ impl Schemas {
 
     /// Every per-instance table of both stores as (schema, table), df first, each store in
     /// its deletion order.
-    pub fn per_instance_tables(&self) -> impl Iterator<Item = (&str, &'static str)> {
+    pub(crate) fn per_instance_tables(&self) -> impl Iterator<Item = (&str, &'static str)> {
         control::PER_INSTANCE_TABLES
             .iter()
             .map(|t| (self.control.as_str(), t.name))
@@ -59,13 +59,13 @@ impl Schemas {
 }
 
 /// Quotes an identifier the way PostgreSQL's `quote_ident` does, always.
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A per-instance table and the column that holds the instance id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceTable {
+pub(crate) struct InstanceTable {
     pub name: &'static str,
     pub key: &'static str,
     /// A batch locks these rows (`FOR UPDATE`) before deleting them, and its lock returns
@@ -86,7 +86,7 @@ impl InstanceTable {
     /// (20-40% slower per statement). It relies on the generic plans a batch switches to
     /// after its candidates: planned for the actual 1,000 ids, narrow tables were read
     /// whole instead.
-    pub fn statement(&self, schema_placeholder: &str, dry_run: bool) -> String {
+    pub(crate) fn statement(&self, schema_placeholder: &str, dry_run: bool) -> String {
         let (table, key) = (self.name, self.key);
         let verb = if dry_run {
             "SELECT count(*) FROM"
@@ -100,7 +100,7 @@ impl InstanceTable {
     /// deleted and the ids among them whose lease had not expired at that moment. The
     /// delete itself is the lease check: it sees the newest committed version of each
     /// row, and waits for one being leased right now.
-    pub fn delete_reporting_leases(&self, schema_placeholder: &str) -> String {
+    pub(crate) fn delete_reporting_leases(&self, schema_placeholder: &str) -> String {
         let (table, key) = (self.name, self.key);
         format!(
             "WITH deleted AS (\
@@ -118,7 +118,7 @@ impl InstanceTable {
     /// by this transaction cannot move, so this deletes exactly what [`Self::statement`]
     /// deletes; the id is compared as well, and the caller checks that every pair
     /// matched.
-    pub fn delete_by_address(&self, schema_placeholder: &str) -> String {
+    pub(crate) fn delete_by_address(&self, schema_placeholder: &str) -> String {
         let (table, key) = (self.name, self.key);
         format!(
             "DELETE FROM {schema_placeholder}.{table} t \
@@ -151,7 +151,7 @@ pub struct SupportingIndex {
 }
 
 impl SupportingIndex {
-    pub fn schema<'a>(&self, schemas: &'a Schemas) -> &'a str {
+    pub(crate) fn schema<'a>(&self, schemas: &'a Schemas) -> &'a str {
         match self.store {
             Store::Control => &schemas.control,
             Store::Engine => &schemas.engine,
@@ -176,7 +176,7 @@ impl SupportingIndex {
     }
 
     /// `CREATE INDEX CONCURRENTLY`: no write lock on the table, outside any transaction.
-    pub fn create_statement(&self, schemas: &Schemas) -> String {
+    pub(crate) fn create_statement(&self, schemas: &Schemas) -> String {
         let list = |columns: &[&str]| {
             columns
                 .iter()
@@ -201,7 +201,7 @@ impl SupportingIndex {
     }
 
     /// Every supporting index of both stores, for `check` and `migrate --indexes`.
-    pub fn all() -> impl Iterator<Item = SupportingIndex> {
+    pub(crate) fn all() -> impl Iterator<Item = SupportingIndex> {
         control::SUPPORTING_INDEXES
             .into_iter()
             .chain(engine::SUPPORTING_INDEXES)
@@ -210,7 +210,7 @@ impl SupportingIndex {
 
 /// The planner's row estimate of table `$1.$2` (`pg_class.reltuples`; -1 or 0 when never
 /// vacuumed or analyzed). No row when the table does not exist.
-pub const TABLE_ROW_ESTIMATE: &str = "
+pub(crate) const TABLE_ROW_ESTIMATE: &str = "
     SELECT c.reltuples
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = $1 AND c.relname = $2";
@@ -218,7 +218,7 @@ pub const TABLE_ROW_ESTIMATE: &str = "
 /// Whether a supporting index is present: a valid index of `$1.$2` named `$4`, or, when
 /// `$5` (a plain index), one whose leading columns are exactly `$3` (an operator's own
 /// equivalent counts).
-pub const HAS_SUPPORTING_INDEX: &str = "
+pub(crate) const HAS_SUPPORTING_INDEX: &str = "
     SELECT EXISTS (
         SELECT 1
         FROM pg_index i

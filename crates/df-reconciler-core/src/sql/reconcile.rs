@@ -21,7 +21,7 @@ macro_rules! df_with_engine {
 /// start of the oldest transaction open in this database (another session's, or a prepared
 /// one), else now. `sees_all` is false when the role cannot read other sessions'
 /// xact_start (no pg_read_all_stats); the guard then rests on orphan_min_age alone.
-pub const PASS_CLOCK: &str = "
+pub(crate) const PASS_CLOCK: &str = "
     SELECT now(),
            coalesce(least(
                (SELECT min(a.xact_start) FROM pg_stat_activity a
@@ -35,7 +35,7 @@ pub const PASS_CLOCK: &str = "
 
 /// The batch fence: one batch at a time across replicas (`$1` = `locks::BATCH_FENCE`).
 /// Transaction-scoped, so it also works behind a transaction-pooling proxy.
-pub const TRY_BATCH_FENCE: &str = "SELECT pg_try_advisory_xact_lock($1)";
+pub(crate) const TRY_BATCH_FENCE: &str = "SELECT pg_try_advisory_xact_lock($1)";
 
 /// How many other client sessions of this database are at work right now: running a
 /// statement, or inside a transaction that did something within the last second (the
@@ -43,7 +43,7 @@ pub const TRY_BATCH_FENCE: &str = "SELECT pg_try_advisory_xact_lock($1)";
 /// idle in a transaction for longer is not working). A role without pg_read_all_stats
 /// sees only its own sessions' states. A pass paces its batches while there are any
 /// (`pass.busy_duty_percent`).
-pub const OTHER_ACTIVE_SESSIONS: &str = "
+pub(crate) const OTHER_ACTIVE_SESSIONS: &str = "
     SELECT count(*) FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
       AND a.backend_type = 'client backend'
@@ -53,7 +53,7 @@ pub const OTHER_ACTIVE_SESSIONS: &str = "
 
 /// How many terminal df rows there are, counting no further than `$1`: when there are no
 /// more than the hard cap, [`CAP_EDGE`] (a join and sort of every terminal row) is skipped.
-pub const TERMINAL_COUNT_UP_TO: &str = "
+pub(crate) const TERMINAL_COUNT_UP_TO: &str = "
     SELECT count(*) FROM (
         SELECT 1 FROM {control}.instances d
         WHERE d.status IN ('completed', 'failed', 'cancelled')
@@ -62,7 +62,7 @@ pub const TERMINAL_COUNT_UP_TO: &str = "
 /// The hard-cap edge: the newest terminal row that falls outside the newest `$1` terminal
 /// rows (ordered by terminal_at, then id; unknown terminal_at counts as newest). Every row
 /// at or below the edge is over the cap. No row: the cap is not reached.
-pub const CAP_EDGE: &str = concat!(
+pub(crate) const CAP_EDGE: &str = concat!(
     "
     SELECT t.terminal_at, d.id::text",
     df_with_engine!(),
@@ -92,7 +92,7 @@ macro_rules! terminal_at_lower_bound {
 /// The df row alone rules out most rows (see `terminal_at_lower_bound`); only the rest are
 /// looked up in the engine store, one index probe each. With the supporting index
 /// `df_reconciler_terminal_instances` the walk reads terminal rows from the index alone.
-pub const EXPIRED_CANDIDATES: &str = concat!(
+pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
     "
     SELECT d.id::text,
            d.status,
@@ -146,7 +146,7 @@ pub const EXPIRED_CANDIDATES: &str = concat!(
 /// Walks terminal executions (from the supporting index
 /// `df_reconciler_terminal_executions` when present) and rules out young ones by their
 /// completed_at before looking at the instance and the df row, one probe each.
-pub const ORPHAN_CANDIDATES: &str = "
+pub(crate) const ORPHAN_CANDIDATES: &str = "
     SELECT ex.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
     FROM {engine}.executions ex
     CROSS JOIN LATERAL (
@@ -169,7 +169,7 @@ pub const ORPHAN_CANDIDATES: &str = "
 /// State of roots `$1` read AFTER their rows were locked (which gave their current
 /// executions `$2`): current execution status and whether a df row exists (an orphan
 /// whose df row appeared is no orphan any more).
-pub const ROOT_STATE: &str = "
+pub(crate) const ROOT_STATE: &str = "
     SELECT r.id,
            ex.status,
            d.id IS NOT NULL AS has_df_row
@@ -189,7 +189,7 @@ pub const ROOT_STATE: &str = "
 ///   an engine instance nor a df row (a rolled-back start the engine never picked up).
 /// - orphans_waiting: terminal orphan roots not yet old enough (or younger than the oldest
 ///   open transaction); they are reclaimed by a later pass.
-pub const DRIFT: &str = "
+pub(crate) const DRIFT: &str = "
     SELECT
       (SELECT count(*)
          FROM {engine}.instances ei
