@@ -214,6 +214,13 @@ async fn demo_runs_end_to_end_and_removes_its_cluster() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("DRY RUN"), "{stdout}");
     assert!(stdout.contains("== 2. real pass =="), "{stdout}");
+    // Each pass shows once, as its table: no log line repeating the report as JSON.
+    let stderr = text(&out.stderr);
+    assert_eq!(stdout.matches("DRY RUN").count(), 1, "{stdout}");
+    assert!(
+        !stdout.contains("\"pass_id\"") && !stderr.contains("\"pass_id\""),
+        "{stdout}{stderr}"
+    );
     // The demo's cluster folder (named after the demo's pid) is gone.
     let prefix = format!("df-reconciler-pg-{pid}-");
     let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())

@@ -93,6 +93,50 @@ async fn the_audit_trail_records_passes_and_optionally_every_removed_root() {
     assert_eq!(lines[0]["pass_id"], report["pass_id"], "newest first");
 }
 
+/// `audit.auto_migrate = true`: a real `once` creates the trail before the pass that
+/// writes it (and records its deletions); a dry run, which needs SELECT only, does not.
+#[tokio::test]
+async fn once_with_auto_migrate_creates_the_trail_it_writes() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(&c, "53100001", "cancelled", None, 60.0 * DAY, None, 0).await;
+    let trail_exists = || async {
+        c.query_one(
+            "SELECT to_regclass('df_reconciler.passes') IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    };
+
+    let mut dry = daemon(&db.dsn);
+    dry.args(["once", "--dry-run"])
+        .env("DF_RECONCILER__AUDIT__AUTO_MIGRATE", "true");
+    assert!(dry.status().unwrap().success());
+    assert!(!trail_exists().await, "a dry run never migrates");
+
+    let mut once = daemon(&db.dsn);
+    once.args(["once", "--json"])
+        .env("DF_RECONCILER__AUDIT__AUTO_MIGRATE", "true")
+        .env("DF_RECONCILER__AUDIT__RECORD_DELETIONS", "true");
+    let out = once.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(trail_exists().await);
+    let passes = ids(&c, "SELECT outcome FROM df_reconciler.passes").await;
+    assert_eq!(passes, vec!["ok"]);
+    let deletions = ids(
+        &c,
+        "SELECT instance_id || ':' || reason FROM df_reconciler.deletions",
+    )
+    .await;
+    assert_eq!(deletions, vec!["53100001:expired"]);
+}
+
 #[tokio::test]
 async fn json_logs_carry_the_pass_id_on_every_line_of_a_pass() {
     let db = TestDb::new().await;
