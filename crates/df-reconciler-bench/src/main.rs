@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use df_reconciler_core::metrics::Metrics;
 use df_reconciler_core::pass::{self, PassOptions};
 use df_reconciler_core::{db, report::PassReport};
 use tokio_util::sync::CancellationToken;
@@ -613,9 +612,8 @@ fn mean(values: &[Duration]) -> Duration {
     values.iter().sum::<Duration>() / values.len().max(1) as u32
 }
 
-/// An in-process pass with the daemon's metrics and a per-batch callback: batch k's
-/// duration is the time between the callbacks of batches k-1 and k (the callback fires
-/// right after each commit; between two batches the loop does nothing measurable).
+/// An in-process pass with the daemon's per-batch hook, which the pass calls after every
+/// committed batch with that batch transaction's wall time.
 async fn batch_latency(
     server: &Server,
     seed_db: &str,
@@ -626,16 +624,12 @@ async fn batch_latency(
     server.fresh_copy(seed_db, &db).await?;
     let cfg = server.config(&db);
     let pool = db::build_pool(&cfg)?;
-    let metrics = Arc::new(Metrics::new());
-    let ticks: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
-    let sink = ticks.clone();
+    let durations: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let sink = durations.clone();
     let options = PassOptions {
         dry_run: false,
-        metrics: Some(metrics.clone()),
-        on_batch: Some(Arc::new(move || {
-            if let Ok(mut t) = sink.lock() {
-                t.push(Instant::now());
-            }
+        on_batch: Some(Arc::new(move |took| {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(took);
         })),
         ..PassOptions::default()
     };
@@ -647,17 +641,12 @@ async fn batch_latency(
     pool.close();
     drop(pool);
     server.drop_db(&db).await?;
-    let ticks = ticks.lock().map(|t| t.clone()).unwrap_or_default();
-    let intervals: Vec<Duration> = ticks.windows(2).map(|w| w[1] - w[0]).collect();
-    let buckets =
-        stats::histogram_buckets(&metrics.encode(), "df_reconciler_batch_duration_seconds");
-    let hist_p99 = stats::histogram_quantile_bound(&buckets, 99.0);
-    let hist_max = stats::histogram_quantile_bound(&buckets, 100.0);
+    let durations = std::mem::take(&mut *durations.lock().unwrap_or_else(|e| e.into_inner()));
     let label = thousands(n.into());
     let (Some(p50), Some(p99), Some(max)) = (
-        percentile(&intervals, 50.0),
-        percentile(&intervals, 99.0),
-        percentile(&intervals, 100.0),
+        percentile(&durations, 50.0),
+        percentile(&durations, 99.0),
+        percentile(&durations, 100.0),
     ) else {
         results.notes.push(format!(
             "N = {label}: too few batches ({}) for batch latencies",
@@ -669,13 +658,11 @@ async fn batch_latency(
         "batch transaction (in-process pass)",
         &label,
         format!(
-            "p50 {}, p99 {}, max {} over {} batches; histogram: p99 <= {} s, max <= {} s; pass {}",
+            "p50 {}, p99 {}, max {} over {} batches; pass {}",
             ms(p50),
             ms(p99),
             ms(max),
-            intervals.len(),
-            hist_p99.map_or("?".into(), |v| format!("{v}")),
-            hist_max.map_or("?".into(), |v| format!("{v}")),
+            durations.len(),
             secs(wall)
         ),
         "",

@@ -1,4 +1,4 @@
-//! Percentiles, the batch-duration histogram of the daemon's metrics, and number formatting.
+//! Percentiles, medians, and number formatting.
 
 use std::time::Duration;
 
@@ -11,37 +11,6 @@ pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
     sorted.sort_unstable();
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-/// Cumulative buckets `(le, count)` of one histogram in a Prometheus text exposition.
-pub fn histogram_buckets(exposition: &str, name: &str) -> Vec<(f64, u64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    exposition
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"}")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The upper bound of the bucket holding the `p`-th percentile, from cumulative buckets.
-pub fn histogram_quantile_bound(buckets: &[(f64, u64)], p: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total == 0 {
-        return None;
-    }
-    let rank = ((p / 100.0) * total as f64).ceil() as u64;
-    buckets
-        .iter()
-        .find(|(_, count)| *count >= rank.max(1))
-        .map(|(le, _)| *le)
 }
 
 /// The middle value (the mean of the two middle ones for an even count); NaN when empty.
@@ -109,15 +78,6 @@ mod tests {
         assert_eq!(percentile(&s, 100.0), Some(Duration::from_millis(100)));
         assert_eq!(percentile(&s, 50.0), Some(Duration::from_millis(50)));
         assert_eq!(percentile(&[], 99.0), None);
-    }
-
-    #[test]
-    fn reads_histogram_buckets() {
-        let text = "# TYPE x histogram\nx_sum 1.5\nx_count 3\nx_bucket{le=\"0.001\"} 0\nx_bucket{le=\"0.002\"} 2\nx_bucket{le=\"+Inf\"} 3\n";
-        let b = histogram_buckets(text, "x");
-        assert_eq!(b, vec![(0.001, 0), (0.002, 2), (f64::INFINITY, 3)]);
-        assert_eq!(histogram_quantile_bound(&b, 50.0), Some(0.002));
-        assert_eq!(histogram_quantile_bound(&b, 99.0), Some(f64::INFINITY));
     }
 
     #[test]
