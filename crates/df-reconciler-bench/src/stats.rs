@@ -1,4 +1,4 @@
-//! Percentiles, medians, and number formatting.
+//! Percentiles, medians, means, and number formatting.
 
 use std::time::Duration;
 
@@ -11,6 +11,30 @@ pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
     sorted.sort_unstable();
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The median, 99th percentile and maximum of a set of durations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spread {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Spread {
+    /// Nearest-rank percentiles of unsorted samples; None when there are none.
+    pub fn of(samples: &[Duration]) -> Option<Self> {
+        Some(Spread {
+            p50: percentile(samples, 50.0)?,
+            p99: percentile(samples, 99.0)?,
+            max: percentile(samples, 100.0)?,
+        })
+    }
+}
+
+/// The arithmetic mean; zero when empty.
+pub fn mean(values: &[Duration]) -> Duration {
+    values.iter().sum::<Duration>() / values.len().max(1) as u32
 }
 
 /// The middle value (the mean of the two middle ones for an even count); NaN when empty.
@@ -78,6 +102,47 @@ mod tests {
         assert_eq!(percentile(&s, 100.0), Some(Duration::from_millis(100)));
         assert_eq!(percentile(&s, 50.0), Some(Duration::from_millis(50)));
         assert_eq!(percentile(&[], 99.0), None);
+    }
+
+    #[test]
+    fn nearest_rank_of_few_samples() {
+        let s = [30, 10, 20].map(Duration::from_millis);
+        assert_eq!(percentile(&s, 0.0), Some(Duration::from_millis(10)));
+        assert_eq!(percentile(&s, 50.0), Some(Duration::from_millis(20)));
+        assert_eq!(percentile(&s, 99.0), Some(Duration::from_millis(30)));
+        let one = [Duration::from_millis(7)];
+        assert_eq!(percentile(&one, 50.0), percentile(&one, 100.0));
+    }
+
+    #[test]
+    fn spread_of_samples() {
+        let s: Vec<Duration> = (1..=200).rev().map(Duration::from_millis).collect();
+        assert_eq!(
+            Spread::of(&s),
+            Some(Spread {
+                p50: Duration::from_millis(100),
+                p99: Duration::from_millis(198),
+                max: Duration::from_millis(200),
+            })
+        );
+        assert_eq!(Spread::of(&[]), None);
+    }
+
+    #[test]
+    fn mean_of_durations() {
+        let s = [1, 2, 6].map(Duration::from_secs);
+        assert_eq!(mean(&s), Duration::from_secs(3));
+        assert_eq!(mean(&[]), Duration::ZERO);
+    }
+
+    #[test]
+    fn formats_durations_rates_and_sizes() {
+        assert_eq!(secs(Duration::from_millis(1234)), "1.23 s");
+        assert_eq!(ms(Duration::from_micros(2500)), "2.50 ms");
+        assert_eq!(ms(Duration::from_millis(213)), "213 ms");
+        assert_eq!(rate(10_000, Duration::from_secs(4)), "2,500");
+        assert_eq!(rate(5, Duration::ZERO), "5,000,000,000");
+        assert_eq!(mib(9 * 1024 + 512), "9.5 MiB");
     }
 
     #[test]
