@@ -1,6 +1,9 @@
 //! The floor: what the daemon deletes, computed set-wise in SQL beforehand and deleted in
 //! ONE transaction by one DELETE per table. No batching, no locking, no re-checks: the
 //! cheapest way PostgreSQL can remove those rows, and the yardstick for a pass.
+//!
+//! [`run`] times one floor on a fresh copy of a seeded database, [`line`] reports the runs
+//! of one size.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -10,6 +13,12 @@ use df_reconciler_core::config::Config;
 use df_reconciler_core::policy::TerminalStatus;
 use df_reconciler_core::sql::engine::child_shape;
 use tokio_postgres::Client;
+
+use crate::cpu::{self, CpuMark, CpuUse};
+use crate::dry_run::Expected;
+use crate::results::Results;
+use crate::server::Server;
+use crate::stats::{rate, secs, thousands};
 
 /// The engine's per-instance tables, in the order the daemon deletes them.
 pub const ENGINE_TABLES: [&str; 8] = [
@@ -171,4 +180,73 @@ pub async fn delete(client: &mut Client) -> Result<(Duration, BTreeMap<String, u
     }
     tx.commit().await.context("floor: COMMIT")?;
     Ok((started.elapsed(), rows))
+}
+
+/// A timed run and where the machine's cores spent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    pub took: Duration,
+    pub cpu: Option<CpuUse>,
+}
+
+/// One floor on a fresh copy of `seed_db` (run `index` of size `n`, from 0): selection
+/// (untimed), then the timed delete; returns what it removed.
+pub async fn run(server: &Server, seed_db: &str, n: u32, index: u32) -> Result<(Timed, Expected)> {
+    let db = format!("floor_{n}_{index}");
+    server.fresh_copy(seed_db, &db).await?;
+    let mut client = server.connect(&db).await?;
+    let cfg = server.config(&db);
+    let selection = select(&client, &cfg).await?;
+    eprintln!(
+        "  floor run {}: selection {} df roots ({} bare), {} orphans, {} engine instances, computed in {}",
+        index + 1,
+        selection.df_roots,
+        selection.bare,
+        selection.orphans,
+        selection.engine_members,
+        secs(selection.took)
+    );
+    let mark = CpuMark::now();
+    let (took, rows) = delete(&mut client).await?;
+    let cpu = mark.and_then(|m| m.since());
+    drop(client);
+    server.drop_db(&db).await?;
+    eprintln!(
+        "  floor run {}: {} rows in {} ({})",
+        index + 1,
+        thousands(rows.values().sum()),
+        secs(took),
+        cpu::describe(cpu)
+    );
+    let roots = (selection.df_roots + selection.orphans) as u64;
+    Ok((Timed { took, cpu }, Expected { rows, roots }))
+}
+
+/// The floor's line for size `n`: every run's time and throughput, and what it removed.
+pub fn line(n: u32, e: &Expected, floors: &[Timed], results: &mut Results) {
+    let total: u64 = e.rows.values().sum();
+    let figure = floors
+        .iter()
+        .map(|t| {
+            format!(
+                "{} ({} roots/s, {} rows/s; {})",
+                secs(t.took),
+                rate(e.roots, t.took),
+                rate(total, t.took),
+                cpu::describe(t.cpu)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    results.line(
+        "floor: set-wise delete, one transaction",
+        &thousands(n.into()),
+        format!(
+            "{figure}; {} roots, {} rows",
+            thousands(e.roots),
+            thousands(total)
+        ),
+        "",
+        "",
+    );
 }

@@ -1,4 +1,4 @@
-//! Percentiles, the batch-duration histogram of the daemon's metrics, and number formatting.
+//! Percentiles, medians, means, and number formatting.
 
 use std::time::Duration;
 
@@ -13,35 +13,28 @@ pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// Cumulative buckets `(le, count)` of one histogram in a Prometheus text exposition.
-pub fn histogram_buckets(exposition: &str, name: &str) -> Vec<(f64, u64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    exposition
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"}")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect()
+/// The median, 99th percentile and maximum of a set of durations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spread {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
 }
 
-/// The upper bound of the bucket holding the `p`-th percentile, from cumulative buckets.
-pub fn histogram_quantile_bound(buckets: &[(f64, u64)], p: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total == 0 {
-        return None;
+impl Spread {
+    /// Nearest-rank percentiles of unsorted samples; None when there are none.
+    pub fn of(samples: &[Duration]) -> Option<Self> {
+        Some(Spread {
+            p50: percentile(samples, 50.0)?,
+            p99: percentile(samples, 99.0)?,
+            max: percentile(samples, 100.0)?,
+        })
     }
-    let rank = ((p / 100.0) * total as f64).ceil() as u64;
-    buckets
-        .iter()
-        .find(|(_, count)| *count >= rank.max(1))
-        .map(|(le, _)| *le)
+}
+
+/// The arithmetic mean; zero when empty.
+pub fn mean(values: &[Duration]) -> Duration {
+    values.iter().sum::<Duration>() / values.len().max(1) as u32
 }
 
 /// The middle value (the mean of the two middle ones for an even count); NaN when empty.
@@ -112,12 +105,44 @@ mod tests {
     }
 
     #[test]
-    fn reads_histogram_buckets() {
-        let text = "# TYPE x histogram\nx_sum 1.5\nx_count 3\nx_bucket{le=\"0.001\"} 0\nx_bucket{le=\"0.002\"} 2\nx_bucket{le=\"+Inf\"} 3\n";
-        let b = histogram_buckets(text, "x");
-        assert_eq!(b, vec![(0.001, 0), (0.002, 2), (f64::INFINITY, 3)]);
-        assert_eq!(histogram_quantile_bound(&b, 50.0), Some(0.002));
-        assert_eq!(histogram_quantile_bound(&b, 99.0), Some(f64::INFINITY));
+    fn nearest_rank_of_few_samples() {
+        let s = [30, 10, 20].map(Duration::from_millis);
+        assert_eq!(percentile(&s, 0.0), Some(Duration::from_millis(10)));
+        assert_eq!(percentile(&s, 50.0), Some(Duration::from_millis(20)));
+        assert_eq!(percentile(&s, 99.0), Some(Duration::from_millis(30)));
+        let one = [Duration::from_millis(7)];
+        assert_eq!(percentile(&one, 50.0), percentile(&one, 100.0));
+    }
+
+    #[test]
+    fn spread_of_samples() {
+        let s: Vec<Duration> = (1..=200).rev().map(Duration::from_millis).collect();
+        assert_eq!(
+            Spread::of(&s),
+            Some(Spread {
+                p50: Duration::from_millis(100),
+                p99: Duration::from_millis(198),
+                max: Duration::from_millis(200),
+            })
+        );
+        assert_eq!(Spread::of(&[]), None);
+    }
+
+    #[test]
+    fn mean_of_durations() {
+        let s = [1, 2, 6].map(Duration::from_secs);
+        assert_eq!(mean(&s), Duration::from_secs(3));
+        assert_eq!(mean(&[]), Duration::ZERO);
+    }
+
+    #[test]
+    fn formats_durations_rates_and_sizes() {
+        assert_eq!(secs(Duration::from_millis(1234)), "1.23 s");
+        assert_eq!(ms(Duration::from_micros(2500)), "2.50 ms");
+        assert_eq!(ms(Duration::from_millis(213)), "213 ms");
+        assert_eq!(rate(10_000, Duration::from_secs(4)), "2,500");
+        assert_eq!(rate(5, Duration::ZERO), "5,000,000,000");
+        assert_eq!(mib(9 * 1024 + 512), "9.5 MiB");
     }
 
     #[test]
