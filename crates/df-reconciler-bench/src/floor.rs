@@ -2,7 +2,7 @@
 //! ONE transaction by one DELETE per table. No batching, no locking, no re-checks: the
 //! cheapest way PostgreSQL can remove those rows, and the yardstick for a pass.
 //!
-//! [`run`] times one floor on a fresh copy of a seeded database, [`line`] reports the runs
+//! [`run`] times one floor on a fresh copy of a seeded database, [`line()`] reports the runs
 //! of one size.
 
 use std::collections::BTreeMap;

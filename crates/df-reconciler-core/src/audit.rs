@@ -18,7 +18,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
     include_str!("../../../migrations/0001_audit.sql"),
 )];
 
-/// Applies pending migrations in one transaction under [`locks::MIGRATION`], so replicas
+/// Applies pending migrations in one transaction under `locks::MIGRATION`, so replicas
 /// starting together cannot race. Returns the versions applied now.
 pub async fn migrate(
     client: &mut deadpool_postgres::Object,
@@ -154,9 +154,13 @@ pub(crate) async fn record_pass(
 /// One removed root, for the opt-in deletions table.
 #[derive(Debug, Clone)]
 pub struct DeletedRoot {
+    /// The root's instance id, shared by both stores.
     pub instance_id: String,
+    /// `expired`, `capped` or `orphan`: why it went.
     pub reason: &'static str,
+    /// The df status, or for an orphan its root's engine status.
     pub status: String,
+    /// When it became terminal (the age the retention was measured from), if known.
     pub terminal_at: Option<tokio_postgres::types::Timestamp<std::time::SystemTime>>,
 }
 
@@ -227,17 +231,27 @@ pub async fn recent_passes(
 /// A row of the passes table.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PassRow {
+    /// The pass's id, also on every log line of that pass.
     pub pass_id: String,
+    /// Host name of the replica that ran it; empty when unknown.
     pub host: String,
+    /// Database clock at the start of the pass.
     #[serde(serialize_with = "rfc3339")]
     pub started_at: std::time::SystemTime,
+    /// Database clock when the row was written, just after the pass.
     #[serde(serialize_with = "rfc3339")]
     pub finished_at: std::time::SystemTime,
+    /// Whether the pass only counted what it would delete.
     pub dry_run: bool,
+    /// `ok`, `failed`, `fenced` or `stopped`.
     pub outcome: String,
+    /// Why the pass failed; empty unless `outcome` is `failed`.
     pub error: String,
+    /// Roots removed: expired, capped and orphans together.
     pub instances_removed: i64,
+    /// Rows deleted across all tables of both stores.
     pub rows_deleted: i64,
+    /// The full [`PassReport`], as `once --json` prints it.
     pub report: serde_json::Value,
 }
 

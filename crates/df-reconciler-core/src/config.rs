@@ -2,7 +2,7 @@
 //!
 //! Precedence: built-in defaults < TOML file < `DF_RECONCILER__SECTION__KEY` environment
 //! variables < `--set section.key=value` flags. Every section rejects unknown keys by name,
-//! durations use humantime syntax, and [`Config::validate`] enforces the guards that keep a
+//! durations use humantime syntax, and `Config::validate` enforces the guards that keep a
 //! typo from wiping a database.
 
 use std::fmt;
@@ -20,25 +20,41 @@ pub(crate) const SHORT_RETENTION_FLOOR: Duration = Duration::from_secs(3600);
 /// Prefix of the environment variables that override configuration keys.
 pub(crate) const ENV_PREFIX: &str = "DF_RECONCILER";
 
+/// Why a configuration was rejected; every variant is a usage error (exit code 2), so
+/// nothing is attempted against the database.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file or the environment could not be read or parsed (unknown key, wrong type).
     #[error("cannot read configuration: {0}")]
     Load(#[from] config::ConfigError),
+    /// A key parsed but its value is refused (out of range, a short window without
+    /// consent, contradictory keys).
     #[error("invalid configuration: {key} = {value}: {reason}")]
     Invalid {
+        /// The offending key as `section.key`, so the operator knows what to fix.
         key: &'static str,
+        /// The refused value as shown in the message (never a secret).
         value: String,
+        /// Why the value is refused.
         reason: String,
     },
+    /// A `--set` argument that is not of the form `section.key=value`.
     #[error("invalid --set {0:?}: expected section.key=value")]
     BadOverride(String),
+    /// `database.url_file` cannot be read, or holds nothing.
     #[error("cannot read database.url_file {path}: {source}")]
     UrlFile {
+        /// The file named by `database.url_file`.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
+    /// Neither `database.url` nor `database.url_file` is set, and a command needs the
+    /// database.
     #[error("no database configured: set database.url or database.url_file (env DF_RECONCILER__DATABASE__URL)")]
     NoDatabase,
+    /// The connection string does not parse, or combines TLS options libpq would refuse;
+    /// the message never carries the password.
     #[error("database.url is not a valid PostgreSQL connection string: {0}")]
     BadDsn(String),
     /// The TLS settings cannot be used (unreadable CA file, no trusted roots, ...).
@@ -46,16 +62,26 @@ pub enum ConfigError {
     Tls(String),
 }
 
+/// The whole configuration, one field per TOML section; see [`Config::load`] for where
+/// the values come from.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[database]`: where to connect and how.
     pub database: DatabaseConfig,
+    /// `[tls]`: whom to trust when the DSN's `sslmode` asks for TLS.
     pub tls: TlsConfig,
+    /// `[schemas]`: where the two stores live.
     pub schemas: SchemasConfig,
+    /// `[retention]`: how long terminal instances and orphans are kept.
     pub retention: RetentionConfig,
+    /// `[pass]`: scheduling and pacing of passes, and the bounds of each batch.
     pub pass: PassConfig,
+    /// `[http]`: the /metrics, /healthz and /readyz endpoint.
     pub http: HttpConfig,
+    /// `[log]`: the log line format.
     pub log: LogConfig,
+    /// `[audit]`: the daemon's own audit trail.
     pub audit: AuditConfig,
 }
 
@@ -65,9 +91,11 @@ pub struct Config {
 pub struct SecretString(String);
 
 impl SecretString {
+    /// Wraps a connection string so it can no longer leak through `Debug`.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
+    /// The secret itself, only for handing to the driver; never log the result.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -79,6 +107,7 @@ impl fmt::Debug for SecretString {
     }
 }
 
+/// `[database]`: the one database holding both stores.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
@@ -90,6 +119,7 @@ pub struct DatabaseConfig {
     /// Connections in the pool; a pass uses one at a time, the rest serve checks.
     #[serde(deserialize_with = "strict::integer")]
     pub pool_size: usize,
+    /// Bound on connecting (default 10s): a dead server fails the pass, never hangs it.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Shown in pg_stat_activity so DBAs can tell the reconciler's sessions apart.
@@ -144,9 +174,11 @@ impl DatabaseConfig {
     }
 }
 
+/// `[schemas]`: the schema names of the two stores.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchemasConfig {
+    /// The pg_durable control-plane schema (default `df`).
     pub control: String,
     /// `auto` asks `df.duroxide_schema()`, falling back to `duroxide` when it is absent.
     pub engine: String,
@@ -161,16 +193,21 @@ impl Default for SchemasConfig {
     }
 }
 
+/// `[retention]`: what counts as expired. Windows are measured from the moment an
+/// instance became terminal.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Default window for every terminal status.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
+    /// Window for `completed` instances; None: `window`.
     #[serde(with = "humantime_serde")]
     pub completed: Option<Duration>,
+    /// Window for `failed` instances; None: `window`.
     #[serde(with = "humantime_serde")]
     pub failed: Option<Duration>,
+    /// Window for `cancelled` instances; None: `window`.
     #[serde(with = "humantime_serde")]
     pub cancelled: Option<Duration>,
     /// At most this many terminal instances are retained, newest first.
@@ -199,6 +236,7 @@ impl Default for RetentionConfig {
 }
 
 impl RetentionConfig {
+    /// The retention window of `status`: its override if set, else `window`.
     pub fn window_for(&self, status: TerminalStatus) -> Duration {
         let specific = match status {
             TerminalStatus::Completed => self.completed,
@@ -214,6 +252,7 @@ impl RetentionConfig {
     }
 }
 
+/// `[pass]`: when passes run and how hard a pass may lean on the database.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PassConfig {
@@ -223,8 +262,12 @@ pub struct PassConfig {
     /// Roots per transaction.
     #[serde(deserialize_with = "strict::integer")]
     pub batch_size: u32,
+    /// `SET LOCAL statement_timeout` per batch (> 0): a slow batch is rolled back, not
+    /// left holding its row locks.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// `SET LOCAL lock_timeout` per batch (> 0): a batch never queues long behind the
+    /// live engine.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
     /// Stop a pass (between batches) after this long; the next pass continues. None: no limit.
@@ -269,6 +312,7 @@ impl Default for PassConfig {
     }
 }
 
+/// `[http]`: the endpoint `run` serves for Prometheus and orchestrator probes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -288,6 +332,7 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[audit]`: the `passes` and `deletions` tables that record what the daemon did.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
@@ -315,11 +360,14 @@ impl Default for AuditConfig {
     }
 }
 
+/// `log.format`: how log lines are written to stderr.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines, for a terminal or journald.
     #[default]
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
@@ -335,9 +383,11 @@ pub struct TlsConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// `[log]`: logging settings (`RUST_LOG` or `-v` set the level).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
+    /// `text` or `json` (default `text`); every line of a pass carries its `pass_id`.
     pub format: LogFormat,
 }
 

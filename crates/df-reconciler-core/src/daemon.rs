@@ -6,7 +6,7 @@
 //!   logged and retried with capped exponential backoff and jitter; the loop never dies.
 //! - With `pass.leader_election`, only the replica holding the leader lock runs passes;
 //!   the others idle cheaply. Correctness never depends on it: every batch also takes the
-//!   transaction-level fence (see [`crate::locks`]).
+//!   transaction-level fence (see `crate::locks`).
 //! - SIGHUP (delivered as [`Event::Reload`]) swaps in a new configuration when it is valid
 //!   and keeps the old one otherwise.
 //! - The loop itself never opens a transaction; only [`crate::pass`] does.
@@ -43,11 +43,14 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
 /// The daemon's shared state, exposed so tests and the binary can look inside.
 pub struct Daemon {
+    /// Served on /metrics; the binary and tests read it after passes.
     pub metrics: Arc<Metrics>,
+    /// Backs /healthz and /readyz.
     pub health: Arc<Health>,
 }
 
 impl Daemon {
+    /// Fresh metrics and health; `cfg` supplies `http.ready_max_failing`.
     pub fn new(cfg: &Config) -> Self {
         Self {
             metrics: Arc::new(Metrics::new()),

@@ -15,26 +15,36 @@ pub mod exit_code {
     pub const REFUSED: i32 = 3;
 }
 
+/// Everything that can stop a command; [`Error::exit_code`] maps it to the process's exit
+/// code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The configuration is unusable (exit code 2).
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The fail-closed checks found problems; each string names one.
     #[error("refusing to reconcile: {}", .0.join("; "))]
     Refused(Vec<String>),
+    /// A statement failed or the connection broke; an open transaction is rolled back, and
+    /// `run` retries after a backoff.
     #[error("database error while {context}: {}", describe_pg_error(.source))]
     Database {
+        /// What the daemon was doing, so the log says which step failed.
         context: String,
+        /// The driver's error, rendered with the server's message and SQLSTATE.
         #[source]
         source: tokio_postgres::Error,
     },
+    /// No connection could be opened (server down, authentication, TLS, connect timeout).
     #[error("cannot get a database connection: {0}")]
     Pool(String),
     /// A step of a pass got no answer within its client-side bound; its connection is
     /// discarded and the server rolls the open transaction back.
     #[error("no answer from the database while {what} within {}", humantime::format_duration(*.after))]
     ClientTimeout {
+        /// The step that went unanswered.
         what: &'static str,
+        /// How long the daemon waited.
         after: std::time::Duration,
     },
     /// The daemon cannot start (e.g. the HTTP address cannot be bound).
@@ -43,6 +53,8 @@ pub enum Error {
 }
 
 impl Error {
+    /// The process exit code for this error (see [`exit_code`]): 2 for configuration, 3 for
+    /// a refusal, 1 for anything that failed at run time.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => exit_code::USAGE,

@@ -16,40 +16,53 @@ use prometheus_client::registry::Registry;
 
 use crate::report::PassReport;
 
+/// Labels of `df_reconciler_rows_deleted_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableReason {
+    /// `schema.table` the rows were deleted from.
     pub table: String,
     /// `expired` (df-owned instances, window or cap) or `orphan`.
     pub reason: &'static str,
 }
 
+/// Labels of `df_reconciler_instances_removed_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonStatus {
     /// `expired`, `capped` or `orphan`.
     pub reason: &'static str,
+    /// The df status (`completed`, ...), or for an orphan its root's engine status
+    /// (`Completed`, ...).
     pub status: &'static str,
 }
 
+/// Labels of `df_reconciler_skipped_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
+    /// Why candidates were left in place: `unsettled`, `locked`, `abandoned`,
+    /// `inconsistent` or `young_orphan`.
     pub reason: &'static str,
 }
 
+/// Labels of `df_reconciler_passes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     /// `ok`, `failed`, `fenced` (another replica held the fence) or `stopped`.
     pub outcome: &'static str,
+    /// `true` or `false`, so dry runs never look like work done.
     pub dry_run: &'static str,
 }
 
+/// Labels of `df_reconciler_config_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadOutcome {
     /// `ok` or `rejected` (the old configuration stays in force).
     pub outcome: &'static str,
 }
 
+/// Labels of `df_reconciler_drift`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DriftKind {
+    /// `running_without_df_row`, `df_rows_without_engine` or `queue_items_without_instance`.
     pub kind: &'static str,
 }
 
@@ -57,23 +70,50 @@ pub struct DriftKind {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// `df_reconciler_rows_deleted_total`: rows deleted per table and reason.
     pub rows_deleted: Family<TableReason, Counter>,
+    /// `df_reconciler_instances_removed_total`: roots removed per reason and status.
     pub instances_removed: Family<ReasonStatus, Counter>,
+    /// `df_reconciler_orphans_reclaimed_total`: orphan engine roots reclaimed with their trees.
     pub orphans_reclaimed: Counter,
+    /// `df_reconciler_engine_children_removed_total`: sub-orchestrations removed with their root.
     pub engine_children_removed: Counter,
+    /// `df_reconciler_skipped_total`: candidates left in place for a later pass, per reason.
     pub skipped: Family<Reason, Counter>,
+    /// `df_reconciler_passes_total`: passes per outcome, dry runs included.
     pub passes: Family<Outcome, Counter>,
+    /// `df_reconciler_pass_duration_seconds`: duration of real passes.
     pub pass_duration: Histogram,
+    /// `df_reconciler_batch_duration_seconds`: how long each batch transaction held its
+    /// row locks.
     pub batch_duration: Histogram,
+    /// `df_reconciler_batches_abandoned_total`: batches rolled back on a lock or statement
+    /// timeout.
     pub batches_abandoned: Counter,
+    /// `df_reconciler_paused_seconds_total`: time paused between batches for busy
+    /// sessions (`pass.busy_duty_percent`).
     pub paused_seconds: Counter<f64, AtomicU64>,
+    /// `df_reconciler_last_success_timestamp_seconds`: Unix time of the last successful
+    /// real pass; the alert that passes stopped succeeding watches it.
     pub last_success: Gauge<f64, AtomicU64>,
+    /// `df_reconciler_consecutive_failures`: passes failed in a row, 0 after a success.
     pub consecutive_failures: Gauge,
+    /// `df_reconciler_backlog_eligible`: eligible instances left after the last complete
+    /// pass; growth means rows stay locked, leased or unsettled.
     pub backlog_eligible: Gauge,
+    /// `df_reconciler_backlog_oldest_age_seconds`: how long the oldest of those has been
+    /// terminal.
     pub backlog_oldest_age: Gauge<f64, AtomicU64>,
+    /// `df_reconciler_drift`: drift between the stores, per kind, at the last complete
+    /// pass that counted it (reported, never deleted).
     pub drift: Family<DriftKind, Gauge>,
+    /// `df_reconciler_leader`: 1 while this replica holds the leader lock (or leader
+    /// election is off).
     pub leader: Gauge,
+    /// `df_reconciler_fenced_total`: times this replica stood down because another held
+    /// the batch fence.
     pub fenced: Counter,
+    /// `df_reconciler_config_reloads_total`: SIGHUP reloads, accepted or rejected.
     pub config_reloads: Family<ReloadOutcome, Counter>,
 }
 
@@ -84,6 +124,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric registered under the `df_reconciler` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("df_reconciler");
         let m = Metrics {

@@ -7,14 +7,19 @@ use std::fmt;
 /// Terminal statuses of a df.instances row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TerminalStatus {
+    /// The workflow finished successfully (`completed`).
     Completed,
+    /// The workflow ended with an error (`failed`).
     Failed,
+    /// The workflow was cancelled (`cancelled`).
     Cancelled,
 }
 
 impl TerminalStatus {
+    /// Every terminal status, for per-status windows and report rows.
     pub const ALL: [TerminalStatus; 3] = [Self::Completed, Self::Failed, Self::Cancelled];
 
+    /// The status as stored in `df.instances.status`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Completed => "completed",
@@ -23,6 +28,7 @@ impl TerminalStatus {
         }
     }
 
+    /// The terminal status of a `df.instances.status` value; None for live statuses.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
@@ -37,13 +43,18 @@ impl fmt::Display for TerminalStatus {
 /// Status of an engine execution (`executions.status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EngineStatus {
+    /// The engine may still write to the instance: never deleted.
     Running,
+    /// Finished successfully.
     Completed,
+    /// Ended with an error.
     Failed,
+    /// Ended by starting a new execution of the same instance.
     ContinuedAsNew,
 }
 
 impl EngineStatus {
+    /// The status of an `executions.status` value; None for anything unknown.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "Running" => Some(Self::Running),
@@ -66,7 +77,7 @@ impl EngineStatus {
 
 /// True when an engine instance id has the shape of a sub-orchestration:
 /// composed `{parent}::{execution}::{node}` (any depth), legacy `sub::{n}` or `…::sub::…`.
-/// Must agree with [`crate::sql::engine::CHILD_SHAPE`].
+/// Must agree with `crate::sql::engine::CHILD_SHAPE`.
 pub fn has_child_shape(id: &str) -> bool {
     if id.starts_with("sub::") || id.contains("::sub::") {
         return true;

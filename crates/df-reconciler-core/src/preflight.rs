@@ -17,6 +17,7 @@ pub(crate) const LEGACY_ENGINE_SCHEMA: &str = "duroxide";
 /// What preflight established about the database.
 #[derive(Debug, Clone)]
 pub struct Verified {
+    /// The control and engine schemas the checks ran against; a pass uses these.
     pub schemas: Schemas,
     /// Highest applied engine migration, when readable.
     pub engine_migration: Option<i64>,
@@ -29,7 +30,10 @@ pub struct Verified {
 /// What the caller is about to do; a dry run needs no DELETE privilege.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
+    /// Count only: SELECT on every table suffices.
     DryRun,
+    /// A real pass: also DELETE on every per-instance table, and the column UPDATE that
+    /// `FOR UPDATE SKIP LOCKED` needs on both `instances` tables.
     Delete,
 }
 
@@ -330,7 +334,7 @@ pub async fn in_database_reconcile_warning(
     })
 }
 
-/// Supporting indexes that are missing (see [`SupportingIndex::all`]).
+/// Supporting indexes that are missing (see `SupportingIndex::all`).
 pub async fn missing_supporting_indexes(
     client: &impl GenericClient,
     schemas: &Schemas,

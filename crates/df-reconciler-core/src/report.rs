@@ -11,12 +11,16 @@ use crate::policy::TerminalStatus;
 /// Counts per terminal df status.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct ByStatus {
+    /// Instances in status `completed`.
     pub completed: u64,
+    /// Instances in status `failed`.
     pub failed: u64,
+    /// Instances in status `cancelled`.
     pub cancelled: u64,
 }
 
 impl ByStatus {
+    /// Adds `n` to the count of `status`.
     pub fn add(&mut self, status: TerminalStatus, n: u64) {
         match status {
             TerminalStatus::Completed => self.completed += n,
@@ -24,6 +28,7 @@ impl ByStatus {
             TerminalStatus::Cancelled => self.cancelled += n,
         }
     }
+    /// All statuses together.
     pub fn total(&self) -> u64 {
         self.completed + self.failed + self.cancelled
     }
@@ -33,8 +38,11 @@ impl ByStatus {
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct ByEngineStatus {
+    /// Roots whose execution `Completed`.
     pub completed: u64,
+    /// Roots whose execution `Failed`.
     pub failed: u64,
+    /// Roots whose last execution ended `ContinuedAsNew`.
     pub continued_as_new: u64,
 }
 
@@ -47,21 +55,27 @@ pub struct RowsByReason {
     pub orphan: BTreeMap<String, u64>,
 }
 
+/// What one pass did and found: the `once` output, the "pass finished" log line, the
+/// audit row's `report` and the source of every counter on /metrics.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct PassReport {
     /// Random id carried by every log line of the pass and by its audit row.
     pub pass_id: String,
+    /// True when nothing was written: every "removed" count means "would be removed".
     pub dry_run: bool,
     /// Database clock at the start of the pass (RFC 3339, UTC).
     pub started_at: String,
+    /// Wall time of the whole pass, pauses included.
     pub duration_ms: u64,
     /// Terminal df instances removed because their retention window passed, by status.
     pub expired_removed: ByStatus,
     /// Terminal df instances removed only because they fell outside the hard cap.
     pub capped_removed: u64,
+    /// The same instances, by status (feeds `instances_removed_total{reason="capped"}`).
     pub capped_by_status: ByStatus,
     /// Engine roots with no df row, reclaimed with their trees.
     pub orphans_reclaimed: u64,
+    /// The same roots, by the engine status of their current execution.
     pub orphans_by_status: ByEngineStatus,
     /// Sub-orchestrations removed as part of their root's tree.
     pub engine_children_removed: u64,
@@ -103,11 +117,15 @@ pub struct PassReport {
     pub complete: bool,
     /// True when another replica held the batch fence, so this pass stood down.
     pub fenced: bool,
+    /// Problems that did not stop the pass (preflight findings, VACUUM hints, audit
+    /// tables missing).
     pub warnings: Vec<String>,
+    /// The error that ended the pass, if it failed.
     pub errors: Vec<String>,
 }
 
 impl PassReport {
+    /// Roots removed (or, in a dry run, that would be): expired, capped and orphans.
     pub fn instances_removed(&self) -> u64 {
         self.expired_removed.total() + self.capped_removed + self.orphans_reclaimed
     }
@@ -157,6 +175,7 @@ impl PassReport {
         )
     }
 
+    /// The report as one JSON object, as `once --json` prints it.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a PassReport always serializes")
     }

@@ -23,7 +23,7 @@ struct Cli {
     /// TOML configuration file (default: built-in defaults and environment only).
     #[arg(long, global = true, env = "DF_RECONCILER_CONFIG")]
     config: Option<PathBuf>,
-    /// Log format (overrides [log] format).
+    /// Log format (overrides `log.format`).
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormatArg>,
     /// More logging (debug). RUST_LOG, when set, wins.

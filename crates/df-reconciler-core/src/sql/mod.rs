@@ -1,8 +1,8 @@
 //! Every SQL statement of the daemon, as named and commented templates.
 //!
-//! - [`control`]: the `df` control plane alone.
+//! - `control`: the `df` control plane alone.
 //! - [`engine`]: the duroxide engine store alone.
-//! - [`reconcile`]: the set-difference selections that join both stores.
+//! - `reconcile`: the set-difference selections that join both stores.
 //!
 //! Templates name the schemas as `{control}` and `{engine}`; [`Schemas::render`] substitutes
 //! the quoted identifiers once per pass. Ids travel as ONE `text[]` parameter per statement,
@@ -20,14 +20,17 @@ pub(crate) mod control;
 pub mod engine;
 pub(crate) mod reconcile;
 
-/// The two schemas of one database, as quoted SQL identifiers.
+/// The two schemas of one database (unquoted names; [`Schemas::render`] quotes them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schemas {
+    /// The df control-plane schema's name (`schemas.control`), unquoted.
     pub control: String,
+    /// The engine store's schema name, after resolving `schemas.engine = "auto"`; unquoted.
     pub engine: String,
 }
 
 impl Schemas {
+    /// Both schema names as configured; [`Schemas::render`] quotes them.
     pub fn new(control: &str, engine: &str) -> Self {
         Self {
             control: control.to_owned(),
@@ -131,16 +134,23 @@ impl InstanceTable {
 /// Which store a table belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {
+    /// The df control plane (`schemas.control`).
     Control,
+    /// The duroxide engine store (`schemas.engine`).
     Engine,
 }
 
 /// An index the daemon benefits from but neither pg_durable nor the engine creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SupportingIndex {
+    /// Index name, so `check` can tell whether it exists and `migrate --indexes` is
+    /// idempotent.
     pub name: &'static str,
+    /// Which schema the table lives in.
     pub store: Store,
+    /// The indexed table, unqualified.
     pub table: &'static str,
+    /// Key columns, in order.
     pub columns: &'static [&'static str],
     /// Columns carried in the index so a walk never reads the table.
     pub include: &'static [&'static str],

@@ -83,7 +83,7 @@ pub(super) struct ServerBinaries {
 }
 
 impl ServerBinaries {
-    /// PATH first, then `pg_config --bindir`, then Debian's /usr/lib/postgresql/<ver>/bin,
+    /// PATH first, then `pg_config --bindir`, then Debian's `/usr/lib/postgresql/<ver>/bin`,
     /// newest version first.
     pub(super) fn find() -> Result<Self, ThrowawayError> {
         let mut searched = Vec::new();
@@ -133,7 +133,7 @@ pub(super) fn pg_config_bindir() -> Option<PathBuf> {
     (output.status.success() && !dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
-/// /usr/lib/postgresql/<version>/bin, newest version first.
+/// `/usr/lib/postgresql/<version>/bin`, newest version first.
 pub(super) fn debian_bindirs() -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir("/usr/lib/postgresql") else {
         return Vec::new();

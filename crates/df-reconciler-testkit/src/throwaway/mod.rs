@@ -12,9 +12,9 @@
 //!   user. SIGINT is postgres' fast shutdown.
 //! - Linux sends that signal when the *thread* that forked the child exits, not only when
 //!   the process does, so all binaries are forked from one dedicated thread that lives as
-//!   long as the cluster ([`Spawner`]), never from a caller's (test or tokio) thread.
+//!   long as the cluster (`Spawner`), never from a caller's (test or tokio) thread.
 //! - Values in statics (a test harness's shared cluster) are never dropped, so a janitor
-//!   shell ([`Janitor`]) waits for this process to go, however it goes, then for the
+//!   shell (`Janitor`) waits for this process to go, however it goes, then for the
 //!   postmaster to exit, and removes the folder. `start` also sweeps folders whose owning
 //!   process no longer exists, in case a janitor was killed too.
 //!
@@ -73,46 +73,71 @@ const BIND_ATTEMPTS: u32 = 5;
 /// How much of the server log an error carries.
 const LOG_TAIL_BYTES: u64 = 4096;
 
+/// Why a throwaway cluster could not be started; each message says what to install or
+/// where to look.
 #[derive(Debug, thiserror::Error)]
 pub enum ThrowawayError {
+    /// `initdb` and `postgres` are nowhere to be found.
     #[error(
         "PostgreSQL server binaries (initdb, postgres) were not found on PATH, in \
          `pg_config --bindir` or in /usr/lib/postgresql/*/bin (searched: {searched}); \
          install them with `apt-get install postgresql` (Debian/Ubuntu), or put the \
          directory holding them on PATH"
     )]
-    NoServerBinaries { searched: String },
+    NoServerBinaries {
+        /// The directories looked in, comma-separated.
+        searched: String,
+    },
+    /// `setpriv` (util-linux) is missing; without it the server could outlive a killed test.
     #[error(
         "`setpriv` was not found on PATH; it starts the server with a parent-death signal \
          (and, as root, as the `postgres` user): install it with `apt-get install util-linux`"
     )]
     NoSetpriv,
+    /// Running as root without an OS user `postgres` to drop to.
     #[error(
         "running as root, but there is no OS user `postgres` to run the server as (initdb \
          and postgres refuse to run as root); `apt-get install postgresql` creates it"
     )]
     NoPostgresUser,
+    /// A file, folder or process operation failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
+    /// `initdb` exited unsuccessfully.
     #[error("initdb failed ({status}):\n{stderr}")]
-    InitdbFailed { status: ExitStatus, stderr: String },
+    InitdbFailed {
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed, which says why.
+        stderr: String,
+    },
+    /// The postmaster died before accepting sessions (e.g. another process took the port).
     #[error("postgres exited while starting ({status}); end of the server log:\n{log_tail}")]
     ServerExited {
+        /// The postmaster's exit status.
         status: ExitStatus,
+        /// The end of what the server logged during this start.
         log_tail: String,
     },
+    /// The server ran but did not accept sessions within the readiness deadline (30 s).
     #[error(
         "postgres did not accept sessions on {HOST}:{port} within {waited:?} (last check: \
          {last_check}); end of the server log:\n{log_tail}"
     )]
     StartTimeout {
+        /// The port the server was told to listen on.
         port: u16,
+        /// How long the start was waited for.
         waited: Duration,
+        /// Why the last readiness probe failed.
         last_check: String,
+        /// The end of what the server logged during this start.
         log_tail: String,
     },
 }
@@ -192,10 +217,12 @@ impl ThrowawayCluster {
         Ok(cluster)
     }
 
+    /// The TCP port, chosen at start and kept across `restart`.
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Always `127.0.0.1`: the server listens nowhere else.
     pub fn host(&self) -> &str {
         HOST
     }
@@ -205,10 +232,12 @@ impl ThrowawayCluster {
         format!("postgres://{SUPERUSER}@{HOST}:{}/{dbname}", self.port)
     }
 
+    /// The cluster's data directory (`PGDATA`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
+    /// The server's log file, appended across restarts.
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
