@@ -6,6 +6,7 @@ mod bad_input;
 mod classification;
 mod cli;
 mod fail_closed;
+mod fairness;
 mod guarantees;
 mod hostile;
 mod model;

@@ -93,6 +93,8 @@ impl Daemon {
         let mut failures: u32 = 0;
         // When drift was last counted (`pass.drift_interval`); None: never yet.
         let mut last_drift: Option<Instant> = None;
+        // Passes cut short by pass.max_duration continue where they stopped.
+        let resume = Arc::new(std::sync::Mutex::new(pass::Watermarks::default()));
         let mut due = Instant::now() + jitter(cfg.pass.jitter);
         loop {
             match self.wait_until(due, &mut events, &shutdown).await {
@@ -139,6 +141,7 @@ impl Daemon {
                     lifecycle::watchdog();
                 })),
                 skip_drift: last_drift.is_some_and(|t| t.elapsed() < cfg.pass.drift_interval),
+                resume: Some(resume.clone()),
             };
             match pass::run_pass_with(&pool, &cfg, &options, &shutdown).await {
                 Ok(report) => {

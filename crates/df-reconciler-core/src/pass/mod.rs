@@ -47,7 +47,7 @@ mod tally;
 mod trees;
 mod vacuum;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool};
@@ -65,7 +65,8 @@ use crate::report::PassReport;
 use batch_size::BatchSize;
 use clock::PassClock;
 use pacing::Pacing;
-use phase::{Pass, Phase};
+pub use phase::Watermarks;
+use phase::{Cursor, Pass};
 use statements::Statements;
 use vacuum::vacuum_hints;
 
@@ -90,6 +91,11 @@ pub struct PassOptions {
     pub on_batch: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
     /// Leave the drift counts out (they read every live row; `pass.drift_interval`).
     pub skip_drift: bool,
+    /// Where each phase starts, and where the pass leaves them for the next one: `run`
+    /// keeps one across its passes, so a pass cut short by `pass.max_duration` is continued
+    /// where it stopped instead of rescanning the same skipped rows. None: every phase
+    /// starts at the beginning of the keyset.
+    pub resume: Option<Arc<Mutex<Watermarks>>>,
 }
 
 /// Runs one pass: preflight, both phases, drift counts. `shutdown` is honoured between
@@ -289,13 +295,19 @@ async fn run_phases_on(
         pacing: Pacing::new(cfg.pass.busy_duty_percent),
         report,
     };
-    let mut complete = true;
-    for phase in [Phase::Expired, Phase::Orphans] {
-        if !pass.run_phase(phase).await? {
-            complete = false;
-            break;
+    let start = options
+        .resume
+        .as_ref()
+        .map(|cell| cell.lock().map(|w| w.clone()).unwrap_or_default())
+        .unwrap_or_default();
+    let mut cursors = Cursor::both(&start);
+    let outcome = pass.run_phases(&mut cursors).await;
+    if let Some(cell) = &options.resume {
+        if let Ok(mut w) = cell.lock() {
+            *w = Cursor::resume_point(&cursors);
         }
     }
+    let complete = outcome?;
     if !dry_run {
         // Advice only: a failure to read the estimates must not fail the pass.
         match bounded(

@@ -1,6 +1,7 @@
-//! A phase: keyset batches until one finds no candidate, the pass stops (shutdown,
-//! `pass.max_duration`) or another replica holds the batch fence. A batch rolled back by a
-//! timeout leaves its candidates whole for the next pass.
+//! The phases of a pass: keyset batches of each phase in turn until each finds no
+//! candidate, the pass stops (shutdown, `pass.max_duration`) or another replica holds the
+//! batch fence. A batch rolled back by a timeout leaves its candidates whole for the next
+//! pass.
 
 use std::time::{Instant, SystemTime};
 
@@ -53,62 +54,143 @@ pub(crate) struct Pass<'a> {
     pub(crate) report: &'a mut PassReport,
 }
 
+/// Where each phase stands in the keyset: the watermark to continue after (None: from
+/// before every id, the empty one included), and whether the phase found its end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    /// Phase 1, expired df rows: the last df id seen.
+    pub expired: Option<String>,
+    /// Phase 2, orphan engine roots: the last engine id seen.
+    pub orphans: Option<String>,
+}
+
+/// One phase's place in a pass.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    pub(crate) phase: Phase,
+    pub(crate) watermark: Option<String>,
+    pub(crate) exhausted: bool,
+}
+
+impl Cursor {
+    /// Both phases, each from where `resume` says (a pass that stopped early leaves its
+    /// watermarks for the next one, so a long run of skipped rows at the start of the
+    /// keyset cannot eat every pass's budget).
+    pub(crate) fn both(resume: &Watermarks) -> [Cursor; 2] {
+        [
+            Cursor::at(Phase::Expired, resume.expired.clone()),
+            Cursor::at(Phase::Orphans, resume.orphans.clone()),
+        ]
+    }
+
+    fn at(phase: Phase, watermark: Option<String>) -> Cursor {
+        Cursor {
+            phase,
+            watermark,
+            exhausted: false,
+        }
+    }
+
+    /// Where the next pass starts: after this pass's last batch, or from the beginning
+    /// once the phase reached its end.
+    pub(crate) fn resume_point(cursors: &[Cursor]) -> Watermarks {
+        let of = |phase| {
+            cursors
+                .iter()
+                .find(|c| c.phase == phase && !c.exhausted)
+                .and_then(|c| c.watermark.clone())
+        };
+        Watermarks {
+            expired: of(Phase::Expired),
+            orphans: of(Phase::Orphans),
+        }
+    }
+}
+
+/// Which phases get the next batch: every phase not yet exhausted, in turn, so that under
+/// any budget both make progress (orphans never wait behind a long expired backlog).
+/// Empty once every phase is done.
+pub(crate) fn next_round(cursors: &[Cursor]) -> Vec<usize> {
+    (0..cursors.len())
+        .filter(|&i| !cursors[i].exhausted)
+        .collect()
+}
+
 impl Pass<'_> {
-    /// Runs a phase to its end. Returns false when it stopped early (shutdown or budget).
-    pub(crate) async fn run_phase(&mut self, phase: Phase) -> Result<bool, Error> {
-        // None: the phase starts before every id, the empty one included.
-        let mut watermark: Option<String> = None;
+    /// Runs both phases' batches in turn until each found its end. Returns false when the
+    /// pass stopped early (shutdown, budget, fence). The first round always runs, so even
+    /// the smallest `pass.max_duration` gives each phase a batch per pass.
+    pub(crate) async fn run_phases(&mut self, cursors: &mut [Cursor]) -> Result<bool, Error> {
+        let mut first_round = true;
         loop {
-            if self.shutdown.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(false);
+            let round = next_round(cursors);
+            if round.is_empty() {
+                return Ok(true);
             }
-            let mut progress = None;
-            let cfg = self.cfg;
-            let batch_started = Instant::now();
-            let result = bounded(
-                cfg,
-                "running a batch",
-                self.batch(phase, watermark.as_deref(), &mut progress),
-            )
-            .await;
-            match result {
-                Ok(Step::Exhausted) => return Ok(true),
-                Ok(Step::Fenced) => {
-                    info!(
-                        "another replica holds the batch fence; standing down until the next pass"
-                    );
-                    self.report.fenced = true;
-                    if let Some(m) = &self.options.metrics {
-                        m.fenced.inc();
-                    }
+            for i in round {
+                if self.shutdown.is_cancelled()
+                    || (!first_round && self.deadline.is_some_and(|d| Instant::now() >= d))
+                {
                     return Ok(false);
                 }
-                Ok(Step::Continue { watermark: next }) => {
-                    watermark = Some(next);
-                    self.report.batches += 1;
-                    self.batch_size.after_clean_batch();
-                    let paused = self
-                        .pacing
-                        .pace(batch_started.elapsed(), self.deadline, self.shutdown)
-                        .await;
-                    self.report.paused_ms += paused.as_millis() as u64;
+                if !self.next_batch(&mut cursors[i]).await? {
+                    return Ok(false);
                 }
-                Err(e) if is_timeout(&e) => {
-                    self.report.batches_abandoned += 1;
-                    warn!(?phase, batch_size = self.batch_size.get(), error = %e, "batch abandoned, rolled back");
-                    let statement_timeout = e.sqlstate() == Some(&SqlState::QUERY_CANCELED);
-                    match after_timeout(statement_timeout, progress, &mut self.batch_size) {
-                        Abandoned::MovePast(p) => {
-                            self.report.skipped_abandoned += p.candidates;
-                            watermark = Some(p.watermark);
-                        }
-                        Abandoned::Retry => {}
-                        Abandoned::Fail => return Err(e),
-                    }
-                }
-                Err(e) => return Err(e),
             }
+            first_round = false;
         }
+    }
+
+    /// One batch of `cursor`'s phase, moving its watermark. Returns false when the pass
+    /// must stop (another replica holds the fence).
+    async fn next_batch(&mut self, cursor: &mut Cursor) -> Result<bool, Error> {
+        let phase = cursor.phase;
+        let mut progress = None;
+        let cfg = self.cfg;
+        let batch_started = Instant::now();
+        let result = bounded(
+            cfg,
+            "running a batch",
+            self.batch(phase, cursor.watermark.as_deref(), &mut progress),
+        )
+        .await;
+        match result {
+            Ok(Step::Exhausted) => cursor.exhausted = true,
+            Ok(Step::Fenced) => {
+                info!("another replica holds the batch fence; standing down until the next pass");
+                self.report.fenced = true;
+                if let Some(m) = &self.options.metrics {
+                    m.fenced.inc();
+                }
+                return Ok(false);
+            }
+            Ok(Step::Continue { watermark: next }) => {
+                cursor.watermark = Some(next);
+                self.report.batches += 1;
+                self.batch_size.after_clean_batch();
+                let paused = self
+                    .pacing
+                    .pace(batch_started.elapsed(), self.deadline, self.shutdown)
+                    .await;
+                self.report.paused_ms += paused.as_millis() as u64;
+            }
+            Err(e) if is_timeout(&e) => {
+                self.report.batches_abandoned += 1;
+                warn!(?phase, batch_size = self.batch_size.get(), error = %e, "batch abandoned, rolled back");
+                let statement_timeout = e.sqlstate() == Some(&SqlState::QUERY_CANCELED);
+                match after_timeout(statement_timeout, progress, &mut self.batch_size) {
+                    Abandoned::MovePast(p) => {
+                        self.report.skipped_abandoned += p.candidates;
+                        cursor.watermark = Some(p.watermark);
+                    }
+                    // The same watermark again, in this phase's next turn.
+                    Abandoned::Retry => {}
+                    Abandoned::Fail => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(true)
     }
 }
 
@@ -155,6 +237,38 @@ fn after_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_phase_not_yet_exhausted_gets_a_batch_in_each_round() {
+        let mut cursors = Cursor::both(&Watermarks::default());
+        assert_eq!(next_round(&cursors), vec![0, 1]);
+        cursors[0].exhausted = true;
+        assert_eq!(next_round(&cursors), vec![1]);
+        cursors[1].exhausted = true;
+        assert!(next_round(&cursors).is_empty());
+    }
+
+    #[test]
+    fn a_pass_resumes_where_the_last_stopped_and_starts_over_after_the_end() {
+        let resume = Watermarks {
+            expired: Some("0000a000".to_owned()),
+            orphans: None,
+        };
+        let mut cursors = Cursor::both(&resume);
+        assert_eq!(cursors[0].phase, Phase::Expired);
+        assert_eq!(cursors[0].watermark.as_deref(), Some("0000a000"));
+        assert_eq!(cursors[1].watermark, None);
+        cursors[0].watermark = Some("0000b000".to_owned());
+        cursors[1].watermark = Some("ffff0001".to_owned());
+        cursors[1].exhausted = true;
+        assert_eq!(
+            Cursor::resume_point(&cursors),
+            Watermarks {
+                expired: Some("0000b000".to_owned()),
+                orphans: None,
+            }
+        );
+    }
 
     fn read(candidates: u64) -> Option<Progress> {
         Some(Progress {
