@@ -55,7 +55,7 @@ pub async fn select(client: &Client, cfg: &Config) -> Result<Selection> {
     let child = child_shape("ei.instance_id");
     let sql = format!(
         "
-DROP TABLE IF EXISTS f_cand, f_df, f_roots, f_members, f_bare;
+DROP TABLE IF EXISTS f_cand, f_exp, f_cand_roots, f_tree, f_roots, f_df, f_members, f_bare;
 -- Every terminal df row with its engine root state and terminal_at.
 CREATE TEMP TABLE f_cand AS
 SELECT d.id::text AS id, d.status,
@@ -70,8 +70,9 @@ LEFT JOIN _duroxide.executions ex
 WHERE d.status IN ('completed', 'failed', 'cancelled');
 ANALYZE f_cand;
 
--- Expired (window or over the hard cap) and settled.
-CREATE TEMP TABLE f_df AS
+-- Expired (window or over the hard cap), with a terminal engine root or none; whether the
+-- rest of the tree has ended is decided on whole trees below.
+CREATE TEMP TABLE f_exp AS
 WITH edge AS (
     SELECT terminal_at AS at, id FROM f_cand
     ORDER BY terminal_at DESC NULLS FIRST, id DESC
@@ -87,29 +88,48 @@ WHERE c.terminal_at IS NOT NULL
            AND (edge.at IS NULL OR c.terminal_at < edge.at
                 OR (c.terminal_at = edge.at AND c.id <= edge.id))))
   AND (NOT c.has_engine
-       OR (c.engine_is_root AND c.engine_status IN ('Completed', 'Failed', 'ContinuedAsNew')));
+       OR (c.engine_is_root AND c.engine_status IN ('Completed', 'Failed')));
 
--- Engine roots to delete: those of the expired df rows, and the aged orphans.
-CREATE TEMP TABLE f_roots AS
-SELECT id, false AS orphan FROM f_df WHERE has_engine
+-- Candidate engine roots: those of the expired df rows, and the aged orphans.
+CREATE TEMP TABLE f_cand_roots AS
+SELECT id, false AS orphan FROM f_exp WHERE has_engine
 UNION ALL
 SELECT ei.instance_id, true
 FROM _duroxide.instances ei
 JOIN _duroxide.executions ex
   ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
 WHERE ei.parent_instance_id IS NULL AND NOT {child}
-  AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
+  AND ex.status IN ('Completed', 'Failed')
   AND coalesce(ex.completed_at, ei.updated_at) < now() - make_interval(secs => {orphan_age})
   AND ei.created_at < now()
   AND NOT EXISTS (SELECT 1 FROM df.instances d WHERE d.id::text = ei.instance_id);
 
--- Whole trees.
-CREATE TEMP TABLE f_members AS
-WITH RECURSIVE tree(id) AS (
-    SELECT id FROM f_roots
+-- Their whole trees, each member with its current execution's status.
+CREATE TEMP TABLE f_tree AS
+WITH RECURSIVE tree(root, id) AS (
+    SELECT id, id FROM f_cand_roots
   UNION
-    SELECT c.instance_id FROM _duroxide.instances c JOIN tree ON c.parent_instance_id = tree.id)
-SELECT id FROM tree;
+    SELECT tree.root, c.instance_id
+    FROM _duroxide.instances c JOIN tree ON c.parent_instance_id = tree.id)
+SELECT tree.root, tree.id, ex.status
+FROM tree
+JOIN _duroxide.instances ei ON ei.instance_id = tree.id
+LEFT JOIN _duroxide.executions ex
+       ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id;
+
+-- Settled: every member Completed or Failed.
+CREATE TEMP TABLE f_roots AS
+SELECT r.id, r.orphan
+FROM f_cand_roots r
+WHERE NOT EXISTS (SELECT 1 FROM f_tree t
+                   WHERE t.root = r.id AND coalesce(t.status NOT IN ('Completed', 'Failed'), true));
+
+CREATE TEMP TABLE f_df AS
+SELECT e.id, e.has_engine FROM f_exp e
+WHERE NOT e.has_engine OR EXISTS (SELECT 1 FROM f_roots r WHERE r.id = e.id AND NOT r.orphan);
+
+CREATE TEMP TABLE f_members AS
+SELECT t.id FROM f_tree t JOIN f_roots r ON r.id = t.root;
 
 CREATE TEMP TABLE f_bare AS SELECT id FROM f_df WHERE NOT has_engine;
 ANALYZE f_df; ANALYZE f_roots; ANALYZE f_members; ANALYZE f_bare;

@@ -40,16 +40,19 @@ impl fmt::Display for TerminalStatus {
     }
 }
 
-/// Status of an engine execution (`executions.status`).
+/// Status of an engine execution (`executions.status`). An instance's status is the status
+/// of its current execution (`instances.current_execution_id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EngineStatus {
     /// The engine may still write to the instance: never deleted.
     Running,
     /// Finished successfully.
     Completed,
-    /// Ended with an error.
+    /// Ended with an error (a cancelled orchestration ends Failed too).
     Failed,
-    /// Ended by starting a new execution of the same instance.
+    /// A finished generation of a live instance: the next one is queued (every root LOOP
+    /// passes through it once per iteration). Its completed_at is NULL. As the current
+    /// execution it means the instance is between generations: live, never deleted.
     ContinuedAsNew,
 }
 
@@ -65,14 +68,24 @@ impl EngineStatus {
         }
     }
 
-    /// Settled means the engine will not write to this instance again on its own.
-    /// Unknown status strings are treated as live: never delete what we do not understand.
+    /// A terminal engine instance: its current execution `s` is Completed or Failed, so
+    /// the engine will not write to it again on its own. Running and ContinuedAsNew (between
+    /// generations) are live; so is any status string we do not know: never delete what we
+    /// do not understand.
     pub fn is_terminal(s: &str) -> bool {
-        matches!(
-            Self::parse(s),
-            Some(Self::Completed | Self::Failed | Self::ContinuedAsNew)
-        )
+        matches!(Self::parse(s), Some(Self::Completed | Self::Failed))
     }
+}
+
+/// Settled: every member of an engine tree (the root and all its descendants) is a terminal
+/// engine instance, given the status of each member's current execution (None: unknown,
+/// e.g. no such execution). A root can end while children still run (a RACE's loser, the
+/// children of a failed root): such a tree is not settled until every child has ended.
+/// No member at all (no engine tree) is settled.
+pub fn tree_is_settled<'a>(member_statuses: impl IntoIterator<Item = Option<&'a str>>) -> bool {
+    member_statuses
+        .into_iter()
+        .all(|s| s.is_some_and(EngineStatus::is_terminal))
 }
 
 /// True when an engine instance id has the shape of a sub-orchestration:
@@ -126,6 +139,45 @@ mod tests {
         ] {
             assert!(!has_child_shape(root), "{root}");
         }
+    }
+
+    #[test]
+    fn only_completed_and_failed_are_terminal() {
+        for terminal in ["Completed", "Failed"] {
+            assert!(EngineStatus::is_terminal(terminal), "{terminal}");
+        }
+        // Between generations is live; unknown (or differently spelt) means live too.
+        for live in ["Running", "ContinuedAsNew", "Suspended", "completed", ""] {
+            assert!(!EngineStatus::is_terminal(live), "{live}");
+        }
+    }
+
+    #[test]
+    fn a_tree_is_settled_only_when_every_member_ended() {
+        assert!(tree_is_settled([Some("Completed")]));
+        assert!(tree_is_settled([
+            Some("Failed"),
+            Some("Completed"),
+            Some("Failed")
+        ]));
+        assert!(tree_is_settled([]), "no engine tree at all");
+        // An ended root whose child still runs or is between generations (a RACE's loser,
+        // the children of a failed root), or whose child's status is unknown.
+        for child in [
+            Some("Running"),
+            Some("ContinuedAsNew"),
+            Some("Suspended"),
+            None,
+        ] {
+            assert!(
+                !tree_is_settled([Some("Completed"), Some("Completed"), child]),
+                "{child:?}"
+            );
+        }
+        assert!(!tree_is_settled([
+            Some("ContinuedAsNew"),
+            Some("Completed")
+        ]));
     }
 
     #[test]

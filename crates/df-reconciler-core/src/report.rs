@@ -42,7 +42,8 @@ pub struct ByEngineStatus {
     pub completed: u64,
     /// Roots whose execution `Failed`.
     pub failed: u64,
-    /// Roots whose last execution ended `ContinuedAsNew`.
+    /// Always 0: a root whose current execution is `ContinuedAsNew` is between two
+    /// generations, live, and never reclaimed. Kept so the JSON report keeps its keys.
     pub continued_as_new: u64,
 }
 
@@ -83,7 +84,8 @@ pub struct PassReport {
     pub rows_deleted: BTreeMap<String, u64>,
     /// The same rows, by reason.
     pub rows_by_reason: RowsByReason,
-    /// Expired df rows whose engine root is still Running: retried next pass.
+    /// Expired df rows whose engine tree has not ended (the root or a descendant Running
+    /// or between generations): retried next pass.
     pub skipped_unsettled: u64,
     /// Candidates locked by another session or leased by a dispatcher: retried next pass.
     pub skipped_locked: u64,
@@ -92,7 +94,7 @@ pub struct PassReport {
     pub skipped_abandoned: u64,
     /// Expired df rows whose engine record is not a root (hostile or corrupt data).
     pub skipped_inconsistent: u64,
-    /// Engine roots Running with no df row (drift; never deleted).
+    /// Engine roots Running or between generations with no df row (drift; never deleted).
     pub running_without_df_row: u64,
     /// pending/running df rows with neither engine record nor queue item (drift).
     pub df_rows_without_engine: u64,

@@ -1,11 +1,12 @@
 //! Rows of the classification table for instances that have a df row: expired terminal
-//! ones go whole (with or without an engine record) unless their engine root still runs;
-//! terminal ones within the window and the cap, and live ones, stay.
+//! ones go whole (with or without an engine record) unless their engine root still runs
+//! or is between generations; terminal ones within the window and the cap, and live ones,
+//! stay. (An ended root whose descendants still run: [`super::trees`].)
 
-use crate::support::db::{df_ids, engine_ids, rows_of};
+use crate::support::db::{count, df_ids, engine_ids, engine_statuses, exec, rows_of};
 use crate::support::harness::TestDb;
 use crate::support::passes::{config_for, pass};
-use crate::support::seed::{workflow, DAY};
+use crate::support::seed::{finish_instance, request_cancel, workflow, DAY};
 
 #[tokio::test]
 async fn expired_terminal_with_terminal_engine_root_goes_entirely() {
@@ -112,6 +113,62 @@ async fn expired_terminal_with_running_engine_root_is_skipped_not_half_deleted()
     );
     assert_eq!(report.skipped_unsettled, 1);
     assert_eq!(report.instances_removed(), 0);
+}
+
+/// A root LOOP started 40 days ago, cancelled with df.cancel() a moment ago while the engine
+/// is between two generations: the df row says cancelled (completed_at NULL), the current
+/// execution is ContinuedAsNew (completed_at NULL), its next generation and the
+/// CancelInstance item wait in orchestrator_queue. Its terminal_at falls back to
+/// created_at, 40 days: expired, but the engine has not ended it.
+#[tokio::test]
+async fn a_loop_between_generations_cancelled_long_ago_is_kept_unsettled() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    exec(
+        &c,
+        "SELECT df_fixture.workflow('c1000001', 'cancelled', 'ContinuedAsNew',
+                now() - interval '40 days', now() - interval '1 minute', executions => 40,
+                queue_rows => true)",
+    )
+    .await;
+    request_cancel(&c, "c1000001", 30.0).await;
+    assert_eq!(
+        engine_statuses(&c, "c1000001").await,
+        [("c1000001".to_owned(), "ContinuedAsNew".to_owned())]
+    );
+    let queued = "SELECT count(*) FROM _duroxide.orchestrator_queue
+                   WHERE instance_id = 'c1000001'
+                     AND (work_item LIKE '{\"ContinueAsNew\"%' OR work_item LIKE '{\"CancelInstance\"%')";
+    assert_eq!(
+        count(&c, queued).await,
+        2,
+        "next generation and cancel queued"
+    );
+    let before = rows_of(&c, "c1000001").await;
+
+    for dry_run in [true, false] {
+        let report = pass(&config_for(&db), dry_run).await;
+        assert_eq!(report.skipped_unsettled, 1, "dry run: {dry_run}\n{report}");
+        assert_eq!(
+            report.instances_removed(),
+            0,
+            "dry run: {dry_run}\n{report}"
+        );
+        assert_eq!(
+            rows_of(&c, "c1000001").await,
+            before,
+            "both stores intact (dry run: {dry_run})"
+        );
+    }
+
+    // The engine processes the cancel: a new generation that ends Failed now. terminal_at
+    // is now that completion: within the window, kept.
+    finish_instance(&c, "c1000001", "Failed").await;
+    assert_eq!(count(&c, queued).await, 0, "the queued items were consumed");
+    let report = pass(&config_for(&db), false).await;
+    assert_eq!(report.skipped_unsettled, 0, "{report}");
+    assert_eq!(report.instances_removed(), 0, "{report}");
+    assert_eq!(df_ids(&c).await, ["c1000001"]);
 }
 
 #[tokio::test]

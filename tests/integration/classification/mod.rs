@@ -7,9 +7,12 @@
 //! - [`orphans`]: engine roots without a df row (old, young, running), engine children,
 //!   queue items nobody owns;
 //! - [`leases`]: dispatcher leases and what a lease puts back;
-//! - [`age_and_cap`]: where terminal_at comes from, per-status windows, the hard cap.
+//! - [`age_and_cap`]: where terminal_at comes from, per-status windows, the hard cap;
+//! - [`trees`]: an ended root whose descendants still run keeps its whole tree (df rows'
+//!   and orphans') until every member has ended.
 
 mod age_and_cap;
 mod df_rows;
 mod leases;
 mod orphans;
+mod trees;

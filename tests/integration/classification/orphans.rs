@@ -1,10 +1,11 @@
 //! Rows of the classification table for engine records without a df row: old orphans are
-//! reclaimed with their trees (never before max(window, orphan_min_age)), young and running
-//! ones stay, children never go alone, and queue items nobody owns are only reported.
+//! reclaimed with their trees (never before max(window, orphan_min_age)), young, running
+//! and between-generations ones stay, children never go alone, and queue items nobody owns
+//! are only reported. (Ended roots whose descendants still run: [`super::trees`].)
 
 use std::time::Duration;
 
-use crate::support::db::{count, engine_ids, rows_of};
+use crate::support::db::{count, engine_ids, engine_statuses, exec, rows_of};
 use crate::support::harness::TestDb;
 use crate::support::passes::{config_for, pass};
 use crate::support::seed::{orphan, workflow, DAY, HOUR};
@@ -15,7 +16,13 @@ async fn old_orphans_of_every_terminal_status_are_reclaimed_with_their_trees() {
     let c = db.client().await;
     orphan(&c, "f0000001", "Completed", 40.0 * DAY, 39.0 * DAY, 2).await;
     orphan(&c, "f0000002", "Failed", 40.0 * DAY, 39.0 * DAY, 0).await;
-    orphan(&c, "f0000003", "ContinuedAsNew", 40.0 * DAY, 39.0 * DAY, 1).await;
+    // A loop that ended: two generations ContinuedAsNew, the current one Completed.
+    exec(
+        &c,
+        "SELECT df_fixture.orphan_root('f0000003', 'Completed', now() - interval '40 days',
+                now() - interval '39 days', children => 1, executions => 3)",
+    )
+    .await;
     workflow(
         &c,
         "f0000004",
@@ -34,9 +41,9 @@ async fn old_orphans_of_every_terminal_status_are_reclaimed_with_their_trees() {
     }
     assert_eq!(engine_ids(&c).await, vec!["f0000004"]);
     assert_eq!(report.orphans_reclaimed, 3);
-    assert_eq!(report.orphans_by_status.completed, 1);
+    assert_eq!(report.orphans_by_status.completed, 2);
     assert_eq!(report.orphans_by_status.failed, 1);
-    assert_eq!(report.orphans_by_status.continued_as_new, 1);
+    assert_eq!(report.orphans_by_status.continued_as_new, 0);
     assert_eq!(report.engine_children_removed, 3);
 }
 
@@ -112,6 +119,44 @@ async fn running_engine_root_without_df_row_is_kept_and_counted() {
     assert_eq!(report.running_without_df_row, 1);
 }
 
+/// A root LOOP whose df row is gone, between two generations (current execution
+/// ContinuedAsNew, completed_at NULL, the next generation queued): live, like Running,
+/// however long ago its last generation ended (here the engine has not picked up the next
+/// one for 35 days).
+#[tokio::test]
+async fn a_loop_between_generations_without_df_row_is_kept_and_counted_running() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    exec(
+        &c,
+        "SELECT df_fixture.orphan_root('0c000002', 'ContinuedAsNew', now() - interval '90 days',
+                now() - interval '35 days', children => 1, executions => 30)",
+    )
+    .await;
+    let statuses: Vec<String> = engine_statuses(&c, "0c000002")
+        .await
+        .into_iter()
+        .map(|(_, status)| status)
+        .collect();
+    assert_eq!(
+        statuses,
+        ["ContinuedAsNew", "Completed"],
+        "the root between generations; the finished generation's child"
+    );
+    let before = rows_of(&c, "0c000002").await;
+
+    for dry_run in [true, false] {
+        let report = pass(&config_for(&db), dry_run).await;
+        assert_eq!(report.orphans_reclaimed, 0, "dry run: {dry_run}\n{report}");
+        assert_eq!(
+            report.running_without_df_row, 1,
+            "dry run: {dry_run}\n{report}"
+        );
+        assert_eq!(report.orphans_waiting, 0, "dry run: {dry_run}\n{report}");
+        assert_eq!(rows_of(&c, "0c000002").await, before, "dry run: {dry_run}");
+    }
+}
+
 #[tokio::test]
 async fn engine_children_are_never_deleted_alone() {
     let db = TestDb::new().await;
@@ -142,8 +187,8 @@ async fn engine_children_are_never_deleted_alone() {
     )
     .await
     .unwrap();
-    // A df row whose expired workflow has a child that is still Running: the whole tree
-    // goes with its settled root.
+    // A df row whose expired workflow has a child that is still Running: the child never
+    // goes alone, and the root does not go without it (the tree is unsettled).
     workflow(
         &c,
         "0d000004",
@@ -165,15 +210,11 @@ async fn engine_children_are_never_deleted_alone() {
 
     let report = pass(&config_for(&db), false).await;
 
-    let after = engine_ids(&c).await;
-    let expected: Vec<String> = before
-        .into_iter()
-        .filter(|id| !id.starts_with("0d000004"))
-        .collect();
-    assert_eq!(after, expected, "only the df-owned tree went, as a whole");
+    assert_eq!(engine_ids(&c).await, before, "no child went alone");
     assert_eq!(report.orphans_reclaimed, 0);
-    assert_eq!(report.expired_removed.completed, 1);
-    assert_eq!(report.engine_children_removed, 1);
+    assert_eq!(report.instances_removed(), 0);
+    assert_eq!(report.skipped_unsettled, 1, "0d000004's tree");
+    assert_eq!(report.engine_children_removed, 0);
 }
 
 #[tokio::test]

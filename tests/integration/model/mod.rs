@@ -69,12 +69,23 @@ async fn the_model_on_a_hand_written_population() {
         created: days_and_a_half(created),
         finished: finished.map(days_and_a_half),
         children,
+        child: None,
     };
     let orphan = |engine, created: Ago, finished: Option<Ago>, children| Orphan {
         engine,
         created,
         finished,
         children,
+        child: None,
+    };
+    // The same, with children in `child` whatever the root's status.
+    let with_child = |w: Workflow, child| Workflow {
+        child: Some(child),
+        ..w
+    };
+    let orphan_with_child = |o: Orphan, child| Orphan {
+        child: Some(child),
+        ..o
     };
     let p = Population {
         workflows: BTreeMap::from([
@@ -98,8 +109,9 @@ async fn the_model_on_a_hand_written_population() {
                 "00000005".into(),
                 wf(D::Failed, Some(E::Failed), 40, Some(20), 0),
             ),
-            // ...and the same, but the engine has no completed_at (ContinuedAsNew): ages
-            // from df.created_at, 40.5 days: expired.
+            // ...and the same, but the engine root is between generations (ContinuedAsNew,
+            // no completed_at): ages from df.created_at, 40.5 days, expired, but live:
+            // unsettled, never deleted.
             (
                 "00000006".into(),
                 wf(D::Failed, Some(E::ContinuedAsNew), 40, Some(20), 1),
@@ -129,6 +141,30 @@ async fn the_model_on_a_hand_written_population() {
                 "0000000c".into(),
                 wf(D::Completed, Some(E::Running), 1, Some(0), 0),
             ),
+            // Completed 45.5 days ago, but a RACE's loser still runs: unsettled.
+            (
+                "0000000d".into(),
+                with_child(
+                    wf(D::Completed, Some(E::Completed), 50, Some(45), 2),
+                    E::Running,
+                ),
+            ),
+            // Failed 44.5 days ago; its child loop is between generations: unsettled.
+            (
+                "0000000e".into(),
+                with_child(
+                    wf(D::Failed, Some(E::Failed), 50, Some(44), 1),
+                    E::ContinuedAsNew,
+                ),
+            ),
+            // Cancelled 43.5 days ago; its child was cancelled too (Failed): expired.
+            (
+                "0000000f".into(),
+                with_child(
+                    wf(D::Cancelled, Some(E::Failed), 50, Some(43), 1),
+                    E::Failed,
+                ),
+            ),
         ]),
         orphans: BTreeMap::from([
             // Orphans must be older than max(window 30 days, orphan_min_age 1 h) = 30 days.
@@ -147,7 +183,7 @@ async fn the_model_on_a_hand_written_population() {
                 "f0000002".into(),
                 orphan(E::Failed, days_and_a_half(45), Some(days_and_a_half(40)), 1),
             ),
-            // ContinuedAsNew ages from updated_at (= finished): 35.5 days: reclaimed.
+            // Between generations (ContinuedAsNew) since 35.5 days: live, kept.
             (
                 "f0000003".into(),
                 orphan(
@@ -172,6 +208,27 @@ async fn the_model_on_a_hand_written_population() {
                 "f0000006".into(),
                 orphan(E::Failed, hours_and_a_half(1), Some(Ago(HOUR / 2)), 0),
             ),
+            // Failed 40.5 days ago, a child still Running: kept until it ends.
+            (
+                "f0000007".into(),
+                orphan_with_child(
+                    orphan(E::Failed, days_and_a_half(45), Some(days_and_a_half(40)), 2),
+                    E::Running,
+                ),
+            ),
+            // Completed 40.5 days ago, its children too (given explicitly): reclaimed.
+            (
+                "f0000008".into(),
+                orphan_with_child(
+                    orphan(
+                        E::Completed,
+                        days_and_a_half(45),
+                        Some(days_and_a_half(40)),
+                        1,
+                    ),
+                    E::Completed,
+                ),
+            ),
         ]),
         retention: Retention {
             window: Ago(30 * DAY),
@@ -181,7 +238,8 @@ async fn the_model_on_a_hand_written_population() {
             // Terminal rows by terminal_at DESC, id DESC:
             //   1 0000000c (0.5 d, engine Running)   2 0000000b (1.5 d)   3 0000000a (1.5 d)
             //   4 00000009 (3.5 d)   5 00000008 (5.5 d)   6 00000005 (20.5 d)
-            //   7 00000004 (20.5 d)  8 00000006 (40.5 d)  9 00000007 (200.5 d)
+            //   7 00000004 (20.5 d)  8 00000006 (40.5 d)  9 0000000f (43.5 d)
+            //  10 0000000e (44.5 d) 11 0000000d (45.5 d) 12 00000007 (200.5 d)
             hard_cap: 4,
             orphan_min_age: Ago(HOUR),
             batch_size: 2,
@@ -195,19 +253,24 @@ async fn the_model_on_a_hand_written_population() {
         ("00000003", Fate::Live),
         ("00000004", Fate::ExpiredByAge),
         ("00000005", Fate::OverCap),
-        ("00000006", Fate::ExpiredByAge),
+        ("00000006", Fate::Unsettled),
         ("00000007", Fate::Unsettled),
         ("00000008", Fate::OverCap),
         ("00000009", Fate::Retained),
         ("0000000a", Fate::Retained),
         ("0000000b", Fate::Retained),
         ("0000000c", Fate::Retained),
+        ("0000000d", Fate::Unsettled),
+        ("0000000e", Fate::Unsettled),
+        ("0000000f", Fate::ExpiredByAge),
         ("f0000001", Fate::OrphanYoung),
         ("f0000002", Fate::OrphanReclaimed),
-        ("f0000003", Fate::OrphanReclaimed),
+        ("f0000003", Fate::OrphanRunning),
         ("f0000004", Fate::OrphanReclaimed),
         ("f0000005", Fate::OrphanRunning),
         ("f0000006", Fate::OrphanYoung),
+        ("f0000007", Fate::OrphanUnsettled),
+        ("f0000008", Fate::OrphanReclaimed),
     ];
     let expect: BTreeMap<String, Fate> = expect
         .into_iter()

@@ -51,6 +51,12 @@ pub(super) enum EngineStatus {
 }
 
 impl EngineStatus {
+    /// A terminal engine instance: Completed or Failed. Running and ContinuedAsNew (between
+    /// two generations) are live.
+    pub(super) fn is_terminal(self) -> bool {
+        matches!(self, EngineStatus::Completed | EngineStatus::Failed)
+    }
+
     pub(super) fn sql(self) -> &'static str {
         match self {
             EngineStatus::Running => "Running",
@@ -79,7 +85,8 @@ impl fmt::Debug for Ago {
     }
 }
 
-/// `df_fixture.workflow(id, df, engine, now() - created, now() - finished, children)`.
+/// `df_fixture.workflow(id, df, engine, now() - created, now() - finished, children,
+/// child_status => child)`.
 #[derive(Clone, Debug)]
 pub(super) struct Workflow {
     pub(super) df: DfStatus,
@@ -88,15 +95,20 @@ pub(super) struct Workflow {
     pub(super) created: Ago,
     pub(super) finished: Option<Ago>,
     pub(super) children: i32,
+    /// The status of every child; None: the fixture's default (see `rules::stored`).
+    pub(super) child: Option<EngineStatus>,
 }
 
-/// `df_fixture.orphan_root(id, engine, now() - created, now() - finished, children)`.
+/// `df_fixture.orphan_root(id, engine, now() - created, now() - finished, children,
+/// child_status => child)`.
 #[derive(Clone, Debug)]
 pub(super) struct Orphan {
     pub(super) engine: EngineStatus,
     pub(super) created: Ago,
     pub(super) finished: Option<Ago>,
     pub(super) children: i32,
+    /// The status of every child; None: the fixture's default.
+    pub(super) child: Option<EngineStatus>,
 }
 
 #[derive(Clone, Debug)]

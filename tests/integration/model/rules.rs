@@ -32,21 +32,39 @@ pub(super) struct StoredEngine {
     pub(super) completed_at: Option<Ago>,
     /// instances.updated_at.
     pub(super) updated_at: Ago,
+    /// Status of each child's current execution.
+    pub(super) children: Vec<EngineStatus>,
 }
 
-/// The engine root the fixture writes: finished_at counts only for a terminal status; the
-/// execution's completed_at only for Completed and Failed; updated_at is the finish time, or
-/// the creation time when there is none.
+impl StoredEngine {
+    /// Settled: the root and every child are terminal engine instances (Completed or
+    /// Failed); a root can end while its children still run.
+    pub(super) fn settled(&self) -> bool {
+        self.status.is_terminal() && self.children.iter().all(|c| c.is_terminal())
+    }
+}
+
+/// The engine tree the fixture writes: finished_at counts only for a status other than
+/// Running; the execution's completed_at only for Completed and Failed; updated_at is the
+/// finish time, or the creation time when there is none. Children are in `child`, by
+/// default in the root's status (Completed under a root between generations: the children
+/// of its finished generation).
 pub(super) fn stored_engine(
     status: EngineStatus,
     created: Ago,
     finished: Option<Ago>,
+    children: i32,
+    child: Option<EngineStatus>,
 ) -> StoredEngine {
     let done = if status == EngineStatus::Running {
         None
     } else {
         finished
     };
+    let child = child.unwrap_or(match status {
+        EngineStatus::ContinuedAsNew => EngineStatus::Completed,
+        other => other,
+    });
     StoredEngine {
         status,
         completed_at: match status {
@@ -54,6 +72,7 @@ pub(super) fn stored_engine(
             EngineStatus::Running | EngineStatus::ContinuedAsNew => None,
         },
         updated_at: done.unwrap_or(created),
+        children: vec![child; children.max(0) as usize],
     }
 }
 
@@ -73,7 +92,9 @@ pub(super) fn stored(p: &Population) -> BTreeMap<String, Stored> {
             id.clone(),
             Stored {
                 df: Some(df),
-                engine: w.engine.map(|e| stored_engine(e, w.created, w.finished)),
+                engine: w
+                    .engine
+                    .map(|e| stored_engine(e, w.created, w.finished, w.children, w.child)),
             },
         );
     }
@@ -82,7 +103,9 @@ pub(super) fn stored(p: &Population) -> BTreeMap<String, Stored> {
             id.clone(),
             Stored {
                 df: None,
-                engine: Some(stored_engine(o.engine, o.created, o.finished)),
+                engine: Some(stored_engine(
+                    o.engine, o.created, o.finished, o.children, o.child,
+                )),
             },
         );
     }
@@ -99,7 +122,8 @@ pub(super) enum Fate {
     Live,
     /// Terminal, within its window and the cap.
     Retained,
-    /// Terminal and expired (by age or cap), but its engine root still runs.
+    /// Terminal and expired (by age or cap), but its engine tree has not ended: the root
+    /// or a child is Running or between generations (ContinuedAsNew).
     Unsettled,
     /// Terminal, settled, older than its window: deleted with its tree.
     ExpiredByAge,
@@ -107,10 +131,12 @@ pub(super) enum Fate {
     OverCap,
     /// Engine root without df row, settled and old enough: deleted with its tree.
     OrphanReclaimed,
-    /// Engine root without df row, Running: kept.
+    /// Engine root without df row, Running or between generations: kept.
     OrphanRunning,
-    /// Engine root without df row, settled but too young: kept.
+    /// Engine root without df row, ended but too young: kept.
     OrphanYoung,
+    /// Engine root without df row, ended and old enough, but a child has not ended: kept.
+    OrphanUnsettled,
 }
 
 impl Fate {
@@ -162,14 +188,8 @@ pub(super) fn model(p: &Population) -> BTreeMap<String, Fate> {
                     if !df.status.is_terminal() {
                         Fate::Live
                     } else {
-                        let settled = engine.as_ref().is_none_or(|e| {
-                            matches!(
-                                e.status,
-                                EngineStatus::Completed
-                                    | EngineStatus::Failed
-                                    | EngineStatus::ContinuedAsNew
-                            )
-                        });
+                        // No engine tree at all is settled too.
+                        let settled = engine.as_ref().is_none_or(StoredEngine::settled);
                         let too_old = terminal_at(df, engine.as_ref()) > r.window_for(df.status);
                         let capped = over_cap.contains(id);
                         match (too_old || capped, settled) {
@@ -181,12 +201,14 @@ pub(super) fn model(p: &Population) -> BTreeMap<String, Fate> {
                     }
                 }
                 (None, Some(e)) => {
-                    if e.status == EngineStatus::Running {
+                    if !e.status.is_terminal() {
                         Fate::OrphanRunning
-                    } else if e.completed_at.unwrap_or(e.updated_at) > orphan_age {
+                    } else if e.completed_at.unwrap_or(e.updated_at) <= orphan_age {
+                        Fate::OrphanYoung
+                    } else if e.settled() {
                         Fate::OrphanReclaimed
                     } else {
-                        Fate::OrphanYoung
+                        Fate::OrphanUnsettled
                     }
                 }
                 (None, None) => unreachable!("every generated root has a df row or an engine"),

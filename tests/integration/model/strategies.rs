@@ -48,14 +48,18 @@ pub(super) fn workflow() -> impl Strategy<Value = Workflow> {
         prop_oneof![3 => 1u64..40, 1 => 1u64..400],
         prop::option::weighted(0.8, 0u64..=8),
         0i32..=2,
+        // Mostly the fixture's default (children as their root); sometimes children that
+        // outlive their ended root, or ended under a live one.
+        prop::option::weighted(0.3, engine_status()),
     )
-        .prop_map(|(df, engine, created, eighths, children)| Workflow {
+        .prop_map(|(df, engine, created, eighths, children, child)| Workflow {
             df,
             engine,
             created: days_and_a_half(created),
             // Between creation and now (inclusive): `eighths` of the way back to creation.
             finished: eighths.map(|k| days_and_a_half(created * k / 8)),
             children,
+            child,
         })
 }
 
@@ -74,13 +78,15 @@ pub(super) fn orphan() -> impl Strategy<Value = Orphan> {
         0u64..5,
         prop::option::weighted(0.85, Just(())),
         0i32..=2,
+        prop::option::weighted(0.3, engine_status()),
     )
         .prop_map(
-            |(engine, finished, ran_days, has_finish, children)| Orphan {
+            |(engine, finished, ran_days, has_finish, children, child)| Orphan {
                 engine,
                 created: Ago(finished.0 + ran_days * DAY),
                 finished: has_finish.map(|()| finished),
                 children,
+                child,
             },
         )
 }

@@ -31,11 +31,11 @@ END $$;
 CREATE TRIGGER guard BEFORE DELETE ON df.instances FOR EACH ROW EXECUTE FUNCTION test_guard.df_delete();
 CREATE FUNCTION test_guard.execution_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF OLD.status = 'Running' AND EXISTS (
+  IF OLD.status IN ('Running', 'ContinuedAsNew') AND EXISTS (
        SELECT 1 FROM _duroxide.instances i
-        WHERE i.instance_id = OLD.instance_id AND i.parent_instance_id IS NULL
+        WHERE i.instance_id = OLD.instance_id
           AND i.current_execution_id = OLD.execution_id) THEN
-    RAISE EXCEPTION 'GUARD: running root % deleted', OLD.instance_id;
+    RAISE EXCEPTION 'GUARD: live engine instance % (%) deleted', OLD.instance_id, OLD.status;
   END IF;
   RETURN OLD;
 END $$;

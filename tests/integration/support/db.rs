@@ -32,6 +32,27 @@ pub async fn engine_ids(client: &Client) -> Vec<String> {
     .await
 }
 
+/// The status of each engine instance's current execution, by id, for the instances whose
+/// id starts with `prefix`.
+pub async fn engine_statuses(client: &Client, prefix: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT ei.instance_id, coalesce(ex.status, '?')
+               FROM _duroxide.instances ei
+               LEFT JOIN _duroxide.executions ex
+                      ON ex.instance_id = ei.instance_id
+                     AND ex.execution_id = ei.current_execution_id
+              WHERE ei.instance_id LIKE $1 || '%'
+              ORDER BY 1",
+            &[&prefix],
+        )
+        .await
+        .expect("engine statuses")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 pub async fn ids(client: &Client, sql: &str) -> Vec<String> {
     client
         .query(sql, &[])

@@ -53,6 +53,29 @@ pub async fn orphan(
     .unwrap_or_else(|e| panic!("seeding orphan {id}: {e:?}"));
 }
 
+/// A cancellation request for engine instance `id`, queued `requested_ago` seconds ago:
+/// what `df.cancel()` enqueues before it updates the df row. The instance stays live.
+pub async fn request_cancel(c: &Client, id: &str, requested_ago: f64) {
+    c.execute(
+        "SELECT df_fixture.request_cancel($1, now() - make_interval(secs => $2))",
+        &[&id, &requested_ago],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("requesting the cancellation of {id}: {e:?}"));
+}
+
+/// The engine ends live instance `id` now, in `engine_status` (Completed or Failed): a
+/// Running current execution ends; one between generations starts its queued generation,
+/// which ends at once. Its pending ContinueAsNew and CancelInstance items are consumed.
+pub async fn finish_instance(c: &Client, id: &str, engine_status: &str) {
+    c.execute(
+        "SELECT df_fixture.finish_instance($1, $2)",
+        &[&id, &engine_status],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("finishing {id}: {e:?}"));
+}
+
 /// `df_fixture.backlog(n)`: `n` roots of every kind, mostly expired (see
 /// seed_functions.sql), set-based and fast.
 pub async fn backlog(c: &Client, n: i32) {

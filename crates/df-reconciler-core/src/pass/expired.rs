@@ -22,7 +22,9 @@ use crate::policy::{EngineStatus, TerminalStatus};
 enum Verdict {
     /// Its engine record is not a root (hostile or corrupt data): kept.
     Inconsistent,
-    /// Its engine root is not settled (Running, or a status we do not know): kept.
+    /// Its engine root is not a terminal engine instance (Running, ContinuedAsNew between
+    /// two generations, or a status we do not know): kept. Its descendants are read when
+    /// the tree is locked.
     Unsettled,
     /// Goes on to locking.
     Lock,
@@ -204,12 +206,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_settled_engine_root_goes_on_to_locking() {
-        for settled in ["Completed", "Failed", "ContinuedAsNew"] {
-            assert_eq!(classify(true, true, Some(settled)), Verdict::Lock);
+    fn only_a_terminal_engine_root_goes_on_to_locking() {
+        for terminal in ["Completed", "Failed"] {
+            assert_eq!(classify(true, true, Some(terminal)), Verdict::Lock);
         }
+        // A loop between generations is live, however long ago its df row was cancelled.
         // Unknown means keep: a status we do not know, or none at all.
-        for unsettled in [Some("Running"), Some("Suspended"), Some("completed"), None] {
+        for unsettled in [
+            Some("Running"),
+            Some("ContinuedAsNew"),
+            Some("Suspended"),
+            Some("completed"),
+            None,
+        ] {
             assert_eq!(
                 classify(true, true, unsettled),
                 Verdict::Unsettled,

@@ -67,8 +67,7 @@ pub(crate) struct Statements {
     pub(crate) lock_df_rows: Statement,
     pub(crate) lock_trees: Statement,
     pub(crate) leased: Statement,
-    pub(crate) root_state: Statement,
-    pub(crate) root_status: Statement,
+    pub(crate) orphans_with_df_row: Statement,
     pub(crate) drift: Statement,
     /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
     /// rows instead.
@@ -136,8 +135,7 @@ impl Statements {
             })
             .await?,
             leased: prepare(engine::LEASED).await?,
-            root_state: prepare(reconcile::ROOT_STATE).await?,
-            root_status: prepare(engine::ROOT_STATUS).await?,
+            orphans_with_df_row: prepare(reconcile::ORPHANS_WITH_DF_ROW).await?,
             drift: prepare(reconcile::DRIFT).await?,
             delete_df: deletes(
                 &schemas.control,

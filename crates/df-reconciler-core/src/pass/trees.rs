@@ -1,5 +1,6 @@
-//! Engine trees: expand roots into whole trees, lock every instance without waiting, read
-//! the roots' state after locking, and clear only trees that are whole, locked and settled.
+//! Engine trees: expand roots into whole trees, lock every instance without waiting (the
+//! same statement reads each one's current-execution status), and clear only trees that
+//! are whole, locked and settled: every member Completed or Failed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -9,26 +10,34 @@ use super::deletes::Rows;
 use super::statements::Statements;
 use super::tally::BatchTally;
 use crate::error::{DbContext, Error};
-use crate::policy::EngineStatus;
+use crate::policy::{tree_is_settled, EngineStatus};
 
-/// What a root's state must be, read after locking, for its tree to be deleted.
+/// Whose trees a batch clears: what a whole, locked tree must be, read after locking, to be
+/// deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RootRule {
-    /// A df row's engine root: anything but Running (and a status we know).
+    /// A df row's engine tree: settled, every member (root and descendants) Completed or
+    /// Failed. An unsettled tree is counted as such (`skipped_unsettled`).
     Settled,
-    /// An orphan: terminal and still without a df row.
+    /// An orphan's: settled, and still without a df row. Otherwise simply kept.
     Orphan,
 }
 
 impl RootRule {
-    /// Whether a root whose current execution has `status` (None: unknown) may go.
-    fn allows(self, status: Option<EngineStatus>, has_df_row: bool) -> bool {
-        match (self, status) {
-            (_, None | Some(EngineStatus::Running)) => false,
-            (RootRule::Settled, Some(_)) => true,
-            (RootRule::Orphan, Some(_)) => !has_df_row,
-        }
+    /// Whether a whole, locked tree may go: `settled` (see [`tree_is_settled`]) and, for an
+    /// orphan, `has_df_row` false.
+    fn allows(self, settled: bool, has_df_row: bool) -> bool {
+        settled && (self == RootRule::Settled || !has_df_row)
     }
+}
+
+/// A member of a tree that this batch locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Locked {
+    /// Its row address (ctid), by which a real pass deletes it.
+    address: String,
+    /// Its current execution's status, read by the locking statement (None: unknown).
+    status: Option<String>,
 }
 
 /// Trees cleared for deletion in this batch.
@@ -83,11 +92,12 @@ impl ClearedTrees {
 }
 
 /// Expands `roots` into whole trees, locks every instance without waiting, and clears a
-/// tree only when all its instances were locked and the root's state, read after locking,
-/// satisfies `rule`. `bare_ids` (df rows without an engine record) are cleared when the
-/// engine has not created them meanwhile. Leases: a dry run clears only trees and bare ids
-/// none of whose queue items or instance locks is leased; a real pass learns of leases as
-/// it deletes ([`super::leases::delete_unleased`]).
+/// tree only when all its instances were locked and every one's current execution, read by
+/// the locking statement, is Completed or Failed (settled), and, for an orphan, no df row
+/// has its root after locking (`rule`). `bare_ids` (df rows without an engine record) are
+/// cleared when the engine has not created them meanwhile. Leases: a dry run clears only
+/// trees and bare ids none of whose queue items or instance locks is leased; a real pass
+/// learns of leases as it deletes ([`super::leases::delete_unleased`]).
 pub(crate) async fn lock_trees(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -97,8 +107,7 @@ pub(crate) async fn lock_trees(
     tally: &mut BatchTally,
 ) -> Result<ClearedTrees, Error> {
     let mut trees: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    // Members this batch locked: their row address and current execution.
-    let mut locked: HashMap<String, (String, Option<i64>)> = HashMap::new();
+    let mut locked: HashMap<String, Locked> = HashMap::new();
     // Bare ids are expanded too: an engine record that appeared since selection shows here
     // (and is locked until the batch ends, though never deleted in it).
     let expand: Vec<&String> = roots.iter().chain(bare_ids).collect();
@@ -114,7 +123,13 @@ pub(crate) async fn lock_trees(
             }
             let member: String = row.get(1);
             if row.get::<_, bool>(2) {
-                locked.insert(member.clone(), (row.get(3), row.get(4)));
+                locked.insert(
+                    member.clone(),
+                    Locked {
+                        address: row.get(3),
+                        status: row.get(4),
+                    },
+                );
             }
             trees.entry(row.get(0)).or_default().push(member);
         }
@@ -122,8 +137,8 @@ pub(crate) async fn lock_trees(
         // (a corrupt parent link to a missing instance) are no tree of this batch's.
         trees.retain(|root, members| members.contains(root));
     }
-    // A dry run's leases and the root states are both read after locking and independent
-    // of each other: pipelined, one round trip.
+    // A dry run's leases and the orphans' df rows are both read after locking and
+    // independent of each other: pipelined, one round trip.
     let lease_ids: Vec<&String> = if st.dry_run {
         roots
             .iter()
@@ -147,37 +162,40 @@ pub(crate) async fn lock_trees(
                 .collect::<HashSet<String>>(),
         )
     };
-    // Roots whose own row is locked, with the current execution the lock read.
-    let (state_ids, state_executions): (Vec<&String>, Vec<Option<i64>>) = roots
-        .iter()
-        .filter_map(|r| locked.get(r).map(|(_, execution)| (r, *execution)))
-        .unzip();
-    let read_states = async {
-        let mut states: BTreeMap<String, (Option<String>, bool)> = BTreeMap::new();
-        if !state_ids.is_empty() {
-            let statement = match rule {
-                RootRule::Settled => &st.root_status,
-                RootRule::Orphan => &st.root_state,
-            };
-            for row in tx
-                .query(statement, &[&state_ids, &state_executions])
-                .await
-                .context("reading engine root state")?
-            {
-                // Only ROOT_STATE (orphans) looks for a df row; an expired row's root has
-                // its df row, locked by this batch.
-                let has_df_row = rule == RootRule::Settled || row.get::<_, bool>(2);
-                states.insert(row.get(0), (row.get(1), has_df_row));
-            }
-        }
-        Ok::<_, Error>(states)
+    // Orphan roots whose whole tree is locked and settled: an expired row's root has its
+    // df row, locked by this batch; an orphan's may have gained one.
+    let df_row_ids: Vec<&String> = if rule == RootRule::Orphan {
+        roots
+            .iter()
+            .filter(|r| {
+                trees.get(*r).is_some_and(|tree| {
+                    tree.iter().all(|id| locked.contains_key(id))
+                        && tree_is_settled(tree.iter().map(|id| locked[id].status.as_deref()))
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
-    let (leased, states) = futures_util::future::try_join(read_leases, read_states).await?;
+    let read_df_rows = async {
+        if df_row_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        Ok::<_, Error>(
+            tx.query(&st.orphans_with_df_row, &[&df_row_ids])
+                .await
+                .context("looking for df rows of orphan roots")?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<HashSet<String>>(),
+        )
+    };
+    let (leased, with_df_row) = futures_util::future::try_join(read_leases, read_df_rows).await?;
     let seen = TreesSeen {
         trees,
         locked,
         leased,
-        states,
+        with_df_row,
     };
     Ok(seen.clear(roots, bare_ids, rule, tally))
 }
@@ -187,12 +205,12 @@ pub(crate) async fn lock_trees(
 struct TreesSeen {
     /// By root (or bare id that turned out to have an engine row): its members.
     trees: BTreeMap<String, Vec<String>>,
-    /// Members this batch locked: their row address and current execution.
-    locked: HashMap<String, (String, Option<i64>)>,
+    /// Members this batch locked: their row address and current-execution status.
+    locked: HashMap<String, Locked>,
     /// Ids with a live lease (a dry run reads them here; a real pass as it deletes).
     leased: HashSet<String>,
-    /// By root: its current execution's status and whether a df row has it.
-    states: BTreeMap<String, (Option<String>, bool)>,
+    /// Orphan roots that a df row has (read after locking; empty for df rows' trees).
+    with_df_row: HashSet<String>,
 }
 
 impl TreesSeen {
@@ -208,7 +226,7 @@ impl TreesSeen {
             trees,
             locked,
             leased,
-            states,
+            with_df_row,
         } = self;
         let mut cleared = ClearedTrees::default();
         for root in roots {
@@ -225,11 +243,9 @@ impl TreesSeen {
                 tally.skipped_locked += 1;
                 continue;
             }
-            let (status, has_df_row) = states
-                .get(root)
-                .map(|(s, d)| (s.as_deref().and_then(EngineStatus::parse), *d))
-                .unwrap_or((None, false));
-            if !rule.allows(status, has_df_row) {
+            // Every member, not the root alone: a root can end while children still run.
+            let settled = tree_is_settled(tree.iter().map(|id| locked[id].status.as_deref()));
+            if !rule.allows(settled, with_df_row.contains(root)) {
                 if rule == RootRule::Settled {
                     tally.skipped_unsettled += 1;
                 }
@@ -238,10 +254,10 @@ impl TreesSeen {
             cleared.trees.insert(
                 root.clone(),
                 tree.iter()
-                    .map(|id| (id.clone(), locked[id].0.clone()))
+                    .map(|id| (id.clone(), locked[id].address.clone()))
                     .collect(),
             );
-            if let Some(s) = status {
+            if let Some(s) = locked[root].status.as_deref().and_then(EngineStatus::parse) {
                 cleared.root_statuses.insert(root.clone(), s);
             }
         }
@@ -267,24 +283,43 @@ mod tests {
         list.iter().map(|s| (*s).to_owned()).collect()
     }
 
-    /// A locked tree `root` -> `children`, its root at `status`, without a df row.
-    fn seen_tree(seen: &mut TreesSeen, root: &str, children: &[&str], status: &str) {
-        let members: Vec<String> = std::iter::once(root)
-            .chain(children.iter().copied())
-            .map(str::to_owned)
-            .collect();
-        for (i, m) in members.iter().enumerate() {
-            seen.locked.insert(m.clone(), (format!("(0,{i})"), Some(1)));
+    /// A locked tree: `members` (root first), each with its current execution's status.
+    fn seen_members(seen: &mut TreesSeen, members: &[(&str, Option<&str>)]) {
+        for (i, (id, status)) in members.iter().enumerate() {
+            seen.locked.insert(
+                (*id).to_owned(),
+                Locked {
+                    address: format!("(0,{i})"),
+                    status: status.map(str::to_owned),
+                },
+            );
         }
-        seen.trees.insert(root.to_owned(), members);
-        seen.states
-            .insert(root.to_owned(), (Some(status.to_owned()), false));
+        seen.trees.insert(
+            members[0].0.to_owned(),
+            members.iter().map(|(id, _)| (*id).to_owned()).collect(),
+        );
+    }
+
+    /// A locked tree `root` -> `children`, every member at `status`.
+    fn seen_tree(seen: &mut TreesSeen, root: &str, children: &[&str], status: &str) {
+        let members: Vec<(&str, Option<&str>)> = std::iter::once(root)
+            .chain(children.iter().copied())
+            .map(|id| (id, Some(status)))
+            .collect();
+        seen_members(seen, &members);
     }
 
     #[test]
     fn a_whole_locked_settled_tree_is_cleared_with_its_addresses() {
         let mut seen = TreesSeen::default();
-        seen_tree(&mut seen, "r", &["r::1::a", "r::1::b"], "Completed");
+        seen_members(
+            &mut seen,
+            &[
+                ("r", Some("Completed")),
+                ("r::1::a", Some("Failed")),
+                ("r::1::b", Some("Completed")),
+            ],
+        );
         let mut tally = BatchTally::default();
         let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
         assert!(cleared.is_deletable("r"));
@@ -332,8 +367,8 @@ mod tests {
     }
 
     #[test]
-    fn a_running_or_unknown_root_stays_and_only_a_df_rows_root_counts_as_unsettled() {
-        for status in ["Running", "Suspended"] {
+    fn a_live_or_unknown_root_stays_and_only_a_df_rows_root_counts_as_unsettled() {
+        for status in ["Running", "ContinuedAsNew", "Suspended"] {
             for (rule, unsettled) in [(RootRule::Settled, 1), (RootRule::Orphan, 0)] {
                 let mut seen = TreesSeen::default();
                 seen_tree(&mut seen, "r", &[], status);
@@ -346,11 +381,65 @@ mod tests {
     }
 
     #[test]
+    fn an_ended_root_with_a_child_live_or_unknown_keeps_its_whole_tree() {
+        // A RACE's loser still running, a child loop between generations, a status we do
+        // not know, a current execution that is not there.
+        for child in [
+            Some("Running"),
+            Some("ContinuedAsNew"),
+            Some("Suspended"),
+            None,
+        ] {
+            for root in ["Completed", "Failed"] {
+                for (rule, unsettled) in [(RootRule::Settled, 1), (RootRule::Orphan, 0)] {
+                    let mut seen = TreesSeen::default();
+                    seen_members(
+                        &mut seen,
+                        &[
+                            ("r", Some(root)),
+                            ("r::1::a", Some("Completed")),
+                            ("r::1::a::1::b", child),
+                        ],
+                    );
+                    // Another tree in the same batch is not held back by it.
+                    seen_tree(&mut seen, "s", &["s::1::a"], "Failed");
+                    let mut tally = BatchTally::default();
+                    let cleared = seen.clear(&ids(&["r", "s"]), &[], rule, &mut tally);
+                    assert!(!cleared.is_deletable("r"), "{root} {child:?} {rule:?}");
+                    assert!(cleared.is_deletable("s"), "{root} {child:?} {rule:?}");
+                    assert!(
+                        cleared.members().iter().all(|(id, _)| id.starts_with('s')),
+                        "no member of the unsettled tree goes: {:?}",
+                        cleared.members()
+                    );
+                    assert_eq!(
+                        tally.skipped_unsettled, unsettled,
+                        "{root} {child:?} {rule:?}"
+                    );
+                    assert_eq!(tally.skipped_locked, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tree_goes_only_settled_and_an_orphan_only_without_a_df_row() {
+        assert!(RootRule::Settled.allows(true, true));
+        assert!(!RootRule::Settled.allows(false, true));
+        assert!(RootRule::Orphan.allows(true, false));
+        assert!(!RootRule::Orphan.allows(true, true));
+        assert!(!RootRule::Orphan.allows(false, false));
+    }
+
+    #[test]
     fn an_orphan_that_gained_a_df_row_stays() {
-        assert!(RootRule::Orphan.allows(Some(EngineStatus::Failed), false));
-        assert!(!RootRule::Orphan.allows(Some(EngineStatus::Failed), true));
-        assert!(RootRule::Settled.allows(Some(EngineStatus::ContinuedAsNew), true));
-        assert!(!RootRule::Settled.allows(None, true));
+        let mut seen = TreesSeen::default();
+        seen_tree(&mut seen, "r", &["r::1::a"], "Failed");
+        seen.with_df_row.insert("r".to_owned());
+        let mut tally = BatchTally::default();
+        let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Orphan, &mut tally);
+        assert!(cleared.is_empty());
+        assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (0, 0));
     }
 
     #[test]

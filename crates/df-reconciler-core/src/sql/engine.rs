@@ -110,8 +110,16 @@ pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
 /// dispatcher). UNION (not UNION ALL) makes a cycle in hostile parent links terminate.
 /// Expanding and locking in one statement saves a round trip and a second lookup per
 /// instance in every batch. A locked row also gives its address (ctid), by which the batch
-/// deletes it, and its current execution, whose status is read after locking. A given id
-/// without an engine row comes back alone, with `present` false.
+/// deletes it, and the status of its current execution: a tree is settled only when every
+/// member is Completed or Failed, so every member's status is read, in the same statement,
+/// one probe each. A given id without an engine row comes back alone, with `present` false.
+///
+/// The status is that of the current execution the lock returned. Locking follows a row
+/// updated since the statement's snapshot to its newest version; should the engine have
+/// moved the instance to a new generation meanwhile, that execution is not in the snapshot
+/// and the status reads NULL (unknown: the tree stays). An execution never leaves
+/// Completed or Failed, and a member that ended cannot start children, so a tree whose
+/// members all read terminal is whole and settled.
 macro_rules! trees_then {
     ($lock:literal) => {
         concat!(
@@ -131,7 +139,7 @@ macro_rules! trees_then {
             OFFSET 0) child
     )
     SELECT tree.root_id, tree.instance_id, l.instance_id IS NOT NULL AS locked,
-           l.ctid::text AS address, l.current_execution_id,
+           l.ctid::text AS address, cur.status,
            l.instance_id IS NOT NULL
              OR EXISTS (SELECT 1 FROM {engine}.instances e
                         WHERE e.instance_id = tree.instance_id) AS present
@@ -140,7 +148,12 @@ macro_rules! trees_then {
         SELECT ei.instance_id, ei.ctid, ei.current_execution_id FROM {engine}.instances ei
         WHERE ei.instance_id = tree.instance_id",
             $lock,
-            ") l ON true"
+            ") l ON true
+    -- The locked member's current execution, a primary-key probe (OFFSET 0 keeps it one).
+    LEFT JOIN LATERAL (
+        SELECT ex.status FROM {engine}.executions ex
+        WHERE ex.instance_id = l.instance_id AND ex.execution_id = l.current_execution_id
+        OFFSET 0) cur ON true"
         )
     };
 }
@@ -152,16 +165,6 @@ pub(crate) const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 /// one): pulled up into a join, it was planned as a hash join over the whole instances
 /// table, 90 ms per batch at 200k instead of 11.
 pub(crate) const READ_TREES: &str = trees_then!(" OFFSET 0");
-
-/// Status of the current executions `$2` of roots `$1`, read AFTER the roots' rows were
-/// locked (which gave their current_execution_id; locked, it cannot change). For the
-/// engine roots of expired df rows, whose df rows this batch holds locked; orphans need
-/// [`super::reconcile::ROOT_STATE`], which also looks for a df row.
-pub(crate) const ROOT_STATUS: &str = "
-    SELECT r.id, ex.status
-    FROM unnest($1::text[], $2::bigint[]) AS r(id, execution_id)
-    LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = r.id AND ex.execution_id = r.execution_id";
 
 /// Ids among `$1` that a dispatcher or worker holds a lease on right now (instance lock or
 /// a locked queue item). `locked_until` is epoch milliseconds on the database clock. Read
@@ -182,15 +185,19 @@ pub(crate) const LEASED: &str = concat!(
      WHERE wq.instance_id = ANY($1::text[]) AND wq.locked_until > now_ms.ms"
 );
 
-/// The orphan walk reads terminal executions only and rules out young ones by their
-/// completed_at from the index alone, instead of reading every execution of every instance.
+/// The orphan walk reads terminal executions only (Completed, Failed) and rules out young
+/// ones by their completed_at from the index alone, instead of reading every execution of
+/// every instance. Named apart from its predecessor `df_reconciler_terminal_executions`,
+/// which also covered ContinuedAsNew (the bulk of a looping instance's executions): `check`
+/// finds indexes by name, so it asks for this one and `migrate --indexes` creates it; the
+/// predecessor still serves the walk until an operator drops it.
 pub(crate) const SUPPORTING_INDEXES: [SupportingIndex; 1] = [SupportingIndex {
-    name: "df_reconciler_terminal_executions",
+    name: "df_reconciler_completed_failed_executions",
     store: Store::Engine,
     table: "executions",
     columns: &["instance_id"],
     include: &["execution_id", "completed_at"],
-    predicate: "status IN ('Completed', 'Failed', 'ContinuedAsNew')",
+    predicate: "status IN ('Completed', 'Failed')",
     why:
         "every pass reads all engine executions to find orphans instead of the terminal ones alone",
 }];

@@ -139,13 +139,16 @@ pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
 );
 
 /// The next keyset batch of orphan engine roots after the watermark `$1`, at most `$2`:
-/// roots (no parent AND not child-shaped) with no df row, current execution terminal,
-/// aged (completed_at, else updated_at) before `$3`, created before the oldest open
-/// transaction `$4`. Young orphans are filtered here, so they cannot hide old ones.
+/// roots (no parent AND not child-shaped) with no df row, current execution terminal
+/// (Completed or Failed; ContinuedAsNew is a loop between generations, live), aged
+/// (completed_at, else updated_at) before `$3`, created before the oldest open transaction
+/// `$4`. Young orphans are filtered here, so they cannot hide old ones. Whether the rest of
+/// the tree has ended too is read when the batch locks it.
 ///
 /// Walks terminal executions (from the supporting index
-/// `df_reconciler_terminal_executions` when present) and rules out young ones by their
-/// completed_at before looking at the instance and the df row, one probe each.
+/// `df_reconciler_completed_failed_executions` when present; its predicate is this
+/// statement's status filter) and rules out young ones by their completed_at before
+/// looking at the instance and the df row, one probe each.
 pub(crate) const ORPHAN_CANDIDATES: &str = "
     SELECT ex.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
     FROM {engine}.executions ex
@@ -161,28 +164,24 @@ pub(crate) const ORPHAN_CANDIDATES: &str = "
           AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
         OFFSET 0) ei
     WHERE ($1::text IS NULL OR ex.instance_id > $1::text)
-      AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
+      AND ex.status IN ('Completed', 'Failed')
       AND (ex.completed_at < $3::timestamptz OR ex.completed_at IS NULL)
     ORDER BY ex.instance_id
     LIMIT $2";
 
-/// State of roots `$1` read AFTER their rows were locked (which gave their current
-/// executions `$2`): current execution status and whether a df row exists (an orphan
-/// whose df row appeared is no orphan any more).
-pub(crate) const ROOT_STATE: &str = "
-    SELECT r.id,
-           ex.status,
-           d.id IS NOT NULL AS has_df_row
-    FROM unnest($1::text[], $2::bigint[]) AS r(id, execution_id)
-    -- Driven from the array: `instance_id = ANY($1)` over 1,000 ids got a parallel seq
-    -- scan; the df row as a join, not EXISTS, so it is an index probe per root too.
-    LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = r.id AND ex.execution_id = r.execution_id
-    LEFT JOIN {control}.instances d ON d.id::text = r.id";
+/// Orphan roots among `$1` that have a df row, read AFTER their trees were locked: an
+/// orphan whose df row appeared meanwhile (a df.start() that committed late) is no orphan.
+pub(crate) const ORPHANS_WITH_DF_ROW: &str = "
+    SELECT r.id
+    FROM unnest($1::text[]) AS r(id)
+    -- Driven from the array: `id = ANY($1)` over 1,000 ids got a parallel seq scan; a
+    -- join, not EXISTS, so it is an index probe per root.
+    JOIN {control}.instances d ON d.id::text = r.id";
 
 /// Drift between the stores, reported only. `$1`: now - orphan_min_age; `$2`, `$3`: the
 /// orphan age cutoff and the oldest open transaction, as in [`ORPHAN_CANDIDATES`].
-/// - running_without_df_row: engine roots Running with no df row.
+/// - running_without_df_row: engine roots Running, or between generations
+///   (ContinuedAsNew), with no df row.
 /// - df_rows_without_engine: pending/running df rows older than `$1` with neither an
 ///   engine record nor a queue item (the engine will never run them).
 /// - queue_items_without_instance: orchestrator items older than `$1` whose id has neither
@@ -196,7 +195,7 @@ pub(crate) const DRIFT: &str = "
          JOIN {engine}.executions ex
            ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
         WHERE ei.parent_instance_id IS NULL AND NOT {ei_is_child}
-          AND ex.status = 'Running'
+          AND ex.status IN ('Running', 'ContinuedAsNew')
           AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
       ) AS running_without_df_row,
       (SELECT count(*)
@@ -217,8 +216,29 @@ pub(crate) const DRIFT: &str = "
          JOIN {engine}.executions ex
            ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
         WHERE ei.parent_instance_id IS NULL AND NOT {ei_is_child}
-          AND ex.status IN ('Completed', 'Failed', 'ContinuedAsNew')
+          AND ex.status IN ('Completed', 'Failed')
           AND NOT (coalesce(ex.completed_at, ei.updated_at) < $2::timestamptz
                    AND ei.created_at < $3::timestamptz)
           AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
       ) AS orphans_waiting";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::engine::SUPPORTING_INDEXES;
+
+    #[test]
+    fn orphans_are_walked_over_completed_and_failed_executions_only() {
+        // The supporting index serves the walk only when the walk's status filter implies
+        // the index's predicate; both name the terminal statuses, nothing else.
+        let predicate = SUPPORTING_INDEXES[0].predicate;
+        assert_eq!(predicate, "status IN ('Completed', 'Failed')");
+        assert!(
+            ORPHAN_CANDIDATES.contains(&format!("AND ex.{predicate}")),
+            "{ORPHAN_CANDIDATES}"
+        );
+        for statement in [ORPHAN_CANDIDATES, DRIFT] {
+            assert!(!statement.contains("'Completed', 'Failed', 'ContinuedAsNew'"));
+        }
+    }
+}
