@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::db::{engine_ids, engine_statuses, exec, rows_of, violations};
+use crate::support::db::{count, engine_ids, engine_statuses, exec, rows_of, violations};
 use crate::support::harness::TestDb;
 use crate::support::passes::{config_for, pass};
 use crate::support::seed::{finish_instance, workflow, DAY};
@@ -161,5 +161,74 @@ async fn an_orphan_whose_root_ended_before_its_children_is_kept_until_they_end()
     assert_eq!(report.orphans_reclaimed, 2, "{report}");
     assert_eq!(report.engine_children_removed, 4, "{report}");
     assert!(engine_ids(&c).await.is_empty());
+    assert!(violations(&c).await.is_empty());
+}
+
+/// A tree the batch will not delete is never locked, so a dispatcher acknowledging one of
+/// its instances does not wait for the rest of the batch: while a batch that deletes a
+/// settled tree is held mid-way (a trigger sleeps in its history delete), another session
+/// locks the unsettled tree's instances at once (NOWAIT), root and running child alike.
+#[tokio::test]
+async fn a_tree_the_batch_keeps_is_never_locked_by_it() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    exec(
+        &c,
+        "SELECT df_fixture.workflow('a3000001', 'completed', 'Completed',
+                now() - interval '40 days', now() - interval '39 days', children => 1,
+                child_status => 'Running')",
+    )
+    .await;
+    workflow(
+        &c,
+        "a3000002",
+        "completed",
+        Some("Completed"),
+        40.0 * DAY,
+        Some(39.0 * DAY),
+        1,
+    )
+    .await;
+    exec(
+        &c,
+        "CREATE FUNCTION public.hold_batch() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(4); RETURN NULL; END $$;
+         CREATE TRIGGER hold_batch BEFORE DELETE ON _duroxide.history
+           FOR EACH STATEMENT EXECUTE FUNCTION public.hold_batch()",
+    )
+    .await;
+    let cfg = config_for(&db);
+    let batch = tokio::spawn(async move { pass(&cfg, false).await });
+    // The batch is inside its history delete once the trigger sleeps.
+    crate::support::harness::wait_until("the batch reaches its history delete", Duration::from_secs(20), || async {
+        count(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let probe = db.client().await;
+    let locked = probe
+        .query(
+            "SELECT instance_id FROM _duroxide.instances
+              WHERE instance_id LIKE 'a3000001%' FOR UPDATE NOWAIT",
+            &[],
+        )
+        .await;
+    assert!(
+        locked.is_ok(),
+        "the kept tree is locked by the batch: {:?}",
+        locked.err()
+    );
+    assert_eq!(locked.unwrap().len(), 2);
+    drop(probe);
+    let report = batch.await.unwrap();
+    assert_eq!(report.skipped_unsettled, 1, "{report}");
+    assert_eq!(report.expired_removed.total(), 1, "{report}");
+    let left = engine_ids(&c).await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|id| id.starts_with("a3000001")), "{left:?}");
     assert!(violations(&c).await.is_empty());
 }

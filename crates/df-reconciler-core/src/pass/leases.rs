@@ -22,7 +22,7 @@ const END_LEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT before_leased_rows";
 /// Returns the statement that ends the savepoint, for the batch to send ahead of its other
 /// deletes: those must run in the top transaction, as a row it locked and a subtransaction
 /// deleted would take a MultiXact each. A dry run read the leases when it locked
-/// ([`crate::sql::engine::LEASED`]) and only counts.
+/// (with the trees, [`crate::sql::engine::READ_TREES`]) and only counts.
 pub(crate) async fn delete_unleased(
     tx: &Transaction<'_>,
     st: &Statements,

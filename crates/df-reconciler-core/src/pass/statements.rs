@@ -66,7 +66,6 @@ pub(crate) struct Statements {
     pub(crate) orphan_candidates: Statement,
     pub(crate) lock_df_rows: Statement,
     pub(crate) lock_trees: Statement,
-    pub(crate) leased: Statement,
     pub(crate) orphans_with_df_row: Statement,
     pub(crate) drift: Statement,
     /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
@@ -134,7 +133,6 @@ impl Statements {
                 engine::LOCK_TREES
             })
             .await?,
-            leased: prepare(engine::LEASED).await?,
             orphans_with_df_row: prepare(reconcile::ORPHANS_WITH_DF_ROW).await?,
             drift: prepare(reconcile::DRIFT).await?,
             delete_df: deletes(

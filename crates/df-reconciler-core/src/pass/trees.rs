@@ -108,6 +108,10 @@ pub(crate) async fn lock_trees(
 ) -> Result<ClearedTrees, Error> {
     let mut trees: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut locked: HashMap<String, Locked> = HashMap::new();
+    // Members the statement did not lock: their status as its snapshot showed it.
+    let mut unlocked_status: HashMap<String, Option<String>> = HashMap::new();
+    // Members with a live lease when the trees were read (instance lock, queue item).
+    let mut leased: HashSet<String> = HashSet::new();
     // Bare ids are expanded too: an engine record that appeared since selection shows here
     // (and is locked until the batch ends, though never deleted in it).
     let expand: Vec<&String> = roots.iter().chain(bare_ids).collect();
@@ -117,11 +121,15 @@ pub(crate) async fn lock_trees(
             .await
             .context("expanding and locking engine trees")?
         {
+            let member: String = row.get(1);
+            if row.get::<_, bool>(6) {
+                // Bare df rows too: their queue items may carry a lease.
+                leased.insert(member.clone());
+            }
             if !row.get::<_, bool>(5) {
                 // No engine row (a bare df row, or a root gone since selection).
                 continue;
             }
-            let member: String = row.get(1);
             if row.get::<_, bool>(2) {
                 locked.insert(
                     member.clone(),
@@ -130,6 +138,8 @@ pub(crate) async fn lock_trees(
                         status: row.get(4),
                     },
                 );
+            } else {
+                unlocked_status.insert(member.clone(), row.get(4));
             }
             trees.entry(row.get(0)).or_default().push(member);
         }
@@ -137,31 +147,6 @@ pub(crate) async fn lock_trees(
         // (a corrupt parent link to a missing instance) are no tree of this batch's.
         trees.retain(|root, members| members.contains(root));
     }
-    // A dry run's leases and the orphans' df rows are both read after locking and
-    // independent of each other: pipelined, one round trip.
-    let lease_ids: Vec<&String> = if st.dry_run {
-        roots
-            .iter()
-            .filter_map(|r| trees.get(r))
-            .flatten()
-            .chain(bare_ids)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let read_leases = async {
-        if lease_ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        Ok::<_, Error>(
-            tx.query(&st.leased, &[&lease_ids])
-                .await
-                .context("reading dispatcher leases")?
-                .iter()
-                .map(|r| r.get(0))
-                .collect::<HashSet<String>>(),
-        )
-    };
     // Orphan roots whose whole tree is locked and settled: an expired row's root has its
     // df row, locked by this batch; an orphan's may have gained one.
     let df_row_ids: Vec<&String> = if rule == RootRule::Orphan {
@@ -190,10 +175,11 @@ pub(crate) async fn lock_trees(
                 .collect::<HashSet<String>>(),
         )
     };
-    let (leased, with_df_row) = futures_util::future::try_join(read_leases, read_df_rows).await?;
+    let with_df_row = read_df_rows.await?;
     let seen = TreesSeen {
         trees,
         locked,
+        unlocked_status,
         leased,
         with_df_row,
     };
@@ -207,7 +193,11 @@ struct TreesSeen {
     trees: BTreeMap<String, Vec<String>>,
     /// Members this batch locked: their row address and current-execution status.
     locked: HashMap<String, Locked>,
-    /// Ids with a live lease (a dry run reads them here; a real pass as it deletes).
+    /// Members it did not lock (their tree could not go, or another session held them):
+    /// their current execution's status as the statement's snapshot showed it.
+    unlocked_status: HashMap<String, Option<String>>,
+    /// Ids with a live lease when the trees were read (a real pass also learns of leases
+    /// taken later as it deletes).
     leased: HashSet<String>,
     /// Orphan roots that a df row has (read after locking; empty for df rows' trees).
     with_df_row: HashSet<String>,
@@ -225,6 +215,7 @@ impl TreesSeen {
         let Self {
             trees,
             locked,
+            unlocked_status,
             leased,
             with_df_row,
         } = self;
@@ -240,7 +231,19 @@ impl TreesSeen {
                 .iter()
                 .any(|id| !locked.contains_key(id) || leased.contains(id))
             {
-                tally.skipped_locked += 1;
+                // Never locked because a member had not ended (and none was leased):
+                // unsettled. Leased, or held by another session: locked.
+                let status_of = |id: &String| match locked.get(id) {
+                    Some(l) => l.status.as_deref(),
+                    None => unlocked_status.get(id).and_then(Option::as_deref),
+                };
+                let unsettled = !tree.iter().any(|id| leased.contains(id))
+                    && !tree_is_settled(tree.iter().map(status_of));
+                if !unsettled {
+                    tally.skipped_locked += 1;
+                } else if rule == RootRule::Settled {
+                    tally.skipped_unsettled += 1;
+                }
                 continue;
             }
             // Every member, not the root alone: a root can end while children still run.
@@ -348,13 +351,35 @@ mod tests {
             if leased {
                 seen.leased.insert("r::1::a".to_owned());
             } else {
+                // Another session holds it: the statement saw it ended but could not lock it.
                 seen.locked.remove("r::1::a");
+                seen.unlocked_status
+                    .insert("r::1::a".to_owned(), Some("Completed".to_owned()));
             }
             let mut tally = BatchTally::default();
             let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
             assert!(cleared.is_empty(), "leased: {leased}");
             assert_eq!(tally.skipped_locked, 1);
         }
+    }
+
+    #[test]
+    fn a_tree_left_unlocked_because_a_member_still_runs_counts_as_unsettled() {
+        let mut seen = TreesSeen::default();
+        seen.trees.insert("r".to_owned(), ids(&["r", "r::1::a"]));
+        seen.unlocked_status
+            .insert("r".to_owned(), Some("Completed".to_owned()));
+        seen.unlocked_status
+            .insert("r::1::a".to_owned(), Some("Running".to_owned()));
+        let mut tally = BatchTally::default();
+        let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
+        assert!(cleared.is_empty());
+        assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (0, 1));
+        // Leased as well: the lease is what keeps it this pass.
+        seen.leased.insert("r::1::a".to_owned());
+        let mut tally = BatchTally::default();
+        seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
+        assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (1, 0));
     }
 
     #[test]

@@ -106,27 +106,31 @@ pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
     ORDER BY 1";
 
 /// Every instance of the trees under the given roots (`$1`), following parent_instance_id
-/// down, each locked without waiting: `locked` is false for a row another session holds (a
-/// dispatcher). UNION (not UNION ALL) makes a cycle in hostile parent links terminate.
-/// Expanding and locking in one statement saves a round trip and a second lookup per
-/// instance in every batch. A locked row also gives its address (ctid), by which the batch
-/// deletes it, and the status of its current execution: a tree is settled only when every
-/// member is Completed or Failed, so every member's status is read, in the same statement,
-/// one probe each. A given id without an engine row comes back alone, with `present` false.
+/// down, and the trees that may go locked without waiting. UNION (not UNION ALL) makes a
+/// cycle in hostile parent links terminate.
 ///
-/// The status is that of the current execution the lock returned. Locking follows a row
-/// updated since the statement's snapshot to its newest version; should the engine have
-/// moved the instance to a new generation meanwhile, that execution is not in the snapshot
-/// and the status reads NULL (unknown: the tree stays). An execution never leaves
-/// Completed or Failed, and a member that ended cannot start children, so a tree whose
-/// members all read terminal is whole and settled.
+/// Only trees that look deletable are locked: every member present, its current execution
+/// Completed or Failed (a tree is settled only when every member ended), and no member
+/// leased (an instance lock or queue item whose `locked_until` is ahead of the database
+/// clock). A tree the batch will not delete is never locked, so a dispatcher acknowledging
+/// one of its instances never waits for the rest of the batch. For every member the row
+/// says whether this batch locked it (`locked`; false also for a row another session
+/// holds), its address (ctid, by which the batch deletes it), its current execution's status
+/// (read after locking for a locked member, from the snapshot otherwise), whether it has an
+/// engine row at all (`present`) and whether it was leased. A given id without an engine row
+/// comes back alone, `present` false.
+///
+/// The status of a locked member is that of the current execution the lock returned.
+/// Locking follows a row updated since the statement's snapshot to its newest version;
+/// should the engine have moved the instance to a new generation meanwhile, that execution
+/// is not in the snapshot and the status reads NULL (unknown: the tree stays). An execution
+/// never leaves Completed or Failed, and a member that ended cannot start children, so a
+/// tree whose members all read terminal is whole and settled.
 macro_rules! trees_then {
     ($lock:literal) => {
         concat!(
             "
     WITH RECURSIVE tree(root_id, instance_id) AS (
-        -- Every given id, whether or not it has an engine row: the lock below finds the
-        -- row, and only an id whose row it did not lock is looked up (`present`).
         SELECT r.id, r.id FROM unnest($1::text[]) AS r(id)
       UNION
         -- A probe of the parent index per member (OFFSET 0): as a join, the recursive
@@ -137,18 +141,46 @@ macro_rules! trees_then {
             SELECT c.instance_id FROM {engine}.instances c
             WHERE c.parent_instance_id = tree.instance_id
             OFFSET 0) child
-    )
-    SELECT tree.root_id, tree.instance_id, l.instance_id IS NOT NULL AS locked,
-           l.ctid::text AS address, cur.status,
-           l.instance_id IS NOT NULL
-             OR EXISTS (SELECT 1 FROM {engine}.instances e
-                        WHERE e.instance_id = tree.instance_id) AS present
-    FROM tree
-    LEFT JOIN LATERAL (
+    ),
+    now_ms(ms) AS (SELECT ",
+            now_epoch_ms!(),
+            "),
+    -- Each member as the snapshot shows it: a primary-key probe per table (OFFSET 0).
+    seen AS (
+        SELECT tree.root_id, tree.instance_id, e.instance_id IS NOT NULL AS present,
+               ex.status,
+               EXISTS (SELECT 1 FROM {engine}.instance_locks il
+                        WHERE il.instance_id = tree.instance_id AND il.locked_until > now_ms.ms)
+            OR EXISTS (SELECT 1 FROM {engine}.orchestrator_queue oq
+                        WHERE oq.instance_id = tree.instance_id AND oq.locked_until > now_ms.ms)
+            OR EXISTS (SELECT 1 FROM {engine}.worker_queue wq
+                        WHERE wq.instance_id = tree.instance_id AND wq.locked_until > now_ms.ms)
+               AS leased
+        FROM tree CROSS JOIN now_ms
+        LEFT JOIN LATERAL (
+            SELECT ei.instance_id, ei.current_execution_id FROM {engine}.instances ei
+            WHERE ei.instance_id = tree.instance_id OFFSET 0) e ON true
+        LEFT JOIN LATERAL (
+            SELECT x.status FROM {engine}.executions x
+            WHERE x.instance_id = e.instance_id AND x.execution_id = e.current_execution_id
+            OFFSET 0) ex ON true
+    ),
+    deletable AS (
+        SELECT root_id FROM seen GROUP BY root_id
+        HAVING bool_and(present AND status IN ('Completed', 'Failed') AND NOT leased)
+    ),
+    l AS (
         SELECT ei.instance_id, ei.ctid, ei.current_execution_id FROM {engine}.instances ei
-        WHERE ei.instance_id = tree.instance_id",
+        WHERE ei.instance_id IN (SELECT s.instance_id FROM seen s JOIN deletable d USING (root_id))",
             $lock,
-            ") l ON true
+            "
+    )
+    SELECT seen.root_id, seen.instance_id, l.instance_id IS NOT NULL AS locked,
+           l.ctid::text AS address,
+           CASE WHEN l.instance_id IS NOT NULL THEN cur.status ELSE seen.status END AS status,
+           seen.present, seen.leased
+    FROM seen
+    LEFT JOIN l ON l.instance_id = seen.instance_id
     -- The locked member's current execution, a primary-key probe (OFFSET 0 keeps it one).
     LEFT JOIN LATERAL (
         SELECT ex.status FROM {engine}.executions ex
@@ -160,30 +192,9 @@ macro_rules! trees_then {
 
 pub(crate) const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 
-/// The dry-run twin of [`LOCK_TREES`]: a read-only transaction cannot lock; every instance
-/// counts as locked. OFFSET 0 keeps the probe a probe (FOR UPDATE does that in the real
-/// one): pulled up into a join, it was planned as a hash join over the whole instances
-/// table, 90 ms per batch at 200k instead of 11.
+/// The dry-run twin of [`LOCK_TREES`]: a read-only transaction cannot lock; every member
+/// of a deletable tree counts as locked.
 pub(crate) const READ_TREES: &str = trees_then!(" OFFSET 0");
-
-/// Ids among `$1` that a dispatcher or worker holds a lease on right now (instance lock or
-/// a locked queue item). `locked_until` is epoch milliseconds on the database clock. Read
-/// by a dry run, which cannot delete; a real pass reads the leases of the rows as it
-/// deletes them ([`super::InstanceTable::delete_reporting_leases`]).
-pub(crate) const LEASED: &str = concat!(
-    "
-    WITH now_ms(ms) AS (SELECT ",
-    now_epoch_ms!(),
-    ")
-    SELECT il.instance_id FROM {engine}.instance_locks il, now_ms
-     WHERE il.instance_id = ANY($1::text[]) AND il.locked_until > now_ms.ms
-    UNION
-    SELECT oq.instance_id FROM {engine}.orchestrator_queue oq, now_ms
-     WHERE oq.instance_id = ANY($1::text[]) AND oq.locked_until > now_ms.ms
-    UNION
-    SELECT wq.instance_id FROM {engine}.worker_queue wq, now_ms
-     WHERE wq.instance_id = ANY($1::text[]) AND wq.locked_until > now_ms.ms"
-);
 
 /// The orphan walk reads terminal executions only (Completed, Failed) and rules out young
 /// ones by their completed_at from the index alone, instead of reading every execution of
