@@ -28,14 +28,17 @@
 --     SELECT ... FOR UPDATE SKIP LOCKED, which is how the daemon avoids ever waiting on the
 --     live engine. It never updates a row.
 --   * SELECT on the engine's migrations table: the engine-version check.
---     The other engine tables (sessions, _worker_ready) are only checked to exist, from the
---     catalog, and need no privilege.
+--     The engine's sessions table is only checked to exist, from the catalog, and needs no
+--     privilege; _worker_ready (created by pg_durable's worker on its first start) is
+--     neither required nor touched.
 --   * BYPASSRLS: df.instances and df.nodes have row-level security; a role subject to it
 --     would see only its own rows and take every other engine record for an orphan. The
 --     daemon refuses to run without it (it sets row_security = off, so PostgreSQL raises
 --     instead of hiding rows).
---   * pg_read_all_stats: lets the orphan guard see other sessions' open transactions
---     (pg_stat_activity.xact_start). Without it the guard rests on orphan_min_age alone.
+--   * pg_read_all_stats, used through INHERIT: lets the orphan guard see other sessions'
+--     open transactions (pg_stat_activity.xact_start). Without it the guard would be
+--     blind, so the daemon reclaims no orphan at all (expired instances still go) and
+--     says so in `check` and every report. A NOINHERIT member is blind too.
 --   * EXECUTE on df.duroxide_schema(): schemas.engine = "auto" asks it where the engine is.
 --   * its own schema for the audit trail (df-reconciler migrate creates the tables there).
 
@@ -70,7 +73,7 @@ BEGIN
     END IF;
 END
 $role$;
-ALTER ROLE :"role" WITH LOGIN BYPASSRLS NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+ALTER ROLE :"role" WITH LOGIN BYPASSRLS INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
 
 GRANT USAGE ON SCHEMA :"control_schema", :"engine_schema" TO :"role";
 
@@ -94,7 +97,7 @@ GRANT SELECT, DELETE ON
 GRANT UPDATE (instance_id) ON :"engine_schema".instances TO :"role";
 GRANT SELECT ON :"engine_schema"._duroxide_migrations TO :"role";
 
--- The oldest-open-transaction guard.
+-- The oldest-open-transaction guard (without it, no orphan is ever reclaimed).
 GRANT pg_read_all_stats TO :"role";
 
 -- The audit trail: a schema of its own, owned by the role (or, when it already exists,

@@ -1,13 +1,15 @@
 //! Fail closed: with invisible rows, missing schemas or tables, missing privileges or an
-//! unknown per-instance engine table, a pass refuses to run and deletes nothing. Also the
-//! discovery of the engine schema.
+//! unknown per-instance engine table, a pass refuses to run and deletes nothing; with an
+//! open-transaction guard that cannot see every session, it reclaims no orphan. What is
+//! not required (`_worker_ready`). Also the discovery of the engine schema.
 
 use df_reconciler_core::config::SecretString;
 use df_reconciler_core::error::{exit_code, Error};
 
-use crate::support::db::{count, ids};
+use crate::support::db::{count, df_ids, engine_ids, ids};
 use crate::support::harness::TestDb;
 use crate::support::passes::{config_for, pass, try_pass};
+use crate::support::process::{binary, run, text};
 use crate::support::seed::seed_deletable;
 
 /// Rows of df.instances plus the engine's instances, wherever the engine schema is now.
@@ -89,8 +91,59 @@ async fn a_role_with_bypassrls_and_grants_reconciles() {
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 }
 
+/// Expects a pass (real or dry) that removes the expired workflow of [`seed_deletable`]
+/// but holds back its old orphan for `reason`, saying why in `warnings` (mentioning
+/// `needle`) and in `orphans_held`; then `check` with the same configuration warns too.
+async fn assert_orphans_held(
+    db: &TestDb,
+    cfg: &df_reconciler_core::config::Config,
+    reason: &str,
+    needle: &str,
+) {
+    for dry_run in [true, false] {
+        let report = pass(cfg, dry_run).await;
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(
+            json["orphans_held"],
+            serde_json::json!([reason]),
+            "dry run {dry_run}: {json}"
+        );
+        assert!(
+            report.warnings.iter().any(|w| w.contains(needle)),
+            "{:?}",
+            report.warnings
+        );
+        assert_eq!(
+            report.orphans_reclaimed, 0,
+            "dry run {dry_run}: the guard is blind"
+        );
+        assert_eq!(
+            report.expired_removed.completed, 1,
+            "the expired phase still runs"
+        );
+    }
+    let c = db.client().await;
+    assert!(df_ids(&c).await.is_empty());
+    assert_eq!(engine_ids(&c).await, vec!["70000002"], "the orphan is kept");
+
+    let mut cmd = binary();
+    cmd.arg("check").env(
+        "DF_RECONCILER__DATABASE__URL",
+        cfg.database.url.as_ref().unwrap().expose(),
+    );
+    let out = run(cmd).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("warning:") && l.contains(needle) && l.contains("no orphan")),
+        "{stdout}"
+    );
+}
+
 #[tokio::test]
-async fn without_pg_read_all_stats_the_guard_falls_back_to_the_age_floor_and_says_so() {
+async fn without_pg_read_all_stats_no_orphan_is_reclaimed_and_reports_and_check_say_why() {
     let db = TestDb::new().await;
     seed_deletable(&db).await;
     let name = format!("{}_nostats", db.name);
@@ -102,19 +155,24 @@ async fn without_pg_read_all_stats_the_guard_falls_back_to_the_age_floor_and_say
         .unwrap();
     let mut cfg = config_for(&db);
     cfg.database.url = Some(SecretString::new(dsn));
-    let report = pass(&cfg, false).await;
-    assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.contains("pg_read_all_stats")),
-        "{:?}",
-        report.warnings
-    );
-    assert_eq!(
-        report.orphans_reclaimed, 1,
-        "old orphans still go, by the age floor"
-    );
+    assert_orphans_held(&db, &cfg, "no_stats_privilege", "pg_read_all_stats").await;
+}
+
+/// A NOINHERIT role is a member of pg_read_all_stats but does not use its privileges
+/// without SET ROLE: pg_stat_activity still hides other roles' sessions from it.
+#[tokio::test]
+async fn a_noinherit_member_of_pg_read_all_stats_is_blind_too() {
+    let db = TestDb::new().await;
+    seed_deletable(&db).await;
+    let dsn = role(
+        &db,
+        &format!("{}_noinherit", db.name),
+        "BYPASSRLS NOINHERIT",
+    )
+    .await;
+    let mut cfg = config_for(&db);
+    cfg.database.url = Some(SecretString::new(dsn));
+    assert_orphans_held(&db, &cfg, "no_stats_privilege", "pg_read_all_stats").await;
 }
 
 #[tokio::test]
@@ -169,6 +227,33 @@ async fn missing_schemas_and_tables_are_named() {
         .await
         .unwrap();
     assert_refused(&db, &config_for(&db), "_duroxide.kv_delta does not exist").await;
+}
+
+/// pg_durable's background worker creates `_worker_ready` the first time it starts: a
+/// fresh install may not have it yet. It is never required (and never touched).
+#[tokio::test]
+async fn a_missing_worker_ready_sentinel_is_not_required() {
+    let db = TestDb::new().await;
+    seed_deletable(&db).await;
+    db.client()
+        .await
+        .batch_execute("DROP TABLE _duroxide._worker_ready")
+        .await
+        .unwrap();
+
+    let mut cmd = binary();
+    cmd.arg("check")
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(cmd).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(!stdout.contains("_worker_ready"), "{stdout}");
+
+    for dry_run in [true, false] {
+        let report = pass(&config_for(&db), dry_run).await;
+        assert_eq!(report.instances_removed(), 2, "dry run {dry_run}");
+    }
+    assert!(engine_ids(&db.client().await).await.is_empty());
 }
 
 #[tokio::test]

@@ -376,6 +376,145 @@ async fn a_prepared_transaction_protects_like_an_open_one() {
     assert!(engine_ids(&c).await.is_empty());
 }
 
+/// pg_prepared_xacts has only a prepared transaction's PREPARE time, not its start: a
+/// df.start() inside it may have had its engine record created (and failed) BEFORE the
+/// PREPARE. So while any prepared transaction exists in the database, no orphan at all is
+/// reclaimed (the expired phase still runs), and the report says why.
+#[tokio::test]
+async fn a_prepared_transaction_holds_back_every_orphan_even_those_created_before_it() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut cfg = config_for(&db);
+    cfg.retention.window = Duration::ZERO;
+    cfg.retention.orphan_min_age = Duration::ZERO;
+    cfg.retention.allow_short_retention = true;
+    // An unrelated old orphan and an expired workflow.
+    orphan(&c, "25000002", "Failed", DAY, DAY, 0).await;
+    c.execute(
+        "UPDATE _duroxide.instances SET created_at = now() - interval '1 day' WHERE instance_id = '25000002'",
+        &[],
+    )
+    .await
+    .unwrap();
+    workflow(&c, "25000003", "failed", Some("Failed"), DAY, Some(DAY), 0).await;
+    // df.start() in the caller's transaction; the engine, on its own connection, creates
+    // and fails the orchestration; only then does the caller PREPARE.
+    let gid = format!("{}_early", db.name);
+    let caller = db.client().await;
+    caller
+        .batch_execute(
+            "BEGIN;
+             SELECT df_fixture.workflow('25000001', 'failed', NULL, clock_timestamp(), NULL, 0);",
+        )
+        .await
+        .unwrap();
+    orphan(&c, "25000001", "Failed", 0.0, 0.0, 0).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    caller
+        .batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+        .await
+        .unwrap();
+
+    for dry_run in [true, false] {
+        let report = pass(&cfg, dry_run).await;
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(
+            json["orphans_held"],
+            serde_json::json!(["prepared_transactions"]),
+            "dry run {dry_run}: {json}"
+        );
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("prepared transaction")),
+            "{:?}",
+            report.warnings
+        );
+        assert_eq!(
+            report.orphans_reclaimed, 0,
+            "dry run {dry_run}: the prepared start may still commit"
+        );
+        assert_eq!(
+            report.expired_removed.failed, 1,
+            "the expired phase still runs"
+        );
+    }
+    assert_eq!(engine_ids(&c).await, vec!["25000001", "25000002"]);
+
+    c.batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .await
+        .unwrap();
+    let report = pass(&cfg, false).await;
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["orphans_held"], serde_json::json!([]), "{json}");
+    assert_eq!(
+        report.expired_removed.failed, 1,
+        "25000001 has its df row now"
+    );
+    assert_eq!(report.orphans_reclaimed, 1, "25000002");
+    assert!(engine_ids(&c).await.is_empty());
+}
+
+/// A session running with `track_activities = off` shows pg_stat_activity no transaction
+/// start (state `disabled`), even to a superuser: a df.start() in it would be invisible to
+/// the guard, so no orphan is reclaimed while such a session exists.
+#[tokio::test]
+async fn a_session_hiding_its_transaction_start_holds_back_every_orphan() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut cfg = config_for(&db);
+    cfg.retention.window = Duration::ZERO;
+    cfg.retention.orphan_min_age = Duration::ZERO;
+    cfg.retention.allow_short_retention = true;
+    let caller = db.client().await;
+    caller
+        .batch_execute("SET track_activities = off")
+        .await
+        .unwrap();
+    caller.batch_execute("BEGIN").await.unwrap();
+    caller
+        .execute(
+            "SELECT df_fixture.workflow('26000001', 'failed', NULL, clock_timestamp(), NULL, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    orphan(&c, "26000001", "Failed", 0.0, 0.0, 0).await;
+
+    for dry_run in [true, false] {
+        let report = pass(&cfg, dry_run).await;
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(
+            json["orphans_held"],
+            serde_json::json!(["hidden_sessions"]),
+            "dry run {dry_run}: {json}"
+        );
+        assert_eq!(report.orphans_reclaimed, 0, "dry run {dry_run}");
+    }
+    assert_eq!(engine_ids(&c).await, vec!["26000001"]);
+
+    caller.batch_execute("COMMIT").await.unwrap();
+    drop(caller);
+    wait_until(
+        "the caller's session is gone",
+        Duration::from_secs(10),
+        || async {
+            count(
+                &c,
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND state = 'disabled'",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+    let report = pass(&cfg, false).await;
+    assert_eq!(report.expired_removed.failed, 1, "a normal workflow now");
+    assert!(engine_ids(&c).await.is_empty());
+}
+
 /// A batch whose statement times out is rolled back and the next ones run at half the
 /// size; after `BATCHES_BEFORE_GROWING` (8) clean batches the size doubles back to
 /// `pass.batch_size`. The timed-out batch's candidates are left whole for the next pass.

@@ -195,6 +195,12 @@ impl Daemon {
                 if let Ok(Some(w)) = preflight::in_database_reconcile_warning(&**client).await {
                     warn!("{w}");
                 }
+                // Also in every pass's report while it lasts; said once here at start.
+                if let Ok(guard) = preflight::orphan_guard(&**client).await {
+                    for w in guard.warnings() {
+                        warn!("{w}");
+                    }
+                }
                 Ok::<_, Error>(())
             };
             match attempt.await {

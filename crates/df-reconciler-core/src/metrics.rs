@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::report::PassReport;
+use crate::report::{OrphanHold, PassReport};
 
 /// Labels of `df_reconciler_rows_deleted_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,8 +62,17 @@ pub struct ReloadOutcome {
 /// Labels of `df_reconciler_drift`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DriftKind {
-    /// `running_without_df_row`, `df_rows_without_engine` or `queue_items_without_instance`.
+    /// `running_without_df_row`, `df_rows_without_engine`, `df_live_engine_ended` or
+    /// `queue_items_without_instance`.
     pub kind: &'static str,
+}
+
+/// Labels of `df_reconciler_orphans_held`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HoldReason {
+    /// `no_stats_privilege`, `hidden_sessions` or `prepared_transactions`
+    /// ([`OrphanHold::as_str`]).
+    pub reason: &'static str,
 }
 
 /// Every metric of the daemon. Cheap to clone handles live inside; share it in an `Arc`.
@@ -107,6 +116,10 @@ pub struct Metrics {
     /// `df_reconciler_drift`: drift between the stores, per kind, at the last complete
     /// pass that counted it (reported, never deleted).
     pub drift: Family<DriftKind, Gauge>,
+    /// `df_reconciler_orphans_held`: 1 per reason that kept the last real pass from
+    /// reclaiming any orphan (the open-transaction guard could not see every
+    /// transaction), 0 otherwise.
+    pub orphans_held: Family<HoldReason, Gauge>,
     /// `df_reconciler_leader`: 1 while this replica holds the leader lock (or leader
     /// election is off).
     pub leader: Gauge,
@@ -145,6 +158,7 @@ impl Metrics {
             backlog_eligible: Gauge::default(),
             backlog_oldest_age: Gauge::default(),
             drift: Family::default(),
+            orphans_held: Family::default(),
             leader: Gauge::default(),
             fenced: Counter::default(),
             config_reloads: Family::default(),
@@ -223,6 +237,11 @@ impl Metrics {
             m.drift.clone(),
         );
         r.register(
+            "orphans_held",
+            "1 per reason that kept the last real pass from reclaiming any orphan",
+            m.orphans_held.clone(),
+        );
+        r.register(
             "leader",
             "1 while this replica holds the leader lock",
             m.leader.clone(),
@@ -268,6 +287,13 @@ impl Metrics {
             self.consecutive_failures.inc();
         } else {
             self.consecutive_failures.set(0);
+            for hold in OrphanHold::ALL {
+                self.orphans_held
+                    .get_or_create(&HoldReason {
+                        reason: hold.as_str(),
+                    })
+                    .set(i64::from(report.orphans_held.contains(&hold)));
+            }
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
@@ -332,6 +358,7 @@ impl Metrics {
             for (kind, n) in [
                 ("running_without_df_row", report.running_without_df_row),
                 ("df_rows_without_engine", report.df_rows_without_engine),
+                ("df_live_engine_ended", report.df_live_engine_ended),
                 (
                     "queue_items_without_instance",
                     report.queue_items_without_instance,
@@ -340,5 +367,38 @@ impl Metrics {
                 self.drift.get_or_create(&DriftKind { kind }).set(n as i64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_pass_sets_the_drift_gauges_and_the_orphan_holds() {
+        let metrics = Metrics::new();
+        let report = PassReport {
+            complete: true,
+            drift_counted: true,
+            df_live_engine_ended: 3,
+            orphans_held: vec![OrphanHold::PreparedTransactions],
+            ..PassReport::default()
+        };
+        metrics.observe_pass(&report, false);
+        let text = metrics.encode();
+        for line in [
+            "df_reconciler_drift{kind=\"df_live_engine_ended\"} 3",
+            "df_reconciler_orphans_held{reason=\"prepared_transactions\"} 1",
+            "df_reconciler_orphans_held{reason=\"no_stats_privilege\"} 0",
+            "df_reconciler_orphans_held{reason=\"hidden_sessions\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+
+        metrics.observe_pass(&PassReport::default(), false);
+        assert!(metrics
+            .encode()
+            .lines()
+            .any(|l| l == "df_reconciler_orphans_held{reason=\"prepared_transactions\"} 0"));
     }
 }

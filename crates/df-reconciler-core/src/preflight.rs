@@ -7,9 +7,12 @@
 
 use tokio_postgres::GenericClient;
 
+use std::time::{Duration, SystemTime};
+
 use crate::config::Config;
 use crate::error::{DbContext, Error};
-use crate::sql::{self, control, engine, Schemas, SupportingIndex};
+use crate::report::OrphanHold;
+use crate::sql::{self, control, engine, reconcile, Schemas, SupportingIndex};
 
 /// The engine schema name when `df.duroxide_schema()` does not exist (pg_durable <= 0.2.2).
 pub(crate) const LEGACY_ENGINE_SCHEMA: &str = "duroxide";
@@ -21,9 +24,8 @@ pub struct Verified {
     pub schemas: Schemas,
     /// Highest applied engine migration, when readable.
     pub engine_migration: Option<i64>,
-    /// Whether the role can see other sessions' transactions (the open-transaction guard).
-    pub sees_all_sessions: bool,
-    /// Problems that do not stop a pass (unknown engine version, guard fallback, ...).
+    /// Problems that do not stop a pass (unknown engine version, ...). What the
+    /// open-transaction guard can see is [`orphan_guard`]'s business.
     pub warnings: Vec<String>,
 }
 
@@ -208,27 +210,12 @@ pub async fn verify(
         ));
         None
     };
-    let sees_all_sessions: bool = client
-        .query_one(
-            "SELECT pg_has_role('pg_read_all_stats', 'MEMBER')
-                 OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
-            &[],
-        )
-        .await
-        .context("checking pg_read_all_stats")?
-        .get(0);
-    if !sees_all_sessions {
-        warnings.push(
-            "role cannot see other sessions' transactions (grant pg_read_all_stats): the open-transaction guard falls back to retention.orphan_min_age alone".into(),
-        );
-    }
     if !problems.is_empty() {
         return Err(Error::Refused(problems));
     }
     Ok(Verified {
         schemas,
         engine_migration,
-        sees_all_sessions,
         warnings,
     })
 }
@@ -317,6 +304,115 @@ async fn check_engine_version(
     Ok(highest)
 }
 
+/// What the oldest-open-transaction guard can see. Orphans may only be reclaimed when it
+/// sees every transaction that may still commit a df row for an engine record; otherwise
+/// a pass reclaims none (its expired phase still runs) and says why ([`OrphanGuard::holds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrphanGuard {
+    /// The role uses pg_read_all_stats's privileges (or is a superuser), so
+    /// pg_stat_activity shows it every session's transaction start.
+    pub sees_all_sessions: bool,
+    /// Other sessions of this database whose transaction start is hidden all the same (a
+    /// row shown without details, or `track_activities = off`).
+    pub hidden_sessions: u64,
+    /// Prepared transactions in this database (pg_prepared_xacts).
+    pub prepared_transactions: u64,
+}
+
+impl OrphanGuard {
+    /// A guard that sees everything: orphans may be reclaimed.
+    pub const CLEAR: OrphanGuard = OrphanGuard {
+        sees_all_sessions: true,
+        hidden_sessions: 0,
+        prepared_transactions: 0,
+    };
+
+    /// Why no orphan may be reclaimed now; empty when orphans may be reclaimed.
+    ///
+    /// - Without pg_read_all_stats other roles' sessions hide their `xact_start`: an open
+    ///   `df.start()` of theirs would be invisible ([`OrphanHold::NoStatsPrivilege`]).
+    /// - With it, a session may still hide its transaction start
+    ///   ([`OrphanHold::HiddenSessions`]; not reported on top of the missing privilege).
+    /// - A prepared transaction's start is unknown: pg_prepared_xacts has only its PREPARE
+    ///   time, and an engine record created between a `df.start()` inside it and the
+    ///   PREPARE would pass for an orphan under any cutoff taken from that time
+    ///   ([`OrphanHold::PreparedTransactions`]). While one exists, nothing is reclaimed.
+    pub fn holds(&self) -> Vec<OrphanHold> {
+        let mut holds = Vec::new();
+        if !self.sees_all_sessions {
+            holds.push(OrphanHold::NoStatsPrivilege);
+        } else if self.hidden_sessions > 0 {
+            holds.push(OrphanHold::HiddenSessions);
+        }
+        if self.prepared_transactions > 0 {
+            holds.push(OrphanHold::PreparedTransactions);
+        }
+        holds
+    }
+
+    /// One line per hold, for a pass's `warnings` and for `check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.holds()
+            .into_iter()
+            .map(|hold| match hold {
+                OrphanHold::NoStatsPrivilege => "role cannot see other sessions' transactions (it does not hold pg_read_all_stats with INHERIT, nor is it a superuser): the open-transaction guard would be blind, so no orphan engine tree is reclaimed (expired instances still are); GRANT pg_read_all_stats TO the role".to_owned(),
+                OrphanHold::HiddenSessions => format!(
+                    "{} session(s) of this database hide their transaction start from the role (track_activities = off?): the open-transaction guard would be blind, so no orphan engine tree is reclaimed this pass (expired instances still are)",
+                    self.hidden_sessions
+                ),
+                OrphanHold::PreparedTransactions => format!(
+                    "{} prepared transaction(s) in this database (pg_prepared_xacts): a df.start() inside one may own an engine record created before its PREPARE, so no orphan engine tree is reclaimed until they are committed or rolled back (COMMIT PREPARED / ROLLBACK PREPARED; expired instances still are)",
+                    self.prepared_transactions
+                ),
+            })
+            .collect()
+    }
+}
+
+/// Reads what the open-transaction guard can see (see [`OrphanGuard`]). A pass reads it in
+/// its clock transaction, right after the oldest open transaction; `check` on its own.
+pub async fn orphan_guard(client: &impl GenericClient) -> Result<OrphanGuard, Error> {
+    let row = client
+        .query_one(reconcile::ORPHAN_GUARD, &[])
+        .await
+        .context("checking what the open-transaction guard can see")?;
+    let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(OrphanGuard {
+        sees_all_sessions: row.get(0),
+        hidden_sessions: count(1),
+        prepared_transactions: count(2),
+    })
+}
+
+/// Drift "df live, engine ended" for `check`: live df rows whose engine root ended more
+/// than `orphan_min_age` ago (by the database clock), e.g. left by a rolled-back
+/// `df.cancel()`. A warning, never a problem: the daemon never deletes them.
+pub async fn df_live_engine_ended_warning(
+    client: &impl GenericClient,
+    schemas: &Schemas,
+    orphan_min_age: Duration,
+) -> Result<Option<String>, Error> {
+    let db_now: SystemTime = client
+        .query_one("SELECT now()", &[])
+        .await
+        .context("reading the database clock")?
+        .get(0);
+    let Some(cutoff) = db_now.checked_sub(orphan_min_age) else {
+        return Ok(None);
+    };
+    let n: i64 = client
+        .query_one(&schemas.render(reconcile::DF_LIVE_ENGINE_ENDED), &[&cutoff])
+        .await
+        .context("counting live df rows whose engine root ended")?
+        .get(0);
+    Ok((n > 0).then(|| {
+        format!(
+            "{n} live df row(s) (pending/running) whose engine root ended (Completed or Failed) more than {} ago: drift \"df live, engine ended\", e.g. a rolled-back df.cancel(); never deleted: see docs/OPERATIONS.md, \"Reading the report\"",
+            humantime::format_duration(orphan_min_age)
+        )
+    }))
+}
+
 /// Warns when pg_durable's own reconcile is still enabled next to the daemon.
 pub async fn in_database_reconcile_warning(
     client: &impl GenericClient,
@@ -389,4 +485,43 @@ pub async fn create_supporting_indexes(
         created.push(index.name);
     }
     Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_holds_orphans_whenever_it_cannot_see_every_transaction() {
+        assert!(OrphanGuard::CLEAR.holds().is_empty());
+        assert!(OrphanGuard::CLEAR.warnings().is_empty());
+        let blind = OrphanGuard {
+            sees_all_sessions: false,
+            // Without the privilege every other role's session is hidden: one reason.
+            hidden_sessions: 7,
+            ..OrphanGuard::CLEAR
+        };
+        assert_eq!(blind.holds(), [OrphanHold::NoStatsPrivilege]);
+        let hidden = OrphanGuard {
+            hidden_sessions: 1,
+            ..OrphanGuard::CLEAR
+        };
+        assert_eq!(hidden.holds(), [OrphanHold::HiddenSessions]);
+        let prepared = OrphanGuard {
+            sees_all_sessions: false,
+            prepared_transactions: 2,
+            ..OrphanGuard::CLEAR
+        };
+        assert_eq!(
+            prepared.holds(),
+            [
+                OrphanHold::NoStatsPrivilege,
+                OrphanHold::PreparedTransactions
+            ]
+        );
+        let warnings = prepared.warnings();
+        assert_eq!(warnings.len(), 2);
+        assert!(warnings[0].contains("pg_read_all_stats") && warnings[0].contains("no orphan"));
+        assert!(warnings[1].starts_with("2 prepared transaction(s)"));
+    }
 }

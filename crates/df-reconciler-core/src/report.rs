@@ -47,6 +47,42 @@ pub struct ByEngineStatus {
     pub continued_as_new: u64,
 }
 
+/// Why a pass reclaimed no orphan at all: the open-transaction guard could not see every
+/// transaction that may still commit a df row for an engine record (reconcile.md). The
+/// expired phase runs regardless. Serialized in snake_case (`"no_stats_privilege"`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanHold {
+    /// The role does not use pg_read_all_stats's privileges (nor is it a superuser):
+    /// other roles' sessions hide their `xact_start` in pg_stat_activity.
+    NoStatsPrivilege,
+    /// Some sessions of the database hide their transaction start although the role has
+    /// the privilege (e.g. a session running with `track_activities = off`).
+    HiddenSessions,
+    /// A prepared transaction exists in the database: pg_prepared_xacts has only its
+    /// PREPARE time, so an engine record created between a df.start() inside it and the
+    /// PREPARE is indistinguishable from an orphan.
+    PreparedTransactions,
+}
+
+impl OrphanHold {
+    /// Every reason, in the order reports list them.
+    pub const ALL: [OrphanHold; 3] = [
+        OrphanHold::NoStatsPrivilege,
+        OrphanHold::HiddenSessions,
+        OrphanHold::PreparedTransactions,
+    ];
+
+    /// The snake_case name used in the JSON report and as the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanHold::NoStatsPrivilege => "no_stats_privilege",
+            OrphanHold::HiddenSessions => "hidden_sessions",
+            OrphanHold::PreparedTransactions => "prepared_transactions",
+        }
+    }
+}
+
 /// Rows per `schema.table`, split by why their instance went.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct RowsByReason {
@@ -98,10 +134,18 @@ pub struct PassReport {
     pub running_without_df_row: u64,
     /// pending/running df rows with neither engine record nor queue item (drift).
     pub df_rows_without_engine: u64,
+    /// pending/running df rows whose engine root's current execution ended (Completed or
+    /// Failed; ContinuedAsNew is live) more than `retention.orphan_min_age` ago (drift "df
+    /// live, engine ended", e.g. a rolled-back `df.cancel()`; never deleted).
+    pub df_live_engine_ended: u64,
     /// Orchestrator queue items whose id has neither engine instance nor df row (drift).
     pub queue_items_without_instance: u64,
     /// Terminal orphan roots not old enough yet (kept; reclaimed by a later pass).
     pub orphans_waiting: u64,
+    /// Why this pass reclaimed no orphan at all (the open-transaction guard could not see
+    /// every transaction); empty when orphans were reclaimed normally. Each reason also
+    /// has a line in `warnings`.
+    pub orphans_held: Vec<OrphanHold>,
     /// Whether this pass counted the drift fields above (see `pass.drift_interval`); when
     /// false they are 0 and mean nothing.
     pub drift_counted: bool,
@@ -207,7 +251,7 @@ impl fmt::Display for PassReport {
         let e = &self.expired_removed;
         // Drift counts this pass did not take print as "-", not as 0.
         let drift = |n: u64| self.drift_counted.then_some(n);
-        let rows: [(&str, Option<u64>); 16] = [
+        let rows: [(&str, Option<u64>); 17] = [
             ("expired completed", Some(e.completed)),
             ("expired failed", Some(e.failed)),
             ("expired cancelled", Some(e.cancelled)),
@@ -239,6 +283,10 @@ impl fmt::Display for PassReport {
                 drift(self.df_rows_without_engine),
             ),
             (
+                "drift: df live, engine ended",
+                drift(self.df_live_engine_ended),
+            ),
+            (
                 "drift: queue item, no instance",
                 drift(self.queue_items_without_instance),
             ),
@@ -253,6 +301,10 @@ impl fmt::Display for PassReport {
                 None => writeln!(f, "  {label:<40} {:>10}", "-")?,
             }
         }
+        if !self.orphans_held.is_empty() {
+            let reasons: Vec<&str> = self.orphans_held.iter().map(|h| h.as_str()).collect();
+            writeln!(f, "  orphans held (none reclaimed): {}", reasons.join(", "))?;
+        }
         writeln!(f, "  {:<40} {:>10}", format!("rows ({verb})"), "count")?;
         for (table, n) in &self.rows_deleted {
             writeln!(f, "  {table:<40} {n:>10}")?;
@@ -264,5 +316,35 @@ impl fmt::Display for PassReport {
             writeln!(f, "  error: {e}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orphan_holds_serialize_as_their_names() {
+        for hold in OrphanHold::ALL {
+            assert_eq!(
+                serde_json::to_value(hold).unwrap(),
+                serde_json::Value::from(hold.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_names_the_holds_and_the_new_drift() {
+        let report = PassReport {
+            drift_counted: true,
+            df_live_engine_ended: 4,
+            orphans_held: vec![OrphanHold::NoStatsPrivilege],
+            ..PassReport::default()
+        };
+        let table = report.to_string();
+        assert!(table.contains("orphans held (none reclaimed): no_stats_privilege"));
+        assert!(table
+            .lines()
+            .any(|l| l.contains("drift: df live, engine ended") && l.ends_with(" 4")));
     }
 }

@@ -198,6 +198,26 @@ async fn check(cfg: &Config) -> i32 {
             {
                 println!("warning: {w}");
             }
+            // The open-transaction guard and drift the daemon never fixes: warnings only.
+            match preflight::orphan_guard(&**client).await {
+                Ok(guard) => {
+                    for w in guard.warnings() {
+                        println!("warning: {w}");
+                    }
+                }
+                Err(e) => println!("warning: cannot check the open-transaction guard: {e}"),
+            }
+            match preflight::df_live_engine_ended_warning(
+                &**client,
+                &verified.schemas,
+                cfg.retention.orphan_min_age,
+            )
+            .await
+            {
+                Ok(Some(w)) => println!("warning: {w}"),
+                Ok(None) => {}
+                Err(e) => println!("warning: cannot count live df rows whose engine ended: {e}"),
+            }
             match preflight::missing_supporting_indexes(&**client, &verified.schemas).await {
                 Ok(missing) => {
                     for index in missing {

@@ -1,12 +1,14 @@
 //! Rows of the classification table for instances that have a df row: expired terminal
 //! ones go whole (with or without an engine record) unless their engine root still runs
 //! or is between generations; terminal ones within the window and the cap, and live ones,
-//! stay. (An ended root whose descendants still run: [`super::trees`].)
+//! stay (a live one whose engine root ended is reported as drift "df live, engine ended").
+//! (An ended root whose descendants still run: [`super::trees`].)
 
 use crate::support::db::{count, df_ids, engine_ids, engine_statuses, exec, rows_of};
 use crate::support::harness::TestDb;
 use crate::support::passes::{config_for, pass};
-use crate::support::seed::{finish_instance, request_cancel, workflow, DAY};
+use crate::support::process::{binary, run, text};
+use crate::support::seed::{finish_instance, request_cancel, workflow, DAY, HOUR};
 
 #[tokio::test]
 async fn expired_terminal_with_terminal_engine_root_goes_entirely() {
@@ -234,4 +236,116 @@ async fn live_df_rows_are_never_deleted_and_missing_engine_records_are_reported(
         "e0000002: no engine record, no queue item"
     );
     assert_eq!(report.instances_removed(), 0);
+}
+
+/// A rolled-back `df.cancel()` leaves a df row running forever while its engine root is
+/// Failed (the engine's cancel committed on its own connection). Such rows, and any live df
+/// row whose engine root ended (Completed or Failed, not ContinuedAsNew) longer than
+/// `orphan_min_age` ago, are drift "df live, engine ended": reported, never deleted.
+#[tokio::test]
+async fn a_live_df_row_whose_engine_root_ended_is_reported_as_drift_and_kept() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // The rolled-back cancel: df running, engine Failed two hours ago.
+    workflow(
+        &c,
+        "e1000001",
+        "running",
+        Some("Failed"),
+        3.0 * HOUR,
+        Some(2.0 * HOUR),
+        1,
+    )
+    .await;
+    // A pending df row whose engine root completed long ago.
+    workflow(
+        &c,
+        "e1000002",
+        "pending",
+        Some("Completed"),
+        40.0 * DAY,
+        Some(39.0 * DAY),
+        0,
+    )
+    .await;
+    // Ended, but more recently than orphan_min_age (1h): the df update may be on its way.
+    workflow(
+        &c,
+        "e1000003",
+        "running",
+        Some("Failed"),
+        HOUR,
+        Some(600.0),
+        0,
+    )
+    .await;
+    // Between generations: live, whatever the age.
+    c.execute(
+        "SELECT df_fixture.workflow('e1000004', 'running', 'ContinuedAsNew',
+                now() - interval '40 days', now() - interval '39 days', executions => 3)",
+        &[],
+    )
+    .await
+    .unwrap();
+    workflow(
+        &c,
+        "e1000005",
+        "running",
+        Some("Running"),
+        40.0 * DAY,
+        None,
+        0,
+    )
+    .await;
+    // Terminal for df too: ordinary, kept (young), not drift.
+    workflow(
+        &c,
+        "e1000006",
+        "failed",
+        Some("Failed"),
+        3.0 * HOUR,
+        Some(2.0 * HOUR),
+        0,
+    )
+    .await;
+    let all = [
+        "e1000001", "e1000002", "e1000003", "e1000004", "e1000005", "e1000006",
+    ];
+
+    for dry_run in [true, false] {
+        let report = pass(&config_for(&db), dry_run).await;
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(
+            json["df_live_engine_ended"], 2,
+            "e1000001 and e1000002 (dry run: {dry_run}): {json}"
+        );
+        assert!(
+            report.to_string().contains("drift: df live, engine ended"),
+            "{report}"
+        );
+        assert_eq!(report.instances_removed(), 0);
+        assert_eq!(df_ids(&c).await, all);
+        assert_eq!(
+            engine_ids(&c)
+                .await
+                .iter()
+                .filter(|id| !id.contains("::"))
+                .count(),
+            6
+        );
+    }
+
+    // `check` reports the count as a warning, not a failure.
+    let mut cmd = binary();
+    cmd.arg("check")
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(cmd).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("warning:") && l.contains("2 live df row(s)")),
+        "{stdout}"
+    );
 }

@@ -90,7 +90,7 @@ async fn the_role_sql_grants_what_a_pass_needs_and_no_more() {
     let row = c
         .query_one(
             "SELECT rolcanlogin, rolbypassrls, rolsuper, rolcreatedb, rolcreaterole,
-                    pg_has_role(oid, 'pg_read_all_stats', 'MEMBER')
+                    pg_has_role(oid, 'pg_read_all_stats', 'USAGE')
              FROM pg_roles WHERE rolname = $1",
             &[&role],
         )

@@ -1,5 +1,6 @@
-//! The pass's clock: `now()`, the oldest open transaction and the hard-cap edge, read once
-//! from the database; every cutoff of the pass derives from them.
+//! The pass's clock: `now()`, the oldest open transaction, what the open-transaction guard
+//! can see and the hard-cap edge, read once from the database; every cutoff of the pass
+//! derives from them.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +12,7 @@ use super::statements::Statements;
 use crate::config::{Config, RetentionConfig};
 use crate::error::{DbContext, Error};
 use crate::policy::TerminalStatus;
+use crate::preflight::{self, OrphanGuard};
 use crate::sql::reconcile;
 
 /// The newest terminal row over the hard cap: (terminal_at, id).
@@ -27,6 +29,8 @@ pub(crate) struct PassClock {
     pub(crate) orphan_cutoff: Option<SystemTime>,
     /// Orphans must have been created before this (the oldest open transaction).
     pub(crate) orphan_created_before: SystemTime,
+    /// What the guard could see; when it holds orphans back, phase 2 does not run.
+    pub(crate) guard: OrphanGuard,
     pub(crate) drift_cutoff: Option<SystemTime>,
 }
 
@@ -49,6 +53,9 @@ impl PassClock {
             .context("reading the database clock")?;
         let db_now: SystemTime = row.get(0);
         let oldest_open_xact: SystemTime = row.get(1);
+        // After PASS_CLOCK, in the same transaction: the same sessions, then the prepared
+        // transactions (see reconcile::ORPHAN_GUARD).
+        let guard = preflight::orphan_guard(&*tx).await?;
         let hard_cap = i64::try_from(cfg.retention.hard_cap).unwrap_or(i64::MAX);
         let terminal_rows: i64 = tx
             .query_one(&st.terminal_count_up_to, &[&hard_cap.saturating_add(1)])
@@ -72,6 +79,7 @@ impl PassClock {
         Ok(Self::derive(
             db_now,
             oldest_open_xact,
+            guard,
             cap_edge,
             &cfg.retention,
         ))
@@ -82,6 +90,7 @@ impl PassClock {
     fn derive(
         db_now: SystemTime,
         oldest_open_xact: SystemTime,
+        guard: OrphanGuard,
         cap_edge: Option<CapEdge>,
         r: &RetentionConfig,
     ) -> Self {
@@ -92,6 +101,7 @@ impl PassClock {
             cap_edge,
             orphan_cutoff: before(r.orphan_age()),
             orphan_created_before: oldest_open_xact.min(db_now),
+            guard,
             drift_cutoff: before(r.orphan_min_age),
         }
     }
@@ -115,7 +125,7 @@ mod tests {
             cancelled: Some(DAY),
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(at(1000), at(1000), None, &retention);
+        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
         assert_eq!(
             clock.cutoffs,
             [Some(at(970)), Some(at(910)), Some(at(999))],
@@ -130,14 +140,14 @@ mod tests {
             orphan_min_age: DAY * 7,
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(at(1000), at(1000), None, &retention);
+        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
         assert_eq!(clock.orphan_cutoff, Some(at(993)));
         assert_eq!(clock.drift_cutoff, Some(at(993)));
         let retention = RetentionConfig {
             window: DAY * 30,
             ..retention
         };
-        let clock = PassClock::derive(at(1000), at(1000), None, &retention);
+        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
         assert_eq!(clock.orphan_cutoff, Some(at(970)));
         assert_eq!(
             clock.drift_cutoff,
@@ -150,12 +160,14 @@ mod tests {
     fn orphans_must_predate_the_oldest_open_transaction_never_now() {
         let r = RetentionConfig::default();
         assert_eq!(
-            PassClock::derive(at(1000), at(998), None, &r).orphan_created_before,
+            PassClock::derive(at(1000), at(998), OrphanGuard::CLEAR, None, &r)
+                .orphan_created_before,
             at(998)
         );
-        // A prepared transaction's timestamp ahead of now() must not widen the guard.
+        // A transaction start ahead of now() must not widen the guard.
         assert_eq!(
-            PassClock::derive(at(1000), at(1001), None, &r).orphan_created_before,
+            PassClock::derive(at(1000), at(1001), OrphanGuard::CLEAR, None, &r)
+                .orphan_created_before,
             at(1000)
         );
     }
@@ -166,7 +178,7 @@ mod tests {
             window: Duration::MAX,
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(at(1000), at(1000), None, &retention);
+        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
         assert_eq!(clock.cutoffs, [None; 3]);
         assert_eq!(clock.orphan_cutoff, None);
         assert_eq!(

@@ -31,6 +31,7 @@ impl Pass<'_> {
         self.report.df_rows_without_engine = count(1);
         self.report.queue_items_without_instance = count(2);
         self.report.orphans_waiting = count(3);
+        self.report.df_live_engine_ended = count(4);
         self.report.drift_counted = true;
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! A pass reads the database clock and the hard-cap edge once, then runs two keyset-paged
 //! phases, each a loop of batch transactions:
 //! 1. expired terminal df rows (with their engine trees and stray queue items);
-//! 2. orphan engine roots (with their trees).
+//! 2. orphan engine roots (with their trees), unless the open-transaction guard cannot see
+//!    every transaction that may still commit a df row (then no orphan goes this pass).
 //!
 //! Each batch is ONE transaction: select up to `batch_size` candidates after the watermark,
 //! lock them with FOR UPDATE SKIP LOCKED (df rows, then every instance of their engine
@@ -66,7 +67,7 @@ use batch_size::BatchSize;
 use clock::PassClock;
 use pacing::Pacing;
 pub use phase::Watermarks;
-use phase::{Cursor, Pass};
+use phase::{Cursor, Pass, Phase};
 use statements::Statements;
 use vacuum::vacuum_hints;
 
@@ -150,9 +151,11 @@ pub async fn run_pass_with(
                     expired_removed = report.expired_removed.total(),
                     capped_removed = report.capped_removed,
                     orphans_reclaimed = report.orphans_reclaimed,
+                    orphans_held = ?report.orphans_held,
                     engine_children_removed = report.engine_children_removed,
                     skipped_unsettled = report.skipped_unsettled,
                     skipped_locked = report.skipped_locked,
+                    df_live_engine_ended = report.df_live_engine_ended,
                     batches = report.batches,
                     fenced = report.fenced,
                     report = %report.to_json(),
@@ -264,10 +267,11 @@ async fn run_phases_on(
     )
     .await?;
     report.started_at = humantime::format_rfc3339_millis(clock.db_now).to_string();
-    if !verified.sees_all_sessions {
-        // Without pg_read_all_stats other sessions' xact_start is hidden: rely on the floor.
-        debug!("open-transaction guard limited to visible sessions and prepared transactions");
-    }
+    // The open-transaction guard must never be blind: when it cannot see every
+    // transaction that may still commit a df row, phase 2 does not run at all (a dry run
+    // likewise counts no orphan) and the report says why.
+    report.orphans_held = clock.guard.holds();
+    report.warnings.extend(clock.guard.warnings());
     let deletions_schema = if cfg.audit.record_deletions && !dry_run {
         if audit::is_installed(&***client, &cfg.audit).await? {
             Some(cfg.audit.schema.clone())
@@ -301,6 +305,12 @@ async fn run_phases_on(
         .map(|cell| cell.lock().map(|w| w.clone()).unwrap_or_default())
         .unwrap_or_default();
     let mut cursors = Cursor::both(&start);
+    if !pass.report.orphans_held.is_empty() {
+        info!(held = ?pass.report.orphans_held, "no orphan reclaimed this pass: the open-transaction guard cannot see every transaction");
+        for cursor in cursors.iter_mut().filter(|c| c.phase == Phase::Orphans) {
+            cursor.exhausted = true;
+        }
+    }
     let outcome = pass.run_phases(&mut cursors).await;
     if let Some(cell) = &options.resume {
         if let Ok(mut w) = cell.lock() {

@@ -12,9 +12,11 @@ pub fn child_shape(column: &str) -> String {
     CHILD_SHAPE.replace("$id", column)
 }
 
-/// Tables the engine store must have. `sessions`, `_duroxide_migrations` and
-/// `_worker_ready` are never written to.
-pub(crate) const REQUIRED_TABLES: [&str; 11] = [
+/// Tables the engine store must have. `sessions` and `_duroxide_migrations` are never
+/// written to. Not `_worker_ready`: pg_durable's background worker creates that sentinel
+/// the first time it starts, so a fresh install may not have it yet; it is neither required
+/// nor ever touched (it has no `instance_id`, so it is no per-instance table either).
+pub(crate) const REQUIRED_TABLES: [&str; 10] = [
     "instances",
     "executions",
     "history",
@@ -25,7 +27,6 @@ pub(crate) const REQUIRED_TABLES: [&str; 11] = [
     "kv_delta",
     "sessions",
     "_duroxide_migrations",
-    "_worker_ready",
 ];
 
 /// Per-instance tables in the order the engine's own delete routine uses, instances last.

@@ -18,20 +18,60 @@ macro_rules! df_with_engine {
 }
 
 /// The database clock at the start of a pass, and the oldest-open-transaction guard: the
-/// start of the oldest transaction open in this database (another session's, or a prepared
-/// one), else now. `sees_all` is false when the role cannot read other sessions'
-/// xact_start (no pg_read_all_stats); the guard then rests on orphan_min_age alone.
+/// start of the oldest transaction another session of this database has open, else now.
+/// Run first in the clock's transaction: its read of pg_stat_activity fixes the activity
+/// snapshot for the rest of that transaction (see [`ORPHAN_GUARD`]).
 pub(crate) const PASS_CLOCK: &str = "
     SELECT now(),
-           coalesce(least(
+           coalesce(
                (SELECT min(a.xact_start) FROM pg_stat_activity a
                  WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
                    AND a.xact_start IS NOT NULL),
-               (SELECT min(p.prepared) FROM pg_prepared_xacts p
-                 WHERE p.database = current_database())),
-             now()) AS oldest_open_xact,
-           (pg_has_role('pg_read_all_stats', 'MEMBER')
-             OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) AS sees_all";
+               now()) AS oldest_open_xact";
+
+/// Whether the open-transaction guard sees every transaction that may still commit a df
+/// row (otherwise no orphan is reclaimed):
+/// - `sees_all_sessions`: the role USES pg_read_all_stats's privileges, which is what
+///   pg_stat_activity checks (a NOINHERIT member is a MEMBER but not a user of them); a
+///   superuser does too;
+/// - `hidden_sessions`: other sessions of this database whose transaction start is hidden
+///   (a row shown without its details, or a session with `track_activities = off`);
+/// - `prepared_transactions`: prepared transactions in this database; their start is
+///   unknown (pg_prepared_xacts has only the PREPARE time).
+///
+/// In the pass it runs right after [`PASS_CLOCK`], in the same transaction: the sessions
+/// are those of the same activity snapshot, and prepared transactions are read after it,
+/// so a transaction that PREPAREs in between is seen in one or the other.
+pub(crate) const ORPHAN_GUARD: &str = "
+    SELECT pg_has_role('pg_read_all_stats', 'USAGE')
+             OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+             AS sees_all_sessions,
+           (SELECT count(*) FROM pg_stat_activity a
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+               AND (a.backend_start IS NULL OR a.state = 'disabled')) AS hidden_sessions,
+           (SELECT count(*) FROM pg_prepared_xacts p
+             WHERE p.database = current_database()) AS prepared_transactions";
+
+/// Drift "df live, engine ended": pending/running df rows whose engine root's current
+/// execution ended (Completed or Failed; ContinuedAsNew is a live instance between
+/// generations) before `$1` (now - orphan_min_age), by its completed_at. A rolled-back
+/// `df.cancel()` leaves exactly this: the engine's cancel commits on its own connection,
+/// the df update rolls back. Reported (`check`, drift), never deleted.
+macro_rules! df_live_engine_ended {
+    () => {
+        "SELECT count(*)
+         FROM {control}.instances d
+         JOIN {engine}.instances ei ON ei.instance_id = d.id::text
+         JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+        WHERE d.status IN ('pending', 'running')
+          AND ex.status IN ('Completed', 'Failed')
+          AND ex.completed_at < $1::timestamptz"
+    };
+}
+
+/// [`DRIFT`]'s "df live, engine ended" count alone, for `check`. `$1`: now - orphan_min_age.
+pub(crate) const DF_LIVE_ENGINE_ENDED: &str = df_live_engine_ended!();
 
 /// The batch fence: one batch at a time across replicas (`$1` = `locks::BATCH_FENCE`).
 /// Transaction-scoped, so it also works behind a transaction-pooling proxy.
@@ -188,7 +228,9 @@ pub(crate) const ORPHANS_WITH_DF_ROW: &str = "
 ///   an engine instance nor a df row (a rolled-back start the engine never picked up).
 /// - orphans_waiting: terminal orphan roots not yet old enough (or younger than the oldest
 ///   open transaction); they are reclaimed by a later pass.
-pub(crate) const DRIFT: &str = "
+/// - df_live_engine_ended: see [`DF_LIVE_ENGINE_ENDED`].
+pub(crate) const DRIFT: &str = concat!(
+    "
     SELECT
       (SELECT count(*)
          FROM {engine}.instances ei
@@ -220,7 +262,12 @@ pub(crate) const DRIFT: &str = "
           AND NOT (coalesce(ex.completed_at, ei.updated_at) < $2::timestamptz
                    AND ei.created_at < $3::timestamptz)
           AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
-      ) AS orphans_waiting";
+      ) AS orphans_waiting,
+      (",
+    df_live_engine_ended!(),
+    "
+      ) AS df_live_engine_ended"
+);
 
 #[cfg(test)]
 mod tests {
