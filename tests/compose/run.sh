@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# End-to-end run of compose.yaml: builds the image, seeds PostgreSQL, runs the reconciler
-# as `once` (dry run, real pass, idempotent second pass) and as the daemon, and checks the
-# JSON reports, /healthz, /readyz and a clean exit on SIGTERM.
+# End-to-end run of compose.yaml: pulls pg_durable's public image, builds ours, seeds real
+# workflows into the real engine, runs the reconciler as `once` (dry run, real pass,
+# idempotent second pass) and as the daemon, and checks the JSON reports, what both stores
+# hold afterwards, /healthz, /readyz and a clean exit on SIGTERM.
 #
 # Needs a Docker engine and the compose plugin. Where there is no engine (`docker info`
 # fails), it prints "SKIPPED: no Docker engine" and exits 0: compose.yaml, the Dockerfile
-# and the seed are then covered by tests/integration/packaging/, which also runs the
-# seed and the reconciler against a real PostgreSQL and expects the same numbers as below.
+# and the seed are then covered by tests/integration/packaging/, which also runs the seed
+# and the reconciler against PostgreSQL with pg_durable installed and expects the same
+# numbers as below.
 #
 #   tests/compose/run.sh            # from anywhere; cleans up after itself
 set -euo pipefail
@@ -42,23 +44,46 @@ expect() {
     echo "ok: $what"
 }
 
-echo "== build"
+# The psql of the postgres service, as the superuser, on the database pg_durable serves.
+psql_postgres() { compose exec -T postgres psql -U postgres -d postgres -tA -v ON_ERROR_STOP=1 "$@"; }
+
+echo "== pull pg_durable's image, build ours"
+compose pull postgres seed || fail "cannot pull $(grep -m1 'image: ghcr.io' compose.yaml)"
 compose build
 
-# `run` starts postgres (waits until healthy) and the seed (waits until it has completed).
+# `run` starts postgres (waits until healthy) and the seed (waits until it has completed:
+# the engine ready, the workflows ended, some aged).
 echo "== once --dry-run --json"
 dry=$(compose run --rm -T reconciler once --dry-run --json) || fail "dry run exited $?"
-# The demo population: 9 expired df instances (4 completed, 2 failed, 3 cancelled) and 5
-# old orphans.
+# The demo (deploy/compose/seed.sql): 8 finished workflows aged 40 days (6 completed, among
+# them a JOIN and a RACE with 2 engine children each, 1 failed, 1 cancelled) and the aged
+# orphan of a rolled-back df.start().
 expect "dry run" "$dry" '"dry_run":true' \
-    '"expired_removed":{"completed":4,"failed":2,"cancelled":3}' \
-    '"orphans_reclaimed":5' '"errors":[]'
+    '"expired_removed":{"completed":6,"failed":1,"cancelled":1}' \
+    '"orphans_reclaimed":1' '"engine_children_removed":4' '"errors":[]'
 
 echo "== once --json"
 real=$(compose run --rm -T --no-deps reconciler once --json) || fail "pass exited $?"
 expect "pass" "$real" '"dry_run":false' \
-    '"expired_removed":{"completed":4,"failed":2,"cancelled":3}' \
-    '"orphans_reclaimed":5' '"errors":[]'
+    '"expired_removed":{"completed":6,"failed":1,"cancelled":1}' \
+    '"orphans_reclaimed":1' '"engine_children_removed":4' '"errors":[]'
+
+echo "== both stores after the pass"
+left=$(psql_postgres -c "
+    SELECT count(*) FROM public.demo_workflows w
+     WHERE w.aged AND (EXISTS (SELECT 1 FROM df.instances d WHERE d.id = w.instance_id)
+                       OR EXISTS (SELECT 1 FROM _duroxide.instances e
+                                   WHERE e.instance_id = w.instance_id
+                                      OR e.parent_instance_id = w.instance_id))") ||
+    fail "cannot read the stores"
+[ "$left" = "0" ] || fail "$left aged demo workflows are still in a store"
+kept=$(psql_postgres -c "
+    SELECT count(*) FROM public.demo_workflows w
+      JOIN df.instances d ON d.id = w.instance_id AND d.status = w.outcome
+      JOIN _duroxide.instances e ON e.instance_id = w.instance_id
+     WHERE NOT w.aged") || fail "cannot read the stores"
+[ "$kept" = "4" ] || fail "$kept of the 4 young and live demo workflows are as they were"
+echo "ok: aged ones gone from both stores, young and live ones kept"
 
 echo "== once --json (again: nothing left)"
 again=$(compose run --rm -T --no-deps reconciler once --json) || fail "second pass exited $?"
