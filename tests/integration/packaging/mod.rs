@@ -1,14 +1,16 @@
 //! What ships beside the binary, checked without a Docker engine: the Dockerfile and its
-//! build context, compose.yaml and its seed (run for real against the test server), the
-//! systemd units, the Kubernetes manifests, every shipped configuration, the
-//! least-privileged role (applied, then used for a real pass), and the configuration
-//! reference in docs/CONFIGURATION.md, which must list exactly the keys of `Config`.
+//! build context, compose.yaml and its seed (run for real on PostgreSQL with the real
+//! pg_durable engine, skipped without it), the systemd units, the Kubernetes manifests,
+//! every shipped configuration, the least-privileged role (applied, then used for a real
+//! pass), and the configuration reference in docs/CONFIGURATION.md, which must list
+//! exactly the keys of `Config`.
 //!
 //! - [`configuration`]: every shipped configuration passes `check --offline` and listens
 //!   where it should; docs/CONFIGURATION.md lists exactly the keys of `Config`;
 //! - [`cargo`]: the README's `cargo run` means the daemon;
 //! - [`docker`]: the Dockerfile and its build context;
-//! - [`compose`]: compose.yaml, and its seed and reconciler run against the test server;
+//! - [`compose`]: compose.yaml, and its seed and reconciler run on the real pg_durable
+//!   engine (skipped without it);
 //! - [`systemd`]: the units' hardening and wiring (and `systemd-analyze` where present);
 //! - [`kubernetes`]: the manifests agree with the image and the configuration;
 //! - [`role_sql`]: the least-privileged role, applied and then used for real passes.
