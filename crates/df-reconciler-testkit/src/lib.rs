@@ -9,4 +9,4 @@
 pub mod fixture;
 pub mod throwaway;
 
-pub use throwaway::{ThrowawayCluster, ThrowawayError};
+pub use throwaway::{ClusterOptions, ThrowawayCluster, ThrowawayError};
