@@ -11,6 +11,7 @@ mod hostile;
 mod model;
 mod operations;
 mod packaging;
+mod real_engine;
 mod reliability;
 mod smoke;
 mod support;
