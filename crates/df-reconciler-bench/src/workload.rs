@@ -155,15 +155,16 @@ async fn start(client: &mut Client, id: &str) -> Result<()> {
     )
     .await?;
     tx.execute(
-        "INSERT INTO _duroxide.history (instance_id, execution_id, event_id, event_type, event_data)
-         VALUES ($1, 1, 1, 'OrchestrationStarted', '{\"kind\":\"OrchestrationStarted\"}'),
-                ($1, 1, 2, 'ActivityScheduled', '{\"kind\":\"ActivityScheduled\"}')",
+        "INSERT INTO _duroxide.history (instance_id, execution_id, event_id, event_type, event_data,
+                                        created_at)
+         VALUES ($1, 1, 1, 'OrchestrationStarted', '{\"kind\":\"OrchestrationStarted\"}', now()),
+                ($1, 1, 2, 'ActivityScheduled', '{\"kind\":\"ActivityScheduled\"}', now())",
         &[&id],
     )
     .await?;
     tx.execute(
-        "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, visible_at)
-         VALUES ($1, '{\"StartOrchestration\":{}}', now())",
+        "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, visible_at, created_at)
+         VALUES ($1, '{\"StartOrchestration\":{}}', now(), now())",
         &[&id],
     )
     .await?;
@@ -228,8 +229,9 @@ async fn ack(client: &mut Client, id: &str, leased: Option<i64>) -> Result<()> {
         .await?;
     }
     tx.execute(
-        "INSERT INTO _duroxide.history (instance_id, execution_id, event_id, event_type, event_data)
-         VALUES ($1, 1, 3, 'ActivityCompleted', '{\"kind\":\"ActivityCompleted\"}')",
+        "INSERT INTO _duroxide.history (instance_id, execution_id, event_id, event_type, event_data,
+                                        created_at)
+         VALUES ($1, 1, 3, 'ActivityCompleted', '{\"kind\":\"ActivityCompleted\"}', now())",
         &[&id],
     )
     .await?;

@@ -5,8 +5,12 @@
 //! - [`throwaway`]: a disposable PostgreSQL cluster that never outlives its process.
 //! - [`fixture`]: an imitation of pg_durable's two stores (`df` and `_duroxide`), seed
 //!   helpers writing every row a real instance has, and the demo population.
+//! - [`real_engine`]: the real pg_durable extension, when installed, as a test tier: a
+//!   throwaway cluster with its background worker (the engine) running.
 
 pub mod fixture;
+pub mod real_engine;
 pub mod throwaway;
 
-pub use throwaway::{ThrowawayCluster, ThrowawayError};
+pub use real_engine::{real_extension_available, RealEngine, RealEngineError};
+pub use throwaway::{ClusterOptions, ThrowawayCluster, ThrowawayError};

@@ -174,12 +174,14 @@ async fn a_role_missing_a_schema_usage_or_the_migrations_grant_is_told_so() {
     )
     .await;
     let mut cases = Cases::default();
+    // As on a real install, PUBLIC has USAGE on the engine schema and nothing on df: the
+    // role must be told it lacks USAGE on df (not fail calling df.duroxide_schema()).
     for command in [&["once", "--json"][..], &["check"][..]] {
         cases.add(
             "as a role without any privilege",
             command,
             &[(URL, dsn_as(&db, &bare))],
-            "USAGE on schema _duroxide",
+            "USAGE on schema df",
         );
     }
     expect_refusals(cases.cases, &cases.needles).await;

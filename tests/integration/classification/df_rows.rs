@@ -75,8 +75,9 @@ async fn expired_terminal_without_engine_record_takes_its_queue_items() {
     let c = db.client().await;
     workflow(&c, "b0000001", "cancelled", None, 40.0 * DAY, None, 0).await;
     c.execute(
-        "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, created_at)
-         VALUES ('b0000001', '{\"StartOrchestration\":{}}', now() - interval '40 days')",
+        "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, visible_at, created_at)
+         VALUES ('b0000001', '{\"StartOrchestration\":{}}', now() - interval '40 days',
+                 now() - interval '40 days')",
         &[],
     )
     .await

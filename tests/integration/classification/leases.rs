@@ -27,8 +27,9 @@ async fn leased_instances_are_skipped_without_waiting() {
         "INSERT INTO _duroxide.instance_locks (instance_id, lock_token, locked_until, locked_at)
          SELECT instance_id, 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000, (extract(epoch FROM now()) * 1000)::bigint
            FROM _duroxide.instances WHERE instance_id LIKE '0e000001::%';
-         INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, lock_token, locked_until)
-         VALUES ('0e000002', '{}', 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000);",
+         INSERT INTO _duroxide.orchestrator_queue
+                (instance_id, work_item, visible_at, created_at, lock_token, locked_until)
+         VALUES ('0e000002', '{}', now(), now(), 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000);",
     )
     .await
     .unwrap();
@@ -84,13 +85,15 @@ async fn a_lease_puts_back_its_whole_tree_and_the_rest_of_the_batch_still_goes()
     // attempt deletes before it sees the lease; they must come back with the rollback.
     // 0e100004: a live lease on its queue item. 0e100003: only stale items.
     c.batch_execute(
-        "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, lock_token, locked_until)
-         VALUES ('0e100002', '{}', 'old', 0), ('0e100003', '{}', 'old', 0),
-                ('0e100004', '{}', 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000);
+        "INSERT INTO _duroxide.orchestrator_queue
+                (instance_id, work_item, visible_at, created_at, lock_token, locked_until)
+         VALUES ('0e100002', '{}', now(), now(), 'old', 0), ('0e100003', '{}', now(), now(), 'old', 0),
+                ('0e100004', '{}', now(), now(), 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000);
          INSERT INTO _duroxide.instance_locks (instance_id, lock_token, locked_until, locked_at)
          VALUES ('0e100002', 'old', 0, 0);
-         INSERT INTO _duroxide.worker_queue (instance_id, work_item, lock_token, locked_until)
-         SELECT instance_id, '{}', 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000
+         INSERT INTO _duroxide.worker_queue
+                (instance_id, work_item, visible_at, created_at, lock_token, locked_until)
+         SELECT instance_id, '{}', now(), now(), 'tok', (extract(epoch FROM now()) * 1000)::bigint + 600000
            FROM _duroxide.instances WHERE instance_id LIKE '0e100002::%';",
     )
     .await

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeSet;
 
+use tokio_postgres::Client;
+
 use super::{bounded_pass, engine_set, rows_exactly, set, tree_of};
-use crate::support::db::{df_ids, engine_ids, ids, violations};
+use crate::support::db::{df_ids, engine_ids, exec, ids, violations};
 use crate::support::harness::TestDb;
 use crate::support::passes::config_for;
 use crate::support::seed::{orphan, workflow, DAY};
@@ -112,11 +114,38 @@ async fn unusual_engine_ids_are_matched_exactly() {
     assert_eq!(bounded_pass(&cfg).await.instances_removed(), 0);
 }
 
+/// pg_durable's 8-hex format checks on df ids are NOT VALID: an install upgraded from a
+/// version without them may still hold rows whose id is any 8 characters (varchar(8)).
+/// Such a database is imitated by dropping the checks on df.instances.id and
+/// df.nodes.instance_id, found by the column they check.
+async fn allow_legacy_df_ids(c: &Client) {
+    exec(
+        c,
+        "DO $$
+         DECLARE r record;
+         BEGIN
+           FOR r IN
+             SELECT DISTINCT c.conrelid::regclass AS tbl, c.conname
+               FROM pg_constraint c
+               JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+              WHERE c.contype = 'c'
+                AND ((c.conrelid = 'df.instances'::regclass AND a.attname = 'id')
+                  OR (c.conrelid = 'df.nodes'::regclass AND a.attname = 'instance_id'))
+                AND pg_get_constraintdef(c.oid) LIKE '%~%'
+           LOOP
+             EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.tbl, r.conname);
+           END LOOP;
+         END $$",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn unusual_df_ids_are_matched_exactly() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    // df ids are varchar(8) with no shape check: 8 characters of anything.
+    // Rows from before the id format checks: 8 characters of anything.
+    allow_legacy_df_ids(&c).await;
     let expired = ["ABCDEF01", "a%b_c d ", "o'q\"x\\y ", "ü%_ 🦀;--", "a::1::b"];
     for id in expired {
         workflow(
@@ -159,7 +188,9 @@ async fn unusual_df_ids_are_matched_exactly() {
 async fn an_empty_id_is_reclaimed_like_any_other() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    // An expired df row with id '' (varchar(8) allows it) and its engine tree.
+    // An expired df row with id '' (varchar(8) allows it, on an install older than the
+    // id format checks) and its engine tree.
+    allow_legacy_df_ids(&c).await;
     workflow(&c, "", "cancelled", Some("Failed"), 60.0 * DAY, None, 1).await;
     let report = bounded_pass(&config_for(&db)).await;
     assert!(df_ids(&c).await.is_empty(), "the expired df row ''");

@@ -122,13 +122,17 @@ pub(super) fn set(ids: &[&str]) -> BTreeSet<String> {
     ids.iter().map(|s| s.to_string()).collect()
 }
 
-/// An ordinary role of this test (role names are cluster-wide), with nothing but what
-/// pg_durable grants to PUBLIC: it may UPDATE `status` and `updated_at` of its own rows.
+/// An ordinary role of this test (role names are cluster-wide), with what
+/// `df.grant_usage` gives it and nothing more (PUBLIC gets nothing): among others, UPDATE
+/// of `status` and `updated_at` of its own rows.
 pub(super) async fn ordinary_user(db: &TestDb, suffix: &str) -> String {
     let name = format!("{}_{suffix}", db.name);
     exec(
         &db.client().await,
-        &format!("DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN"),
+        &format!(
+            "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN;
+             SELECT df.grant_usage('{name}')"
+        ),
     )
     .await;
     name

@@ -341,8 +341,9 @@ async fn updated_at_anywhere_in_time_changes_nothing() {
     assert!(violations(&c).await.is_empty());
 }
 
-/// `completed_at` is in pg_durable's INSERT grant: a user can insert a terminal row whose
-/// completion time is infinitely old or infinitely new.
+/// Terminal rows whose completion time is infinitely old or infinitely new. Users cannot
+/// write `completed_at` (not in df.grant_usage's grants), but the worker writes whatever
+/// its clock says and an install restored from elsewhere may hold anything.
 async fn seed_infinite_completion_times(db: &TestDb) {
     let c = db.client().await;
     let user = ordinary_user(db, "inserter").await;
@@ -365,8 +366,7 @@ async fn seed_infinite_completion_times(db: &TestDb) {
         )
         .await;
     }
-    // As superuser only because the fixture writes the rows; the values are what the
-    // INSERT grant lets the user choose.
+    // As superuser: no ordinary role may write completed_at.
     exec(
         &c,
         "UPDATE df.instances SET completed_at = '-infinity' WHERE id IN ('54000001', '54000003');

@@ -119,10 +119,10 @@ async fn the_role_sql_grants_what_a_pass_needs_and_no_more() {
     for statement in [
         "DELETE FROM _duroxide.sessions",
         "DELETE FROM _duroxide._duroxide_migrations",
-        // (pg_durable itself grants PUBLIC UPDATE on status and updated_at; not ours.)
+        // (df.grant_usage gives a user UPDATE on status and updated_at; never completed_at.)
         "UPDATE df.instances SET completed_at = now()",
         "UPDATE _duroxide.executions SET status = 'Failed'",
-        "INSERT INTO df.vars (role, name) VALUES ('postgres', 'x')",
+        "INSERT INTO df.vars (owner, name) VALUES ('postgres', 'x')",
         "CREATE TABLE df.intruder (x int)",
         "DROP TABLE _duroxide.history",
     ] {

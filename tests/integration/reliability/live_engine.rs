@@ -129,7 +129,8 @@ async fn starter(dsn: String, stop: Arc<AtomicBool>, health: Arc<WorkloadHealth>
                 .await?;
             engine
                 .execute(
-                    "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item) VALUES ($1, '{\"StartOrchestration\":{}}')",
+                    "INSERT INTO _duroxide.orchestrator_queue (instance_id, work_item, visible_at, created_at)
+                     VALUES ($1, '{\"StartOrchestration\":{}}', clock_timestamp(), clock_timestamp())",
                     &[&id],
                 )
                 .await?;

@@ -25,6 +25,8 @@ pub(super) struct Launcher {
     /// Set when running as root: the `postgres` OS user.
     pub(super) run_as: Option<OsUser>,
     pub(super) spawner: Spawner,
+    /// The parent-death signal: `SIGINT` (fast shutdown) or `SIGQUIT` (immediate).
+    pub(super) death_signal: &'static str,
 }
 
 pub(super) struct OsUser {
@@ -33,9 +35,10 @@ pub(super) struct OsUser {
 }
 
 impl Launcher {
-    /// `setpriv [--reuid postgres ...] --pdeathsig SIGINT -- program`, in `cwd` (root's
-    /// working directory may be unreadable for `postgres`), without the caller's PG*
-    /// variables (PGDATA, PGPORT... would silently change what the binaries do).
+    /// `setpriv [--reuid postgres ...] --pdeathsig SIGINT -- program` (SIGQUIT for an
+    /// immediate shutdown), in `cwd` (root's working directory may be unreadable for
+    /// `postgres`), without the caller's PG* variables (PGDATA, PGPORT... would silently
+    /// change what the binaries do).
     pub(super) fn command(&self, program: &Path, cwd: &Path) -> Command {
         let mut command = Command::new(&self.setpriv);
         if let Some(user) = &self.run_as {
@@ -47,7 +50,7 @@ impl Launcher {
                 .arg("--clear-groups");
         }
         command
-            .args(["--pdeathsig", "SIGINT", "--"])
+            .args(["--pdeathsig", self.death_signal, "--"])
             .arg(program)
             .current_dir(cwd)
             .stdin(Stdio::null());

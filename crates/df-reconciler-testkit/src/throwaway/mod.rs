@@ -9,7 +9,8 @@
 //! - Every server binary runs under `setpriv --pdeathsig SIGINT` (setting the parent-death
 //!   signal ourselves would need `unsafe` in `pre_exec`, which the crate forbids). setpriv
 //!   applies it after changing credentials, so it survives the switch to the `postgres`
-//!   user. SIGINT is postgres' fast shutdown.
+//!   user. SIGINT is postgres' fast shutdown (SIGQUIT, the immediate one, for clusters
+//!   started with [`ClusterOptions::immediate_shutdown`]).
 //! - Linux sends that signal when the *thread* that forked the child exits, not only when
 //!   the process does, so all binaries are forked from one dedicated thread that lives as
 //!   long as the cluster (`Spawner`), never from a caller's (test or tokio) thread.
@@ -20,6 +21,11 @@
 //!
 //! `initdb` and `postgres` refuse to run as root; as root (sessions, CI) they run as the OS
 //! user `postgres`, which then owns the folder.
+//!
+//! [`ThrowawayCluster::start_with`] takes [`ClusterOptions`]: extra server settings (e.g.
+//! `shared_preload_libraries` for an extension with a background worker) and the
+//! shutdown mode. A server whose background workers can keep a fast shutdown waiting is
+//! stopped immediately (SIGQUIT) on drop, on restart and by the parent-death signal.
 
 use std::{
     env,
@@ -148,6 +154,47 @@ fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> Throwaway
     move |source| ThrowawayError::Io { context, source }
 }
 
+/// How a [`ThrowawayCluster`] is started and stopped, beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra `-c name=value` settings, after (and so overriding) the built-in ones.
+    settings: Vec<(String, String)>,
+    /// Stop with SIGQUIT instead of SIGINT (see [`ClusterOptions::immediate_shutdown`]).
+    immediate_shutdown: bool,
+}
+
+impl ClusterOptions {
+    /// The defaults: [`ThrowawayCluster::start`]'s settings and a fast shutdown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a server setting, passed as `-c name=value` at every start (so it survives
+    /// [`ThrowawayCluster::restart`]).
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Stops the server with an immediate shutdown (SIGQUIT: no checkpoint, crash
+    /// recovery at the next start) on drop, on [`ThrowawayCluster::restart`] and when the
+    /// process dies. For servers whose background workers can keep a fast shutdown
+    /// waiting; the data is disposable anyway.
+    pub fn immediate_shutdown(mut self) -> Self {
+        self.immediate_shutdown = true;
+        self
+    }
+
+    /// The signal that stops the postmaster, and how long it may take before SIGKILL.
+    fn stop_signal(&self) -> (Signal, Duration) {
+        if self.immediate_shutdown {
+            (Signal::SIGQUIT, IMMEDIATE_STOP_TIMEOUT)
+        } else {
+            (Signal::SIGINT, FAST_STOP_TIMEOUT)
+        }
+    }
+}
+
 /// A PostgreSQL server on 127.0.0.1 with superuser `postgres` and trust authentication,
 /// stopped and deleted on drop (and when the process dies; see the module docs).
 ///
@@ -164,6 +211,8 @@ pub struct ThrowawayCluster {
     /// Chosen at start, kept across `restart` so DSNs handed out stay valid.
     port: u16,
     launcher: Launcher,
+    /// Extra settings and the shutdown mode.
+    options: ClusterOptions,
     /// `None` once stopped (between `stop_immediate` and `restart`).
     postmaster: Option<Child>,
     janitor: Option<Janitor>,
@@ -173,6 +222,11 @@ impl ThrowawayCluster {
     /// Creates and starts a cluster; blocks until it accepts sessions (about a second on a
     /// 2-core machine, nearly all of it initdb).
     pub fn start() -> Result<Self, ThrowawayError> {
+        Self::start_with(ClusterOptions::new())
+    }
+
+    /// [`ThrowawayCluster::start`] with extra settings or an immediate shutdown.
+    pub fn start_with(options: ClusterOptions) -> Result<Self, ThrowawayError> {
         let began = Instant::now();
         let binaries = ServerBinaries::find()?;
         let setpriv = find_on_path("setpriv")
@@ -180,6 +234,11 @@ impl ThrowawayCluster {
             .ok_or(ThrowawayError::NoSetpriv)?;
         let run_as = server_os_user()?;
         let spawner = Spawner::new().map_err(io_context("cannot start the spawner thread"))?;
+        let death_signal = if options.immediate_shutdown {
+            "SIGQUIT"
+        } else {
+            "SIGINT"
+        };
 
         let temp_dir = env::temp_dir();
         sweep_stale_folders(&temp_dir);
@@ -196,7 +255,9 @@ impl ThrowawayCluster {
                 setpriv,
                 run_as,
                 spawner,
+                death_signal,
             },
+            options,
             postmaster: None,
             janitor: None,
         };
@@ -258,10 +319,12 @@ impl ThrowawayCluster {
         self.stop_postmaster(Signal::SIGQUIT, IMMEDIATE_STOP_TIMEOUT)
     }
 
-    /// Starts the server again on the same data directory and port (fast-stopping it first
-    /// if it still runs) and waits until it accepts sessions, crash recovery included.
+    /// Starts the server again on the same data directory and port (stopping it first if
+    /// it still runs: fast, or immediate with [`ClusterOptions::immediate_shutdown`]) and
+    /// waits until it accepts sessions, crash recovery included.
     pub fn restart(&mut self) -> Result<(), ThrowawayError> {
-        self.stop_postmaster(Signal::SIGINT, FAST_STOP_TIMEOUT)?;
+        let (signal, timeout) = self.options.stop_signal();
+        self.stop_postmaster(signal, timeout)?;
         self.launch(PortChoice::Keep)
     }
 
@@ -338,7 +401,8 @@ impl ThrowawayCluster {
             let bind_failed = matches!(error, ThrowawayError::ServerExited { .. })
                 && read_log_tail(&self.log_path, log_offset).contains("could not bind");
             if !bind_failed || attempt >= BIND_ATTEMPTS {
-                if let Err(e) = self.stop_postmaster(Signal::SIGINT, FAST_STOP_TIMEOUT) {
+                let (signal, timeout) = self.options.stop_signal();
+                if let Err(e) = self.stop_postmaster(signal, timeout) {
                     tracing::warn!(error = %e, "cannot stop a postgres that failed to start");
                 }
                 return Err(error);
@@ -377,7 +441,12 @@ impl ThrowawayCluster {
             .arg(&self.socket_dir)
             .stdout(open_log()?)
             .stderr(open_log()?);
-        for (name, value) in SERVER_SETTINGS {
+        let extra = self.options.settings.iter();
+        for (name, value) in SERVER_SETTINGS
+            .iter()
+            .map(|(n, v)| (*n, *v))
+            .chain(extra.map(|(n, v)| (n.as_str(), v.as_str())))
+        {
             command.arg("-c").arg(format!("{name}={value}"));
         }
         self.launcher
@@ -451,9 +520,17 @@ impl ThrowawayCluster {
             .is_none()
         {
             tracing::warn!(?timeout, %signal, "postgres did not stop in time; killing it");
+            // A killed postmaster cannot stop its children (a background worker may never
+            // notice it is gone): take them down too, found while they are still its own.
+            let children = children_of(postmaster.id());
             postmaster
                 .kill()
                 .map_err(io_context("cannot kill postgres"))?;
+            for child in children {
+                if let Ok(raw) = i32::try_from(child) {
+                    let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+                }
+            }
             postmaster
                 .wait()
                 .map_err(io_context("cannot wait for postgres"))?;
@@ -462,9 +539,16 @@ impl ThrowawayCluster {
     }
 }
 
+/// The directory of the server binaries (`initdb`, `postgres`) a cluster is started from:
+/// PATH first, then `pg_config --bindir`, then Debian's `/usr/lib/postgresql/<ver>/bin`.
+pub(crate) fn server_bindir() -> Result<PathBuf, ThrowawayError> {
+    ServerBinaries::find().map(|binaries| binaries.bindir)
+}
+
 impl Drop for ThrowawayCluster {
     fn drop(&mut self) {
-        if let Err(e) = self.stop_postmaster(Signal::SIGINT, FAST_STOP_TIMEOUT) {
+        let (signal, timeout) = self.options.stop_signal();
+        if let Err(e) = self.stop_postmaster(signal, timeout) {
             tracing::warn!(error = %e, "cannot stop the throwaway PostgreSQL");
         }
         if let Err(e) = fs::remove_dir_all(&self.folder) {
@@ -484,7 +568,9 @@ mod probe;
 mod reaper;
 
 use launcher::{executable, find_on_path, server_os_user, Launcher, PortChoice, ServerBinaries};
+pub(crate) use probe::simple_query;
 use probe::{free_port, probe_session, read_log_tail, wait_with_deadline};
+pub(crate) use reaper::children_of;
 use reaper::{create_folder, postmaster_reports_ready, sweep_stale_folders, Janitor, Spawner};
 
 #[cfg(test)]

@@ -172,6 +172,27 @@ pub(super) fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// The processes whose parent is `pid` (from `/proc/<pid>/stat`), e.g. a postmaster's
+/// backends and background workers.
+pub(crate) fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|candidate| parent_pid(*candidate) == Some(pid))
+        .collect()
+}
+
+/// Field 4 of `/proc/<pid>/stat`, after the parenthesised command (which may hold
+/// spaces and parentheses).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    after_command.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Line 1 of `postmaster.pid`.
 pub(super) fn postmaster_pid_in(data_dir: &Path) -> Option<u32> {
     let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
@@ -225,6 +246,15 @@ mod tests {
         assert_eq!(folder_owner_pid(OsStr::new("df-reconciler-pg-x-1")), None);
         assert_eq!(folder_owner_pid(OsStr::new("df-reconciler-pg-0-1")), None);
         assert_eq!(folder_owner_pid(OsStr::new("other-4242-0")), None);
+    }
+
+    #[test]
+    fn children_are_found_by_their_parent() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let found = children_of(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
     }
 
     #[test]
