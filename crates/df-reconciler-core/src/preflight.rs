@@ -48,6 +48,18 @@ pub async fn resolve_engine_schema(
         return Ok(cfg.schemas.engine.clone());
     }
     let control = &cfg.schemas.control;
+    // Calling the function needs USAGE on its schema: without it, say so (exit 3) instead
+    // of failing on "permission denied" (a fresh install grants PUBLIC nothing there).
+    let usage: bool = client
+        .query_one(control::USAGE_OR_NO_SCHEMA, &[control])
+        .await
+        .context("checking USAGE on the control schema")?
+        .get(0);
+    if !usage {
+        return Err(Error::Refused(vec![format!(
+            "role lacks USAGE on schema {control} (GRANT USAGE ON SCHEMA {control})"
+        )]));
+    }
     let has_function: bool = client
         .query_one(control::HAS_ENGINE_SCHEMA_FUNCTION, &[control])
         .await

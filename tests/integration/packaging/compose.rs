@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use df_reconciler_testkit::{real_engine::DATABASE, real_extension_available, RealEngine};
 use serde_json::Value;
 
 use super::{
@@ -15,7 +16,6 @@ use super::{
 use crate::support::db::{count, rows_of, violations};
 use crate::support::harness::{connect, wait_until};
 use crate::support::process::{binary, run};
-use real_engine::{real_extension_available, RealEngine, DATABASE};
 
 /// A program next to the PostgreSQL server binaries (psql), as the harness finds those.
 fn postgres_program(name: &str) -> PathBuf {
@@ -539,129 +539,4 @@ async fn compose_seed_runs_and_the_reconciler_cleans_up_as_its_role() {
         },
     )
     .await;
-}
-
-/// Stand-in for `df_reconciler_testkit::real_engine` (branch real-tier), with the names
-/// and behaviour the compose test uses: a throwaway cluster that preloads pg_durable, its
-/// worker serving [`DATABASE`] as `postgres`, superuser instances allowed, pg_durable's own
-/// reconcile off; stopped with an immediate shutdown (its worker can keep a fast one
-/// waiting). Once real-tier is merged, delete this module and import those names from
-/// `df_reconciler_testkit` instead.
-mod real_engine {
-    use std::io::Write;
-    use std::process::Command;
-
-    use df_reconciler_testkit::ThrowawayCluster;
-
-    use super::postgres_program;
-
-    /// The database pg_durable's worker serves.
-    pub const DATABASE: &str = "durable";
-
-    /// `Ok` when the PostgreSQL on PATH has pg_durable installed (control file and
-    /// library), else one line saying what is missing.
-    pub fn real_extension_available() -> Result<(), String> {
-        let pg_config = super::which("pg_config")
-            .map_err(|()| "no pg_config on PATH to find PostgreSQL's extensions".to_owned())?;
-        let out = Command::new(&pg_config)
-            .args(["--sharedir", "--pkglibdir"])
-            .output()
-            .map_err(|e| format!("{}: {e}", pg_config.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines = text.lines().map(str::trim);
-        let (Some(sharedir), Some(pkglibdir)) = (lines.next(), lines.next()) else {
-            return Err(format!("{} answered no directories", pg_config.display()));
-        };
-        let control = format!("{sharedir}/extension/pg_durable.control");
-        let library = format!("{pkglibdir}/pg_durable.so");
-        for file in [&control, &library] {
-            if !std::path::Path::new(file).is_file() {
-                return Err(format!(
-                    "pg_durable is not installed for this PostgreSQL (no {file})"
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A throwaway cluster with pg_durable's worker started on [`DATABASE`], which has
-    /// the extension. Dropping it stops the server immediately.
-    pub struct RealEngine {
-        cluster: ThrowawayCluster,
-    }
-
-    impl RealEngine {
-        /// Blocking: a few seconds.
-        pub fn start() -> Result<Self, String> {
-            real_extension_available()?;
-            let cluster = ThrowawayCluster::start().map_err(|e| e.to_string())?;
-            // From here on, dropping `engine` stops the server.
-            let mut engine = RealEngine { cluster };
-            // In postgresql.conf: ALTER SYSTEM refuses pg_durable's settings until the
-            // library is loaded.
-            let settings: String = [
-                ("shared_preload_libraries", "pg_durable"),
-                ("pg_durable.database", DATABASE),
-                ("pg_durable.worker_role", "postgres"),
-                ("pg_durable.enable_superuser_instances", "on"),
-                ("pg_durable.reconcile_interval", "0"),
-            ]
-            .iter()
-            .map(|(name, value)| format!("{name} = '{value}'\n"))
-            .collect();
-            let conf = engine.cluster.data_dir().join("postgresql.conf");
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&conf)
-                .and_then(|mut file| file.write_all(settings.as_bytes()))
-                .map_err(|e| format!("{}: {e}", conf.display()))?;
-            // No worker yet: a fast restart.
-            engine.cluster.restart().map_err(|e| e.to_string())?;
-            engine.psql("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
-            engine.psql(DATABASE, "CREATE EXTENSION pg_durable")?;
-            // The cluster commits asynchronously: make it durable before the immediate stop.
-            engine.psql(DATABASE, "CHECKPOINT")?;
-            // A worker started with the extension in place serves within a second; the
-            // running one would look for it only every 10 s.
-            engine.cluster.stop_immediate().map_err(|e| e.to_string())?;
-            engine.cluster.restart().map_err(|e| e.to_string())?;
-            Ok(engine)
-        }
-
-        pub fn cluster(&self) -> &ThrowawayCluster {
-            &self.cluster
-        }
-
-        /// The superuser on [`DATABASE`].
-        pub fn dsn(&self) -> String {
-            self.cluster.dsn(DATABASE)
-        }
-
-        fn psql(&self, database: &str, sql: &str) -> Result<(), String> {
-            let out = Command::new(postgres_program("psql"))
-                .args(["--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"])
-                .args(["-h", self.cluster.host(), "-U", "postgres", "-d", database])
-                .args(["-p", &self.cluster.port().to_string(), "-c", sql])
-                .env_remove("PGPASSWORD")
-                .env_remove("PGOPTIONS")
-                .output()
-                .map_err(|e| format!("psql: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{sql}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        }
-    }
-
-    impl Drop for RealEngine {
-        fn drop(&mut self) {
-            if let Err(e) = self.cluster.stop_immediate() {
-                eprintln!("cannot stop the PostgreSQL with pg_durable's engine: {e}");
-            }
-        }
-    }
 }

@@ -55,6 +55,11 @@ pub(crate) const RLS_EXEMPTION: &str = "
 /// Asks pg_durable where the engine store lives; only run when the function exists.
 pub(crate) const ENGINE_SCHEMA_FUNCTION: &str = "SELECT {control}.duroxide_schema()::text";
 
+/// Whether the role may use schema `$1`, or the schema does not exist (reported apart).
+pub(crate) const USAGE_OR_NO_SCHEMA: &str = "
+    SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
+        OR has_schema_privilege($1, 'USAGE')";
+
 /// Whether `{control}.duroxide_schema()` exists. `$1`: control schema name.
 pub(crate) const HAS_ENGINE_SCHEMA_FUNCTION: &str = "
     SELECT EXISTS (
