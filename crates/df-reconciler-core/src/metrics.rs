@@ -97,7 +97,7 @@ pub struct Metrics {
     /// row locks.
     pub batch_duration: Histogram,
     /// `df_reconciler_batches_abandoned_total`: batches rolled back on a lock or statement
-    /// timeout.
+    /// timeout, or on a queue item leased just before COMMIT.
     pub batches_abandoned: Counter,
     /// `df_reconciler_paused_seconds_total`: time paused between batches for busy
     /// sessions (`pass.busy_duty_percent`).
@@ -203,7 +203,7 @@ impl Metrics {
         );
         r.register(
             "batches_abandoned",
-            "Batches rolled back on a lock or statement timeout",
+            "Batches rolled back on a lock or statement timeout, or a late lease",
             m.batches_abandoned.clone(),
         );
         r.register(

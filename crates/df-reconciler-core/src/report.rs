@@ -157,7 +157,8 @@ pub struct PassReport {
     pub batches: u64,
     /// Time spent pausing between batches for other sessions' sake (`pass.busy_duty_percent`).
     pub paused_ms: u64,
-    /// Batches rolled back on a lock or statement timeout; their candidates count as skipped.
+    /// Batches rolled back on a lock or statement timeout, or on a queue item leased just
+    /// before COMMIT; their candidates count as skipped.
     pub batches_abandoned: u64,
     /// False when the pass stopped early (shutdown, pass.max_duration, fence); the next continues.
     pub complete: bool,
@@ -291,7 +292,10 @@ impl fmt::Display for PassReport {
                 drift(self.queue_items_without_instance),
             ),
             ("orphans not old enough yet", drift(self.orphans_waiting)),
-            ("batches abandoned (timeouts)", Some(self.batches_abandoned)),
+            (
+                "batches abandoned (timeouts, late leases)",
+                Some(self.batches_abandoned),
+            ),
             ("errors", Some(self.errors.len() as u64)),
         ];
         writeln!(f, "  {:<40} {:>10}", format!("instances ({verb})"), "count")?;

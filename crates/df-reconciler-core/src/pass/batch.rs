@@ -9,6 +9,7 @@ use tracing::debug;
 
 use super::candidates::Progress;
 use super::clock::PassClock;
+use super::deletes::delete_rows;
 use super::expired::expired_batch;
 use super::orphans::orphan_batch;
 use super::phase::{Pass, Phase, Step};
@@ -97,6 +98,9 @@ impl Pass<'_> {
             Phase::Orphans => orphan_batch(batch, progress, &mut tally).await?,
         };
         if dry_run {
+            let last =
+                delete_rows(&tx, st, None, &[(&st.delete_last, &tally.deleted_last)]).await?;
+            tally.rows.extend(last.rows);
             tx.rollback().await.context("ending a dry-run batch")?;
         } else {
             if let Some(schema) = &self.deletions_schema {
@@ -107,9 +111,24 @@ impl Pass<'_> {
             // which PostgreSQL disarms before COMMIT runs deferred triggers. Their checks
             // are cached plans run once per deleted row, generic since the candidates
             // (replanning each under force_custom_plan made this step 5x slower).
-            tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
-                .await
-                .context("checking the deleted rows' foreign keys")?;
+            // Pipelined behind them, the dispatcher's queue items, as late as possible: a
+            // dispatcher that picks one of them spins until the batch ends. A lease on one
+            // taken since the trees were locked rolls the whole batch back (the other
+            // tables' rows are gone at the top level, with no savepoint to return to).
+            let last = delete_rows(
+                &tx,
+                st,
+                Some(CHECK_DEFERRED_FOREIGN_KEYS),
+                &[(&st.delete_last, &tally.deleted_last)],
+            )
+            .await?;
+            if !last.leased.is_empty() {
+                tx.rollback()
+                    .await
+                    .context("rolling back a batch with a leased queue item")?;
+                return Ok(Step::LeasedAtCommit);
+            }
+            tally.rows.extend(last.rows);
             tx.commit().await.context("committing a batch")?;
         }
         if matches!(step, Step::Continue { .. }) {
@@ -161,6 +180,9 @@ fn local_limits(cfg: &Config) -> String {
         cfg.pass.lock_timeout.as_millis()
     )
 }
+
+/// Runs the df foreign keys' deferred checks now, where statement_timeout still applies.
+const CHECK_DEFERRED_FOREIGN_KEYS: &str = "SET CONSTRAINTS ALL IMMEDIATE";
 
 /// The daemon's own planner cost for a random page read (PostgreSQL's default is 4, meant
 /// for spinning disks); set per transaction, never for other sessions.

@@ -20,7 +20,7 @@ pub(crate) struct Deleted {
     pub(crate) leased: HashSet<String>,
 }
 
-/// Runs `prelude` (a savepoint statement), then each table's DELETE (or, in a dry run, its
+/// Runs `prelude` (a savepoint statement, or the deferred foreign-key checks), then each table's DELETE (or, in a dry run, its
 /// count) for the rows paired with its group of statements; a group with no rows is left
 /// out. The statements are pipelined: sent together, run by the server one after the other
 /// in order, in the batch's transaction. A delete by address must match every locked row,
@@ -44,7 +44,7 @@ pub(crate) async fn delete_rows(
             Some(sql) => tx
                 .batch_execute(sql)
                 .await
-                .context("moving the batch's savepoint"),
+                .with_context(|| format!("running {sql}")),
             None => Ok(()),
         }
     };

@@ -158,6 +158,7 @@ pub(crate) async fn expired_batch(
         )
         .await?;
         tally.rows.extend(deleted.rows);
+        tally.deleted_last = trees.members_and_bare_rows();
         for (id, _) in &df_rows {
             let c = &candidates[id];
             tally.expired.push((c.status, c.window_expired));

@@ -1,5 +1,6 @@
-//! The lease check: the rows that carry leases are deleted first, in a savepoint, and a
-//! tree with a live lease is put back.
+//! The lease check: the rows that carry leases (worker queue items, instance locks) are
+//! deleted first, in a savepoint, and a tree with a live lease is put back. The
+//! dispatcher's queue is deleted last instead ([`super::batch`]), its leases read then.
 
 use deadpool_postgres::Transaction;
 
@@ -14,7 +15,7 @@ const LEASE_SAVEPOINT: &str = "SAVEPOINT before_leased_rows";
 const BACK_TO_LEASE_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT before_leased_rows";
 const END_LEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT before_leased_rows";
 
-/// Deletes the rows that carry leases (queue items, instance locks) of the cleared trees and
+/// Deletes the worker queue items and instance locks of the cleared trees and
 /// bare ids, first and inside a savepoint, reading each row's lease as it goes: the delete
 /// is the lease check, so a lease taken after the trees were locked cannot slip through.
 /// A tree (or bare id) with a lease not yet expired is put back (`skipped_locked`), the

@@ -57,6 +57,7 @@ pub(crate) async fn orphan_batch(
         )
         .await?;
         tally.rows.extend(deleted.rows);
+        tally.deleted_last = trees.members();
         for (id, status) in &trees.root_statuses {
             tally.orphans.push(*status);
             tally.deleted_roots.push(DeletedRoot {

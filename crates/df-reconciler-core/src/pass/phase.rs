@@ -35,6 +35,9 @@ pub(crate) enum Step {
     },
     /// Another replica holds the batch fence: this pass stands down.
     Fenced,
+    /// A dispatcher leased a queue item of the batch after its trees were locked, seen by
+    /// the batch's last statement: the whole batch was rolled back.
+    LeasedAtCommit,
 }
 
 /// A pass under way: its connection, statements and clock, and what it has done so far.
@@ -173,6 +176,18 @@ impl Pass<'_> {
                     .pace(batch_started.elapsed(), self.deadline, self.shutdown)
                     .await;
                 self.report.paused_ms += paused.as_millis() as u64;
+            }
+            Ok(Step::LeasedAtCommit) => {
+                self.report.batches_abandoned += 1;
+                warn!(
+                    ?phase,
+                    "a queue item of the batch was leased before it committed; batch rolled back"
+                );
+                // Its candidates are left whole for the next pass, like a timed-out batch's.
+                if let Some(p) = progress {
+                    self.report.skipped_abandoned += p.candidates;
+                    cursor.watermark = Some(p.watermark);
+                }
             }
             Err(e) if is_timeout(&e) => {
                 self.report.batches_abandoned += 1;

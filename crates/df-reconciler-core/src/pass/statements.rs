@@ -71,12 +71,16 @@ pub(crate) struct Statements {
     /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
     /// rows instead.
     pub(crate) delete_df: TableStatements,
-    /// The engine tables whose rows carry leases (queues, instance locks): deleted first.
+    /// The engine tables whose rows carry leases (worker queue, instance locks): deleted
+    /// first.
     pub(crate) delete_engine_leased: TableStatements,
     /// The other engine tables, instances last.
     pub(crate) delete_engine: TableStatements,
-    /// The engine's queue tables alone, for df rows that never got an engine record.
+    /// The engine's worker queue alone, for df rows that never got an engine record.
     pub(crate) delete_queues: TableStatements,
+    /// The dispatcher's queue (orchestrator_queue), for every id of the batch: the last
+    /// statement before COMMIT (`InstanceTable::deleted_last`), reading leases as it deletes.
+    pub(crate) delete_last: TableStatements,
     pub(crate) dry_run: bool,
 }
 
@@ -113,7 +117,7 @@ impl Statements {
                 .collect();
             futures_util::future::try_join_all(jobs)
         };
-        let (engine_leased, engine_rest) = engine_delete_groups();
+        let [engine_leased, engine_rest, engine_last] = engine_delete_groups();
         Ok(Self {
             terminal_count_up_to: prepare(reconcile::TERMINAL_COUNT_UP_TO).await?,
             batch_fence: prepare(reconcile::TRY_BATCH_FENCE).await?,
@@ -146,18 +150,31 @@ impl Statements {
             delete_queues: deletes(
                 &schemas.engine,
                 "{engine}",
-                &engine::QUEUE_TABLES.iter().collect::<Vec<_>>(),
+                &engine::QUEUE_TABLES
+                    .iter()
+                    .filter(|t| !t.deleted_last)
+                    .collect::<Vec<_>>(),
             )
             .await?,
+            delete_last: deletes(&schemas.engine, "{engine}", &engine_last).await?,
             dry_run,
         })
     }
 }
 
-/// The engine's per-instance tables split into those whose rows carry leases (deleted
-/// first, in a savepoint) and the rest, each in deletion order.
-fn engine_delete_groups() -> (Vec<&'static InstanceTable>, Vec<&'static InstanceTable>) {
-    engine::PER_INSTANCE_TABLES.iter().partition(|t| t.leased)
+/// The engine's per-instance tables in three groups, each in deletion order: those whose
+/// rows carry leases (deleted first, in a savepoint), the rest, and those deleted last.
+fn engine_delete_groups() -> [Vec<&'static InstanceTable>; 3] {
+    let mut groups: [Vec<&'static InstanceTable>; 3] = Default::default();
+    for t in &engine::PER_INSTANCE_TABLES {
+        let group = match (t.deleted_last, t.leased) {
+            (true, _) => 2,
+            (false, true) => 0,
+            (false, false) => 1,
+        };
+        groups[group].push(t);
+    }
+    groups
 }
 
 /// The first words of a statement, to name it in an error.
@@ -214,16 +231,19 @@ mod tests {
     }
 
     #[test]
-    fn leased_engine_tables_go_first_and_instances_last() {
-        let (leased, rest) = engine_delete_groups();
+    fn leased_engine_tables_go_first_instances_after_and_the_dispatch_queue_last() {
+        let [leased, rest, last] = engine_delete_groups();
         let names = |ts: &[&InstanceTable]| ts.iter().map(|t| t.name).collect::<Vec<_>>();
-        assert_eq!(
-            names(&leased),
-            ["orchestrator_queue", "worker_queue", "instance_locks"]
-        );
+        assert_eq!(names(&leased), ["worker_queue", "instance_locks"]);
         assert_eq!(rest.last().map(|t| t.name), Some("instances"));
         assert!(rest.iter().all(|t| !t.leased));
-        assert_eq!(leased.len() + rest.len(), engine::PER_INSTANCE_TABLES.len());
+        // Still read for leases as it goes, in the batch's last statement.
+        assert_eq!(names(&last), ["orchestrator_queue"]);
+        assert!(last.iter().all(|t| t.leased));
+        assert_eq!(
+            leased.len() + rest.len() + last.len(),
+            engine::PER_INSTANCE_TABLES.len()
+        );
     }
 
     #[test]

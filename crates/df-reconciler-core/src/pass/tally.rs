@@ -4,6 +4,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::types::Timestamp;
 
+use super::deletes::Rows;
 use super::phase::Phase;
 use crate::audit::DeletedRoot;
 use crate::policy::{EngineStatus, TerminalStatus};
@@ -23,6 +24,9 @@ pub(crate) struct BatchTally {
     pub(crate) oldest_skipped: Option<SystemTime>,
     /// Removed roots, for the opt-in deletions audit table.
     pub(crate) deleted_roots: Vec<DeletedRoot>,
+    /// Every engine instance and bare id the batch deletes: their dispatcher queue items
+    /// go in its last statement ([`super::statements::Statements::delete_last`]).
+    pub(crate) deleted_last: Rows,
 }
 
 impl BatchTally {

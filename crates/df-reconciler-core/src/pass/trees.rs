@@ -66,6 +66,14 @@ impl ClearedTrees {
         self.trees.values().flatten().cloned().collect()
     }
 
+    /// Every engine instance of the cleared trees and every bare id: all that has queue
+    /// items to delete.
+    pub(crate) fn members_and_bare_rows(&self) -> Rows {
+        let mut rows = self.members();
+        rows.extend(self.bare_rows());
+        rows
+    }
+
     /// The bare ids, without addresses (queue tables never delete by address).
     pub(crate) fn bare_rows(&self) -> Rows {
         self.bare

@@ -14,12 +14,14 @@ pub(crate) const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
         key: "instance_id",
         locked: false,
         leased: false,
+        deleted_last: false,
     },
     InstanceTable {
         name: "instances",
         key: "id",
         locked: true,
         leased: false,
+        deleted_last: false,
     },
 ];
 

@@ -30,8 +30,9 @@ pub(crate) const REQUIRED_TABLES: [&str; 10] = [
 ];
 
 /// Per-instance tables in the order the engine's own delete routine uses, instances last.
-/// A batch deletes the leased ones (queues, instance locks) first, to learn of leases before
-/// anything else goes; the engine has no foreign keys between these tables.
+/// A batch deletes the leased ones (worker queue, instance locks) first, to learn of leases
+/// before anything else goes, and the dispatcher's queue last (`deleted_last`); the engine
+/// has no foreign keys between these tables.
 /// Preflight refuses to run when the engine has a per-instance table not listed here, so a
 /// future engine version cannot make the daemon leave rows behind silently.
 pub(crate) const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
@@ -40,48 +41,56 @@ pub(crate) const PER_INSTANCE_TABLES: [InstanceTable; 8] = [
         key: "instance_id",
         locked: false,
         leased: false,
+        deleted_last: false,
     },
     InstanceTable {
         name: "executions",
         key: "instance_id",
         locked: false,
         leased: false,
+        deleted_last: false,
     },
     InstanceTable {
         name: "orchestrator_queue",
         key: "instance_id",
         locked: false,
         leased: true,
+        deleted_last: true,
     },
     InstanceTable {
         name: "worker_queue",
         key: "instance_id",
         locked: false,
         leased: true,
+        deleted_last: false,
     },
     InstanceTable {
         name: "instance_locks",
         key: "instance_id",
         locked: false,
         leased: true,
+        deleted_last: false,
     },
     InstanceTable {
         name: "kv_delta",
         key: "instance_id",
         locked: false,
         leased: false,
+        deleted_last: false,
     },
     InstanceTable {
         name: "kv_store",
         key: "instance_id",
         locked: false,
         leased: false,
+        deleted_last: false,
     },
     InstanceTable {
         name: "instances",
         key: "instance_id",
         locked: true,
         leased: false,
+        deleted_last: false,
     },
 ];
 

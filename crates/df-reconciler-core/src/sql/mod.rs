@@ -79,6 +79,11 @@ pub(crate) struct InstanceTable {
     /// the database clock): a real pass reads the leases of the rows it deletes, see
     /// [`InstanceTable::delete_reporting_leases`].
     pub leased: bool,
+    /// The engine's dispatcher picks its next row of this table without locking it, then
+    /// tries to lock it and, finding it locked, picks the same row again, in a loop: a real
+    /// pass deletes these rows in the last statement of its batch, right before COMMIT, so
+    /// a dispatcher spins for one statement, not for a whole batch (docs/ARCHITECTURE.md).
+    pub deleted_last: bool,
 }
 
 impl InstanceTable {
@@ -279,6 +284,7 @@ mod tests {
             key: "instance_id",
             locked: false,
             leased: false,
+            deleted_last: false,
         };
         let delete = t.statement("{engine}", false);
         let count = t.statement("{engine}", true);
@@ -297,6 +303,7 @@ mod tests {
             key: "id",
             locked: true,
             leased: false,
+            deleted_last: false,
         };
         let s = t.delete_by_address("{control}");
         assert!(s.starts_with("DELETE FROM {control}.instances t"), "{s}");
