@@ -5,52 +5,19 @@
 use df_reconciler_core::config::{Config, SecretString};
 use df_reconciler_core::error::{exit_code, Error};
 
-use super::read;
 use crate::support::db::{count, df_ids, engine_ids, rows_of};
 use crate::support::harness::TestDb;
 use crate::support::passes::{pass, try_pass};
+use crate::support::role;
 use crate::support::seed::{orphan, workflow, DAY};
-
-/// deploy/sql/reconciler-role.sql as plain SQL: the psql meta-commands (the variable
-/// defaults) dropped and the variables substituted, as psql would.
-fn role_sql(role: &str, engine_schema: &str) -> String {
-    let mut sql: String = read("deploy/sql/reconciler-role.sql")
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('\\'))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    for (name, value) in [
-        ("role", role),
-        ("control_schema", "df"),
-        ("engine_schema", engine_schema),
-        ("audit_schema", "df_reconciler"),
-    ] {
-        sql = sql
-            .replace(&format!(":\"{name}\""), &format!("\"{value}\""))
-            .replace(&format!(":'{name}'"), &format!("'{value}'"));
-    }
-    assert!(
-        !sql.contains(":\"") && !sql.contains(":'"),
-        "a psql variable the test does not know:\n{sql}"
-    );
-    sql
-}
 
 /// Applies the role SQL for a role unique to `db` (roles are cluster-wide) and returns the
 /// role's name and a configuration connecting as it.
 async fn apply_role_sql(db: &TestDb, engine_schema: &str) -> (String, Config) {
     let role = format!("{}_rec", db.name);
-    db.client()
-        .await
-        .batch_execute(&role_sql(&role, engine_schema))
-        .await
-        .unwrap_or_else(|e| panic!("reconciler-role.sql: {e:?}"));
+    role::apply_role_sql(&db.client().await, &role, engine_schema).await;
     let mut cfg = Config::default();
-    cfg.database.url = Some(SecretString::new(db.dsn.replacen(
-        "postgres://postgres@",
-        &format!("postgres://{role}@"),
-        1,
-    )));
+    cfg.database.url = Some(SecretString::new(role::dsn_as(&db.dsn, &role)));
     (role, cfg)
 }
 
