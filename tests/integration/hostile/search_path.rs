@@ -11,14 +11,9 @@
 //! in read-only transactions too), tagged with its database; every subcommand that
 //! touches the database runs; the test fails on any such line.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use crate::support::db::exec;
 use crate::support::harness::{cluster, connect, TestDb};
-use crate::support::process::{
-    daemon, exit_within, free_port, metric_at, run, signal, text, Running,
-};
+use crate::support::process::{daemon, first_pass_of_run, run, text};
 use crate::support::role::{apply_role_sql, dsn_as};
 use crate::support::seed::{orphan, workflow, DAY};
 
@@ -147,44 +142,6 @@ async fn subcommand(dsn: &str, args: &[&str]) -> String {
     )
 }
 
-/// `run` until its first pass ended (ok or failed), then SIGTERM; how it ended.
-async fn first_pass_of_run(dsn: &str) -> String {
-    let port = free_port();
-    let mut cmd: Command = daemon(dsn);
-    cmd.arg("run")
-        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DF_RECONCILER__AUDIT__RECORD_DELETIONS", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut daemon = Running::spawn(&mut cmd);
-    let began = Instant::now();
-    let mut outcome = "no pass within 60s".to_owned();
-    while began.elapsed() < Duration::from_secs(60) {
-        let mut ended = None;
-        for result in ["ok", "failed"] {
-            let metric =
-                format!("df_reconciler_passes_total{{outcome=\"{result}\",dry_run=\"false\"}}");
-            if metric_at(port, &metric).await.unwrap_or(0.0) >= 1.0 {
-                ended = Some(result);
-            }
-        }
-        if let Some(result) = ended {
-            outcome = format!("first pass {result}");
-            break;
-        }
-        if daemon.0.try_wait().unwrap().is_some() {
-            outcome = "exited before its first pass".to_owned();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if daemon.0.try_wait().unwrap().is_none() {
-        signal(&daemon.0, "TERM");
-    }
-    let status = exit_within(&mut daemon.0, Duration::from_secs(30)).await;
-    format!("[\"run\"]: {outcome}, {status}")
-}
-
 #[tokio::test]
 async fn no_planted_function_or_operator_ever_runs_as_the_daemon() {
     let db = TestDb::new().await;
@@ -254,7 +211,7 @@ async fn no_planted_function_or_operator_ever_runs_as_the_daemon() {
     ] {
         ran.push(subcommand(&as_role, args).await);
     }
-    ran.push(first_pass_of_run(&as_role).await);
+    ran.push(first_pass_of_run(daemon(&as_role)).await);
     // `migrate --indexes` runs as the tables' owner (here the superuser).
     ran.push(subcommand(&db.dsn, &["migrate", "--indexes"]).await);
     ran.push(subcommand(&db.dsn, &["check"]).await);
