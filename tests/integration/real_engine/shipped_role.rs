@@ -70,7 +70,7 @@ async fn the_shipped_role_runs_the_documented_setup_on_the_real_engine() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(recorded, [expired.clone()]);
+    assert_eq!(recorded, std::slice::from_ref(&expired));
     assert_eq!(rows_of(&c, &expired).await, 0);
     completes_normally(&c, &live).await;
     assert_eq!(live_deletions(&c).await, Vec::<String>::new());
