@@ -40,7 +40,12 @@
 --     blind, so the daemon reclaims no orphan at all (expired instances still go) and
 --     says so in `check` and every report. A NOINHERIT member is blind too.
 --   * EXECUTE on df.duroxide_schema(): schemas.engine = "auto" asks it where the engine is.
---   * its own schema for the audit trail (df-reconciler migrate creates the tables there).
+--   * its own schema for the audit trail (df-reconciler migrate creates the tables there;
+--     it cannot create the schema itself: CREATE SCHEMA needs CREATE on the database).
+--   * search_path = pg_catalog, pg_temp as the role's default: nothing another role can
+--     write is ever on it, for the daemon (which pins the same path in every session and
+--     transaction, and qualifies every name) and for any other session that logs in as
+--     this role (an operator's psql, a pooler's server connections).
 
 \set ON_ERROR_STOP on
 \if :{?role}
@@ -74,6 +79,10 @@ BEGIN
 END
 $role$;
 ALTER ROLE :"role" WITH LOGIN BYPASSRLS INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+-- Its sessions find functions, operators and types in the catalog only (search-path
+-- hijacking, CVE-2018-1058): a role that may create objects in public or elsewhere must
+-- not be able to run code as this one.
+ALTER ROLE :"role" SET search_path = pg_catalog, pg_temp;
 
 GRANT USAGE ON SCHEMA :"control_schema", :"engine_schema" TO :"role";
 

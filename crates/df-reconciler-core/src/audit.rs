@@ -29,18 +29,42 @@ pub async fn migrate(
         .transaction()
         .await
         .context("starting the migration")?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&locks::MIGRATION])
+    tx.batch_execute(crate::db::SET_LOCAL_SEARCH_PATH)
         .await
-        .context("taking the migration lock")?;
+        .context("pinning the search path")?;
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1::bigint)",
+        &[&locks::MIGRATION],
+    )
+    .await
+    .context("taking the migration lock")?;
+    // CREATE SCHEMA needs CREATE on the database, even with IF NOT EXISTS and a schema
+    // that exists: the shipped role has none, and gets its schema from the role SQL.
+    let schema_exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1::text)",
+            &[&cfg.schema],
+        )
+        .await
+        .context("looking for the audit schema")?
+        .get(0);
+    if !schema_exists {
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .with_context(|| {
+                format!(
+                    "creating the audit schema {schema} (needs CREATE on the database; or create it for the role: deploy/sql/reconciler-role.sql)"
+                )
+            })?;
+    }
     tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+        "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
              version    integer PRIMARY KEY,
              name       text NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now())"
+             applied_at timestamptz NOT NULL DEFAULT pg_catalog.now())"
     ))
     .await
-    .context("creating the audit schema")?;
+    .context("creating the audit schema's migrations table")?;
     let applied: Vec<i32> = tx
         .query(
             &format!("SELECT version FROM {schema}.schema_migrations"),
@@ -91,7 +115,10 @@ pub async fn migrate_if_auto(
 pub async fn is_installed(client: &impl GenericClient, cfg: &AuditConfig) -> Result<bool, Error> {
     Ok(client
         .query_one(
-            "SELECT to_regclass(format('%I.passes', $1::text)) IS NOT NULL",
+            "SELECT EXISTS (
+                 SELECT 1 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1::text AND c.relname = 'passes'::name)",
             &[&cfg.schema],
         )
         .await
@@ -117,7 +144,7 @@ pub(crate) async fn record_pass(
             &format!(
                 "INSERT INTO {schema}.passes
                    (pass_id, host, started_at, dry_run, outcome, error, instances_removed, rows_deleted, report)
-                 VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7, $8, $9)"
+                 VALUES ($1, $2, coalesce($3, pg_catalog.now()), $4, $5, $6, $7, $8, $9)"
             ),
             &[
                 &report.pass_id,
@@ -141,7 +168,9 @@ pub(crate) async fn record_pass(
                 &format!(
                     "DELETE FROM {schema}.{table} WHERE ctid IN (
                          SELECT ctid FROM {schema}.{table}
-                          WHERE {column} < now() - make_interval(secs => $1) LIMIT 10000)"
+                          WHERE {column} < pg_catalog.now()
+                                           - pg_catalog.make_interval(secs => $1::double precision)
+                          LIMIT 10000)"
                 ),
                 &[&retention],
             )
@@ -183,7 +212,9 @@ pub async fn record_deletions(
     tx.execute(
         &format!(
             "INSERT INTO {}.deletions (pass_id, instance_id, reason, status, terminal_at)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[])",
+             SELECT $1::text, * FROM ROWS FROM (
+                 pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]),
+                 pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::timestamptz[]))",
             quote_ident(schema)
         ),
         &[&pass_id, &ids, &reasons, &statuses, &times],

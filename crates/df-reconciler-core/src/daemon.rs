@@ -317,7 +317,10 @@ impl Leader {
             }
         };
         match client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&locks::LEADER])
+            .query_one(
+                "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)",
+                &[&locks::LEADER],
+            )
             .await
         {
             Ok(row) if row.get::<_, bool>(0) => {

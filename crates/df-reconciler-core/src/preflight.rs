@@ -133,7 +133,10 @@ pub async fn verify(
         .map(|(s, _)| *s)
     {
         let usage: bool = client
-            .query_one("SELECT has_schema_privilege($1, 'USAGE')", &[schema])
+            .query_one(
+                "SELECT pg_catalog.has_schema_privilege($1::text, 'USAGE'::text)",
+                &[schema],
+            )
             .await
             .context("checking schema privileges")?
             .get(0);
@@ -158,7 +161,7 @@ pub async fn verify(
         for privilege in privileges {
             let granted: bool = client
                 .query_one(
-                    "SELECT has_table_privilege($1, $2)",
+                    "SELECT pg_catalog.has_table_privilege($1::text, $2::text)",
                     &[&qualified, privilege],
                 )
                 .await
@@ -181,7 +184,7 @@ pub async fn verify(
             let qualified = format!("{}.{}", sql::quote_ident(schema), sql::quote_ident(table));
             let granted: bool = client
                 .query_one(
-                    "SELECT has_any_column_privilege($1, 'UPDATE')",
+                    "SELECT pg_catalog.has_any_column_privilege($1::text, 'UPDATE'::text)",
                     &[&qualified],
                 )
                 .await
@@ -209,7 +212,10 @@ pub async fn verify(
 
     let migrations = format!("{}._duroxide_migrations", sql::quote_ident(&schemas.engine));
     let can_read_migrations: bool = client
-        .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&migrations])
+        .query_one(
+            "SELECT pg_catalog.has_table_privilege($1::text, 'SELECT'::text)",
+            &[&migrations],
+        )
         .await
         .context("checking table privileges")?
         .get(0);
@@ -235,7 +241,7 @@ pub async fn verify(
 async fn schema_exists(client: &impl GenericClient, name: &str) -> Result<bool, Error> {
     Ok(client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1::text)",
             &[&name],
         )
         .await
@@ -251,8 +257,9 @@ async fn check_tables(
 ) -> Result<(), Error> {
     let present: Vec<String> = client
         .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+            "SELECT c.relname::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1::text AND c.relkind IN ('r'::\"char\", 'p'::\"char\")",
             &[&schema],
         )
         .await
@@ -405,7 +412,7 @@ pub async fn df_live_engine_ended_warning(
     orphan_min_age: Duration,
 ) -> Result<Option<String>, Error> {
     let db_now: SystemTime = client
-        .query_one("SELECT now()", &[])
+        .query_one("SELECT pg_catalog.now()", &[])
         .await
         .context("reading the database clock")?
         .get(0);
@@ -440,6 +447,101 @@ pub async fn in_database_reconcile_warning(
             "pg_durable.reconcile_interval = {v}: the in-database reconcile still runs; set it to 0 (ALTER SYSTEM SET pg_durable.reconcile_interval = 0)"
         )),
     })
+}
+
+/// One warning per schema on the role's default search path that other roles may create
+/// objects in (see [`sql::SCHEMA_CREATORS`]): a function or operator planted there would
+/// run as the role in any session that does not pin its search path. The daemon pins its
+/// own and qualifies every name, so this is about everything else that logs in as the
+/// role (psql sessions of an operator, scripts, a pooler's server connections).
+pub async fn writable_search_path_warnings(
+    client: &impl GenericClient,
+) -> Result<Vec<String>, Error> {
+    let row = client
+        .query_one(sql::DEFAULT_SEARCH_PATH, &[])
+        .await
+        .context("reading the role's default search path")?;
+    let path: String = row.get(0);
+    let role: String = row.get(1);
+    let schemas = search_path_schemas(&path, &role);
+    let rows = client
+        .query(sql::SCHEMA_CREATORS, &[&schemas])
+        .await
+        .context("looking for schemas on the search path that other roles may write")?;
+    let mut warnings = Vec::new();
+    for row in rows {
+        let schema: String = row.get(0);
+        let creators: Vec<String> = row.get(1);
+        let public_create: bool = row.get(2);
+        if creators.is_empty() && !public_create {
+            continue;
+        }
+        let who = if public_create {
+            "every role (CREATE is granted to PUBLIC)".to_owned()
+        } else if creators.len() > 5 {
+            format!(
+                "{} and {} more",
+                creators[..5].join(", "),
+                creators.len() - 5
+            )
+        } else {
+            creators.join(", ")
+        };
+        let revoke = if public_create {
+            format!("REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC")
+        } else {
+            format!("REVOKE CREATE ON SCHEMA {schema} FROM those roles")
+        };
+        warnings.push(format!(
+            "schema {schema} on the role's default search path ({path}) is writable by other roles: {who}; a function or operator created there runs as {role} in every session of it that does not pin its search path (df-reconciler pins its own: pg_catalog, pg_temp); {revoke}, or take it off the role's path: ALTER ROLE {role} SET search_path = pg_catalog, pg_temp (deploy/sql/reconciler-role.sql does)"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// The schema names of a `search_path` value, in order: quoted names as written, unquoted
+/// ones folded to lower case, `$user` as the role's name.
+fn search_path_schemas(path: &str, role: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    let mut chars = path.chars().peekable();
+    let mut finish = |current: &mut String, was_quoted: &mut bool| {
+        let raw = std::mem::take(current);
+        let name = if *was_quoted {
+            raw
+        } else {
+            raw.trim().to_lowercase()
+        };
+        *was_quoted = false;
+        if name == "$user" {
+            names.push(role.to_owned());
+        } else if !name.is_empty() {
+            names.push(name);
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                current.push('"');
+            }
+            '"' => {
+                quoted = !quoted;
+                if quoted {
+                    current.clear();
+                    was_quoted = true;
+                }
+            }
+            ',' if !quoted => finish(&mut current, &mut was_quoted),
+            c if quoted => current.push(c),
+            c if was_quoted && c.is_whitespace() => {}
+            c => current.push(c),
+        }
+    }
+    finish(&mut current, &mut was_quoted);
+    names
 }
 
 /// Supporting indexes that are missing (see `SupportingIndex::all`).
@@ -502,6 +604,20 @@ pub async fn create_supporting_indexes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_path_values_name_their_schemas() {
+        assert_eq!(
+            search_path_schemas("\"$user\", public", "df_reconciler"),
+            ["df_reconciler", "public"]
+        );
+        assert_eq!(
+            search_path_schemas(" App ,\"We,ird\"\"s\" , pg_catalog, pg_temp", "r"),
+            ["app", "We,ird\"s", "pg_catalog", "pg_temp"]
+        );
+        assert_eq!(search_path_schemas("$user", "r"), ["r"]);
+        assert!(search_path_schemas("", "r").is_empty());
+    }
 
     #[test]
     fn the_guard_holds_orphans_whenever_it_cannot_see_every_transaction() {

@@ -218,6 +218,14 @@ async fn check(cfg: &Config) -> i32 {
                 Ok(None) => {}
                 Err(e) => println!("warning: cannot count live df rows whose engine ended: {e}"),
             }
+            match preflight::writable_search_path_warnings(&**client).await {
+                Ok(warnings) => {
+                    for w in warnings {
+                        println!("warning: {w}");
+                    }
+                }
+                Err(e) => println!("warning: cannot check the role's search path: {e}"),
+            }
             match preflight::missing_supporting_indexes(&**client, &verified.schemas).await {
                 Ok(missing) => {
                     for index in missing {

@@ -14,7 +14,9 @@
 //! - [`broken_links`]: children whose parent is gone, cycles of parent links, df rows
 //!   missing their root node;
 //! - [`size_and_time`]: huge engine trees and df graphs, the commit under the statement
-//!   timeout, timestamps in the future.
+//!   timeout, timestamps in the future;
+//! - [`search_path`]: a role that plants look-alike functions and operators where the
+//!   daemon's role would find them (search-path hijacking).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -30,6 +32,7 @@ use crate::support::seed::DAY;
 
 mod broken_links;
 mod ids;
+mod search_path;
 mod size_and_time;
 mod unknowns;
 mod user_writes;

@@ -1,56 +1,25 @@
 //! deploy/sql/reconciler-role.sql: the least-privileged role, applied to a test database,
-//! grants what a pass needs and nothing more, serves the legacy engine schema, and cannot
-//! reconcile without BYPASSRLS.
+//! grants what a pass needs and nothing more, serves the legacy engine schema, cannot
+//! reconcile without BYPASSRLS, and runs the documented setup end to end (every
+//! subcommand but `migrate --indexes`, which needs the tables' owner).
 
 use df_reconciler_core::config::{Config, SecretString};
 use df_reconciler_core::error::{exit_code, Error};
 
-use super::read;
 use crate::support::db::{count, df_ids, engine_ids, rows_of};
 use crate::support::harness::TestDb;
 use crate::support::passes::{pass, try_pass};
+use crate::support::process::{daemon, first_pass_of_run, run, text};
+use crate::support::role;
 use crate::support::seed::{orphan, workflow, DAY};
-
-/// deploy/sql/reconciler-role.sql as plain SQL: the psql meta-commands (the variable
-/// defaults) dropped and the variables substituted, as psql would.
-fn role_sql(role: &str, engine_schema: &str) -> String {
-    let mut sql: String = read("deploy/sql/reconciler-role.sql")
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('\\'))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    for (name, value) in [
-        ("role", role),
-        ("control_schema", "df"),
-        ("engine_schema", engine_schema),
-        ("audit_schema", "df_reconciler"),
-    ] {
-        sql = sql
-            .replace(&format!(":\"{name}\""), &format!("\"{value}\""))
-            .replace(&format!(":'{name}'"), &format!("'{value}'"));
-    }
-    assert!(
-        !sql.contains(":\"") && !sql.contains(":'"),
-        "a psql variable the test does not know:\n{sql}"
-    );
-    sql
-}
 
 /// Applies the role SQL for a role unique to `db` (roles are cluster-wide) and returns the
 /// role's name and a configuration connecting as it.
 async fn apply_role_sql(db: &TestDb, engine_schema: &str) -> (String, Config) {
     let role = format!("{}_rec", db.name);
-    db.client()
-        .await
-        .batch_execute(&role_sql(&role, engine_schema))
-        .await
-        .unwrap_or_else(|e| panic!("reconciler-role.sql: {e:?}"));
+    role::apply_role_sql(&db.client().await, &role, engine_schema).await;
     let mut cfg = Config::default();
-    cfg.database.url = Some(SecretString::new(db.dsn.replacen(
-        "postgres://postgres@",
-        &format!("postgres://{role}@"),
-        1,
-    )));
+    cfg.database.url = Some(SecretString::new(role::dsn_as(&db.dsn, &role)));
     (role, cfg)
 }
 
@@ -175,4 +144,79 @@ async fn the_role_sql_serves_the_legacy_engine_schema_and_bypassrls_is_required(
     let report = pass(&cfg, false).await;
     assert_eq!(report.instances_removed(), 2, "{report}");
     assert!(report.rows_deleted.contains_key("duroxide.instances"));
+}
+
+/// docs/OPERATIONS.md, "First run", as the shipped role: `check`, a dry run, `migrate`,
+/// `run` with `audit.record_deletions`, `history`; `migrate --indexes` as the tables'
+/// owner, since the role may not create indexes on pg_durable's tables.
+#[tokio::test]
+async fn the_documented_setup_works_end_to_end_as_the_shipped_role() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let (role, cfg) = apply_role_sql(&db, "_duroxide").await;
+    let as_role = cfg.database.url.as_ref().unwrap().expose().to_owned();
+    let c = db.client().await;
+    let succeeds = |dsn: &str, args: &[&str]| {
+        let mut cmd = daemon(dsn);
+        cmd.args(args);
+        let what = format!(
+            "{args:?} as {}",
+            if dsn == db.dsn { "owner" } else { &role }
+        );
+        async move {
+            let out = run(cmd).await;
+            assert!(
+                out.status.success(),
+                "{what}: {}\n{}{}",
+                out.status,
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            text(&out.stdout)
+        }
+    };
+
+    let check = succeeds(&as_role, &["check"]).await;
+    assert!(!check.contains("problem:"), "{check}");
+    assert!(!check.contains("search path"), "{check}");
+    succeeds(&as_role, &["once", "--dry-run"]).await;
+    succeeds(&as_role, &["migrate"]).await;
+    succeeds(&as_role, &["migrate"]).await;
+
+    // Indexes on pg_durable's tables need their owner: refused for the role, by name.
+    let mut indexes = daemon(&as_role);
+    indexes.args(["migrate", "--indexes"]);
+    let out = run(indexes).await;
+    assert!(!out.status.success(), "the role cannot create indexes");
+    assert!(
+        text(&out.stderr).contains("must be owner"),
+        "{}",
+        text(&out.stderr)
+    );
+    succeeds(&db.dsn, &["migrate", "--indexes"]).await;
+    let check = succeeds(&as_role, &["check"]).await;
+    assert!(!check.contains("missing supporting index"), "{check}");
+
+    let ran = first_pass_of_run(daemon(&as_role)).await;
+    assert_eq!(ran, "[\"run\"]: first pass ok, exit status: 0");
+    let history = succeeds(&as_role, &["history", "--json"]).await;
+    assert!(history.contains("\"instances_removed\":2"), "{history}");
+    let deleted: Vec<(String, String)> = c
+        .query(
+            "SELECT instance_id, reason FROM df_reconciler.deletions ORDER BY instance_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            ("50000001".to_owned(), "expired".to_owned()),
+            ("50000004".to_owned(), "orphan".to_owned())
+        ]
+    );
+    assert_eq!(df_ids(&c).await, ["50000002", "50000003"]);
 }

@@ -8,10 +8,12 @@
 //! - [`seed`]: populations written with the `df_fixture` functions;
 //! - [`db`]: reading back what a database holds (ids, counts, whole instances, violations
 //!   of both stores' consistency);
-//! - [`passes`]: configuring and running a pass in-process.
+//! - [`passes`]: configuring and running a pass in-process;
+//! - [`role`]: the shipped role (`deploy/sql/reconciler-role.sql`) applied to a database.
 
 pub mod db;
 pub mod harness;
 pub mod passes;
 pub mod process;
+pub mod role;
 pub mod seed;

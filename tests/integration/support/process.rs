@@ -139,3 +139,51 @@ pub fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// `cmd` (e.g. [`daemon`]) running `run` with audit.record_deletions on, until its first
+/// real pass ended (ok or failed, at most 60 s), then SIGTERM. Returns how it went:
+/// `["run"]: first pass ok, exit status: 0` when all went well.
+pub async fn first_pass_of_run(mut cmd: Command) -> String {
+    let port = free_port();
+    let stderr = tempfile::NamedTempFile::new().expect("a file for the daemon's log");
+    cmd.arg("run")
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DF_RECONCILER__AUDIT__RECORD_DELETIONS", "true")
+        .stdout(Stdio::null())
+        .stderr(stderr.reopen().expect("the daemon's log file"));
+    let mut daemon = Running::spawn(&mut cmd);
+    let began = Instant::now();
+    let mut outcome = "no pass within 60s".to_owned();
+    while began.elapsed() < Duration::from_secs(60) {
+        let mut ended = None;
+        for result in ["ok", "failed"] {
+            let metric =
+                format!("df_reconciler_passes_total{{outcome=\"{result}\",dry_run=\"false\"}}");
+            if metric_at(port, &metric).await.unwrap_or(0.0) >= 1.0 {
+                ended = Some(result);
+            }
+        }
+        if let Some(result) = ended {
+            outcome = format!("first pass {result}");
+            break;
+        }
+        if daemon.0.try_wait().unwrap().is_some() {
+            outcome = "exited before its first pass".to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if daemon.0.try_wait().unwrap().is_none() {
+        signal(&daemon.0, "TERM");
+    }
+    let status = exit_within(&mut daemon.0, Duration::from_secs(30)).await;
+    if outcome == "first pass ok" && status.success() {
+        return format!("[\"run\"]: {outcome}, {status}");
+    }
+    let log = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+    format!(
+        "[\"run\"]: {outcome}, {status}; its log ends:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}

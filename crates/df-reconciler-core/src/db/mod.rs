@@ -1,6 +1,11 @@
 //! All database access: the connection pool, DSN parsing ([`dsn`]) and TLS ([`tls`]).
 //! Secrets never leave this module in printable form.
 //!
+//! Every session pins its search path to [`SEARCH_PATH`] as soon as it is connected, and
+//! every transaction of the daemon pins it again ([`SET_LOCAL_SEARCH_PATH`]), so that no
+//! statement resolves a name to an object someone else could have created (see
+//! docs/ARCHITECTURE.md, "The search path").
+//!
 //! Dependencies run one way: `config` <- `db` <- `pass`, `daemon`, `preflight`.
 
 mod dsn;
@@ -11,11 +16,31 @@ use tls::connector;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, RecyclingMethod, Runtime};
 pub use deadpool_postgres::{Object, Pool};
 
 use crate::config::{Config, ConfigError, DatabaseConfig};
 use crate::error::Error;
+
+/// The daemon's search path: the catalog, then the session's own temporary schema, named
+/// last so that it is not searched first for relations (functions and operators are never
+/// looked up there). Nothing on it can be written by another role.
+pub const SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// Pins [`SEARCH_PATH`] for the rest of the session. Safe under any search path: the one
+/// function it calls is schema-qualified and its arguments are typed.
+const PIN_SEARCH_PATH: &str =
+    "SELECT pg_catalog.set_config('search_path'::text, 'pg_catalog, pg_temp'::text, false)";
+
+/// Pins [`SEARCH_PATH`] for the rest of a transaction, as its first statement: a
+/// transaction pooler may hand each transaction a server connection that never saw
+/// [`PIN_SEARCH_PATH`]. A utility statement: it resolves no name at all.
+pub(crate) const SET_LOCAL_SEARCH_PATH: &str = "SET LOCAL search_path = pg_catalog, pg_temp";
+
+/// Pins the search path of a new session (see [`PIN_SEARCH_PATH`]).
+async fn pin_search_path(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(PIN_SEARCH_PATH).await
+}
 
 /// A pool for the daemon. Connections are created lazily, so building it never fails on a
 /// dead server; the first `get` does. TLS follows the DSN's `sslmode` and `[tls]` (see
@@ -38,6 +63,9 @@ pub fn build_pool(cfg: &Config) -> Result<Pool, Error> {
         // Bounded waits: a dead server fails the pass instead of hanging it.
         .create_timeout(Some(db.connect_timeout))
         .wait_timeout(Some(db.connect_timeout + Duration::from_secs(5)))
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move { pin_search_path(client).await.map_err(HookError::Backend) })
+        }))
         .build()
         .map_err(|e| Error::Pool(e.to_string()))
 }
@@ -99,6 +127,10 @@ pub async fn connect(pool: &Pool, target: &str) -> Result<deadpool_postgres::Obj
     pool.get().await.map_err(|e| {
         let cause = match &e {
             deadpool_postgres::PoolError::Backend(pg) => crate::error::describe_pg_error(pg),
+            deadpool_postgres::PoolError::PostCreateHook(HookError::Backend(pg)) => format!(
+                "pinning the search path: {}",
+                crate::error::describe_pg_error(pg)
+            ),
             other => other.to_string(),
         };
         Error::Pool(format!("{target}: {cause}"))
@@ -121,6 +153,9 @@ pub(crate) async fn connect_dedicated(cfg: &Config) -> Result<tokio_postgres::Cl
             tracing::debug!(error = %e, "dedicated connection ended");
         }
     });
+    pin_search_path(&client)
+        .await
+        .map_err(|e| Error::Pool(format!("{target}: {}", crate::error::describe_pg_error(&e))))?;
     Ok(client)
 }
 

@@ -151,7 +151,9 @@ impl Pass<'_> {
     }
 }
 
-/// Bounds every statement of the transaction, makes the server end it should the daemon
+/// Pins the search path for the transaction (a transaction pooler may run it on a server
+/// connection that never saw the session's; see [`crate::db::SEARCH_PATH`]), bounds every
+/// statement of the transaction, makes the server end it should the daemon
 /// vanish mid-batch (its locks must not outlive it), makes PostgreSQL raise an error
 /// instead of silently filtering rows should a row-level security policy ever apply, turns
 /// JIT and parallel workers off (every statement is index-driven; JIT cost ~10 ms per batch
@@ -171,12 +173,13 @@ pub(crate) async fn set_local_limits(tx: &Transaction<'_>, cfg: &Config) -> Resu
 fn local_limits(cfg: &Config) -> String {
     let statement_ms = cfg.pass.statement_timeout.as_millis();
     format!(
-        "SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {};
+        "{}; SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {};
          SET LOCAL idle_in_transaction_session_timeout = {statement_ms};
          SET LOCAL row_security = off; SET LOCAL jit = off;
          SET LOCAL max_parallel_workers_per_gather = 0;
          SET LOCAL plan_cache_mode = force_custom_plan;
          SET LOCAL random_page_cost = {RANDOM_PAGE_COST}",
+        crate::db::SET_LOCAL_SEARCH_PATH,
         cfg.pass.lock_timeout.as_millis()
     )
 }
@@ -204,6 +207,7 @@ mod tests {
         assert_eq!(
             settings,
             [
+                "SET LOCAL search_path = pg_catalog, pg_temp",
                 "SET LOCAL statement_timeout = 1500",
                 "SET LOCAL lock_timeout = 2000",
                 "SET LOCAL idle_in_transaction_session_timeout = 1500",

@@ -48,29 +48,29 @@ pub(crate) const RLS_EXEMPTION: &str = "
     SELECT NOT c.relrowsecurity
         OR r.rolsuper
         OR r.rolbypassrls
-        OR (pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity)
-    FROM pg_class c
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_roles r ON r.rolname = current_user
-    WHERE n.nspname = $1 AND c.relname = $2";
+        OR (pg_catalog.pg_has_role(c.relowner, 'USAGE'::text) AND NOT c.relforcerowsecurity)
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_roles r ON r.rolname = CURRENT_USER
+    WHERE n.nspname = $1::text AND c.relname = $2::text";
 
 /// Asks pg_durable where the engine store lives; only run when the function exists.
 pub(crate) const ENGINE_SCHEMA_FUNCTION: &str = "SELECT {control}.duroxide_schema()::text";
 
 /// Whether the role may use schema `$1`, or the schema does not exist (reported apart).
 pub(crate) const USAGE_OR_NO_SCHEMA: &str = "
-    SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
-        OR has_schema_privilege($1, 'USAGE')";
+    SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1::text)
+        OR pg_catalog.has_schema_privilege($1::text, 'USAGE'::text)";
 
 /// Whether `{control}.duroxide_schema()` exists. `$1`: control schema name.
 pub(crate) const HAS_ENGINE_SCHEMA_FUNCTION: &str = "
     SELECT EXISTS (
-        SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = $1 AND p.proname = 'duroxide_schema' AND p.pronargs = 0)";
+        SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = $1::text AND p.proname = 'duroxide_schema'::name AND p.pronargs = 0::int2)";
 
 /// Whether the in-database reconcile of pg_durable is still on (`check` warns).
 pub(crate) const IN_DATABASE_RECONCILE_INTERVAL: &str =
-    "SELECT current_setting('pg_durable.reconcile_interval', true)";
+    "SELECT pg_catalog.current_setting('pg_durable.reconcile_interval'::text, true)";
 
 /// df.nodes references itself through (instance_id, left_node) and (instance_id,
 /// right_node), deferred; without an index on the referencing side, the COMMIT that

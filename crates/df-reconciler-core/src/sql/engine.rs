@@ -5,7 +5,7 @@ use super::{InstanceTable, Store, SupportingIndex};
 /// SQL twin of [`crate::policy::has_child_shape`] for a column named `$id`: composed
 /// `{parent}::{execution}::{node}`, legacy `sub::{n}` and `…::sub::…`.
 pub(crate) const CHILD_SHAPE: &str =
-    "($id ~ '::[0-9]+::' OR $id LIKE 'sub::%' OR $id LIKE '%::sub::%')";
+    "($id ~ '::[0-9]+::'::text OR $id LIKE 'sub::%'::text OR $id LIKE '%::sub::%'::text)";
 
 /// The child-shape predicate applied to a column expression.
 pub fn child_shape(column: &str) -> String {
@@ -108,11 +108,11 @@ pub(crate) const MIGRATION_VERSIONS: &str =
 /// Tables of a schema that carry an `instance_id` column. `$1`: schema name.
 pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
     SELECT c.relname::text
-    FROM pg_attribute a
-    JOIN pg_class c ON c.oid = a.attrelid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attname = 'instance_id'
-      AND NOT a.attisdropped
+    FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1::text AND c.relkind IN ('r'::\"char\", 'p'::\"char\")
+      AND a.attname = 'instance_id'::name AND NOT a.attisdropped
     ORDER BY 1";
 
 /// Every instance of the trees under the given roots (`$1`), following parent_instance_id
@@ -141,7 +141,7 @@ macro_rules! trees_then {
         concat!(
             "
     WITH RECURSIVE tree(root_id, instance_id) AS (
-        SELECT r.id, r.id FROM unnest($1::text[]) AS r(id)
+        SELECT r.id, r.id FROM pg_catalog.unnest($1::text[]) AS r(id)
       UNION
         -- A probe of the parent index per member (OFFSET 0): as a join, the recursive
         -- step could be planned as a scan of the parent index from its first entry.
@@ -177,7 +177,7 @@ macro_rules! trees_then {
     ),
     deletable AS (
         SELECT root_id FROM seen GROUP BY root_id
-        HAVING bool_and(present AND status IN ('Completed', 'Failed') AND NOT leased)
+        HAVING pg_catalog.bool_and(present AND status IN ('Completed', 'Failed') AND NOT leased)
     ),
     l AS (
         SELECT ei.instance_id, ei.ctid, ei.current_execution_id FROM {engine}.instances ei

@@ -7,12 +7,19 @@
 //! Templates name the schemas as `{control}` and `{engine}`; [`Schemas::render`] substitutes
 //! the quoted identifiers once per pass. Ids travel as ONE `text[]` parameter per statement,
 //! never one bind parameter per id.
+//!
+//! Names resolve to the catalog and the configured schemas only, whatever the search path
+//! (docs/ARCHITECTURE.md, "The search path"): every table is schema-qualified, every
+//! function call is `pg_catalog.`-qualified (or the configured schema's), parameters and
+//! literals that meet an operator or function are typed, and operators compare operands
+//! for which the catalog has an exact match (or are written `OPERATOR(pg_catalog.=)`).
+//! Sessions and transactions also pin the search path ([`crate::db::SEARCH_PATH`]).
 
 /// The database clock as epoch milliseconds, the unit of the engine's `locked_until`:
 /// a lease is live while `locked_until` is greater.
 macro_rules! now_epoch_ms {
     () => {
-        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        "(extract(epoch FROM pg_catalog.clock_timestamp()) * 1000::numeric)::bigint"
     };
 }
 
@@ -97,7 +104,7 @@ impl InstanceTable {
     pub(crate) fn statement(&self, schema_placeholder: &str, dry_run: bool) -> String {
         let (table, key) = (self.name, self.key);
         let verb = if dry_run {
-            "SELECT count(*) FROM"
+            "SELECT pg_catalog.count(*) FROM"
         } else {
             "DELETE FROM"
         };
@@ -114,7 +121,7 @@ impl InstanceTable {
             "WITH deleted AS (\
                  DELETE FROM {schema_placeholder}.{table} t WHERE t.{key}::text = ANY($1::text[]) \
                  RETURNING t.{key}::text AS id, t.locked_until) \
-             SELECT count(*), coalesce(array_agg(DISTINCT deleted.id) FILTER (\
+             SELECT pg_catalog.count(*), coalesce(pg_catalog.array_agg(DISTINCT deleted.id) FILTER (\
                  WHERE deleted.locked_until > {now_ms}), '{{}}'::text[]) \
              FROM deleted",
             now_ms = now_epoch_ms!()
@@ -130,7 +137,8 @@ impl InstanceTable {
         let (table, key) = (self.name, self.key);
         format!(
             "DELETE FROM {schema_placeholder}.{table} t \
-             USING unnest($1::text[], $2::text[]) AS u(id, address) \
+             USING ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) \
+                 AS u(id, address) \
              WHERE t.ctid = u.address::tid AND t.{key}::text = u.id"
         )
     }
@@ -227,25 +235,57 @@ impl SupportingIndex {
 /// vacuumed or analyzed). No row when the table does not exist.
 pub(crate) const TABLE_ROW_ESTIMATE: &str = "
     SELECT c.reltuples
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = $1 AND c.relname = $2";
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1::text AND c.relname = $2::text";
 
 /// Whether a supporting index is present: a valid index of `$1.$2` named `$4`, or, when
 /// `$5` (a plain index), one whose leading columns are exactly `$3` (an operator's own
-/// equivalent counts).
+/// equivalent counts). The catalog's array equality is polymorphic (`anyarray`), which a
+/// look-alike for `text[]` would outmatch: it is named.
 pub(crate) const HAS_SUPPORTING_INDEX: &str = "
     SELECT EXISTS (
         SELECT 1
-        FROM pg_index i
-        JOIN pg_class c ON c.oid = i.indrelid
-        JOIN pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = $1 AND c.relname = $2 AND i.indisvalid
-          AND (ic.relname = $4
-               OR ($5 AND (SELECT array_agg(a.attname::text ORDER BY k.ord)
-                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-                            WHERE k.ord <= cardinality($3::text[])) = $3::text[])))";
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1::text AND c.relname = $2::text AND i.indisvalid
+          AND (ic.relname = $4::text
+               OR ($5::boolean
+                   AND (SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord)
+                          FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                         WHERE k.ord <= pg_catalog.cardinality($3::text[])::bigint)
+                       OPERATOR(pg_catalog.=) $3::text[])))";
+
+/// The connected role's default search path (`reset_val`: what its sessions start with,
+/// from ALTER ROLE / ALTER DATABASE settings, before the daemon pins its own), and the
+/// role's name for `$user`.
+pub(crate) const DEFAULT_SEARCH_PATH: &str = "
+    SELECT s.reset_val, CURRENT_USER::text
+    FROM pg_catalog.pg_settings s
+    WHERE s.name = 'search_path'::text";
+
+/// Of the schemas `$1`, in that order, those that exist, with the roles that may create
+/// objects in them: not the connected role, no superuser, not the database's owner (who
+/// may set every session's search path anyway); and whether CREATE is granted to PUBLIC.
+pub(crate) const SCHEMA_CREATORS: &str = "
+    SELECT n.nspname::text,
+           ARRAY(SELECT r.rolname::text
+                   FROM pg_catalog.pg_roles r
+                  WHERE NOT r.rolsuper
+                    AND r.rolname <> CURRENT_USER
+                    AND r.rolname <> 'pg_database_owner'::name
+                    AND r.oid <> (SELECT d.datdba FROM pg_catalog.pg_database d
+                                   WHERE d.datname = pg_catalog.current_database())
+                    AND pg_catalog.has_schema_privilege(r.oid, n.oid, 'CREATE'::text)
+                  ORDER BY 1) AS creators,
+           EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) acl
+                    WHERE acl.grantee = 0::oid AND acl.privilege_type = 'CREATE'::text)
+             AS public_create
+    FROM pg_catalog.pg_namespace n
+    WHERE n.nspname::text = ANY ($1::text[])
+    ORDER BY pg_catalog.array_position($1::text[], n.nspname::text)";
 
 #[cfg(test)]
 mod tests {
@@ -293,7 +333,7 @@ mod tests {
             assert!(s.contains("{engine}.history t"), "{s}");
             assert!(s.contains("t.instance_id::text = ANY($1::text[])"), "{s}");
         }
-        assert!(delete.starts_with("DELETE") && count.starts_with("SELECT count(*)"));
+        assert!(delete.starts_with("DELETE") && count.starts_with("SELECT pg_catalog.count(*)"));
     }
 
     #[test]
@@ -321,7 +361,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint"),
+            s.contains("locked_until > (extract(epoch FROM pg_catalog.clock_timestamp()) * 1000::numeric)::bigint"),
             "{s}"
         );
         assert!(s.contains("'{}'::text[]"), "{s}");

@@ -22,12 +22,12 @@ macro_rules! df_with_engine {
 /// Run first in the clock's transaction: its read of pg_stat_activity fixes the activity
 /// snapshot for the rest of that transaction (see [`ORPHAN_GUARD`]).
 pub(crate) const PASS_CLOCK: &str = "
-    SELECT now(),
+    SELECT pg_catalog.now(),
            coalesce(
-               (SELECT min(a.xact_start) FROM pg_stat_activity a
-                 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+               (SELECT pg_catalog.min(a.xact_start) FROM pg_catalog.pg_stat_activity a
+                 WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
                    AND a.xact_start IS NOT NULL),
-               now()) AS oldest_open_xact";
+               pg_catalog.now()) AS oldest_open_xact";
 
 /// Whether the open-transaction guard sees every transaction that may still commit a df
 /// row (otherwise no orphan is reclaimed):
@@ -43,14 +43,14 @@ pub(crate) const PASS_CLOCK: &str = "
 /// are those of the same activity snapshot, and prepared transactions are read after it,
 /// so a transaction that PREPAREs in between is seen in one or the other.
 pub(crate) const ORPHAN_GUARD: &str = "
-    SELECT pg_has_role('pg_read_all_stats', 'USAGE')
-             OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+    SELECT pg_catalog.pg_has_role('pg_read_all_stats'::name, 'USAGE'::text)
+             OR coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = CURRENT_USER), false)
              AS sees_all_sessions,
-           (SELECT count(*) FROM pg_stat_activity a
-             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+           (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+             WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
                AND (a.backend_start IS NULL OR a.state = 'disabled')) AS hidden_sessions,
-           (SELECT count(*) FROM pg_prepared_xacts p
-             WHERE p.database = current_database()) AS prepared_transactions";
+           (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_xacts p
+             WHERE p.database = pg_catalog.current_database()) AS prepared_transactions";
 
 /// Drift "df live, engine ended": pending/running df rows whose engine root's current
 /// execution ended (Completed or Failed; ContinuedAsNew is a live instance between
@@ -59,7 +59,7 @@ pub(crate) const ORPHAN_GUARD: &str = "
 /// the df update rolls back. Reported (`check`, drift), never deleted.
 macro_rules! df_live_engine_ended {
     () => {
-        "SELECT count(*)
+        "SELECT pg_catalog.count(*)
          FROM {control}.instances d
          JOIN {engine}.instances ei ON ei.instance_id = d.id::text
          JOIN {engine}.executions ex
@@ -75,7 +75,7 @@ pub(crate) const DF_LIVE_ENGINE_ENDED: &str = df_live_engine_ended!();
 
 /// The batch fence: one batch at a time across replicas (`$1` = `locks::BATCH_FENCE`).
 /// Transaction-scoped, so it also works behind a transaction-pooling proxy.
-pub(crate) const TRY_BATCH_FENCE: &str = "SELECT pg_try_advisory_xact_lock($1)";
+pub(crate) const TRY_BATCH_FENCE: &str = "SELECT pg_catalog.pg_try_advisory_xact_lock($1::bigint)";
 
 /// How many other client sessions of this database are at work right now: running a
 /// statement, or inside a transaction that did something within the last second (the
@@ -84,17 +84,17 @@ pub(crate) const TRY_BATCH_FENCE: &str = "SELECT pg_try_advisory_xact_lock($1)";
 /// sees only its own sessions' states. A pass paces its batches while there are any
 /// (`pass.busy_duty_percent`).
 pub(crate) const OTHER_ACTIVE_SESSIONS: &str = "
-    SELECT count(*) FROM pg_stat_activity a
-    WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+    SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+    WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
       AND a.backend_type = 'client backend'
       AND (a.state = 'active'
            OR (a.state LIKE 'idle in transaction%'
-               AND a.state_change > clock_timestamp() - interval '1 second'))";
+               AND a.state_change > pg_catalog.clock_timestamp() - interval '1 second'))";
 
 /// How many terminal df rows there are, counting no further than `$1`: when there are no
 /// more than the hard cap, [`CAP_EDGE`] (a join and sort of every terminal row) is skipped.
 pub(crate) const TERMINAL_COUNT_UP_TO: &str = "
-    SELECT count(*) FROM (
+    SELECT pg_catalog.count(*) FROM (
         SELECT 1 FROM {control}.instances d
         WHERE d.status IN ('completed', 'failed', 'cancelled')
         LIMIT $1) AS t";
@@ -213,7 +213,7 @@ pub(crate) const ORPHAN_CANDIDATES: &str = "
 /// orphan whose df row appeared meanwhile (a df.start() that committed late) is no orphan.
 pub(crate) const ORPHANS_WITH_DF_ROW: &str = "
     SELECT r.id
-    FROM unnest($1::text[]) AS r(id)
+    FROM pg_catalog.unnest($1::text[]) AS r(id)
     -- Driven from the array: `id = ANY($1)` over 1,000 ids got a parallel seq scan; a
     -- join, not EXISTS, so it is an index probe per root.
     JOIN {control}.instances d ON d.id::text = r.id";
@@ -232,7 +232,7 @@ pub(crate) const ORPHANS_WITH_DF_ROW: &str = "
 pub(crate) const DRIFT: &str = concat!(
     "
     SELECT
-      (SELECT count(*)
+      (SELECT pg_catalog.count(*)
          FROM {engine}.instances ei
          JOIN {engine}.executions ex
            ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
@@ -240,20 +240,20 @@ pub(crate) const DRIFT: &str = concat!(
           AND ex.status IN ('Running', 'ContinuedAsNew')
           AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
       ) AS running_without_df_row,
-      (SELECT count(*)
+      (SELECT pg_catalog.count(*)
          FROM {control}.instances d
         WHERE d.status IN ('pending', 'running')
           AND d.created_at < $1::timestamptz
           AND NOT EXISTS (SELECT 1 FROM {engine}.instances ei WHERE ei.instance_id = d.id::text)
           AND NOT EXISTS (SELECT 1 FROM {engine}.orchestrator_queue oq WHERE oq.instance_id = d.id::text)
       ) AS df_rows_without_engine,
-      (SELECT count(*)
+      (SELECT pg_catalog.count(*)
          FROM {engine}.orchestrator_queue oq
         WHERE oq.created_at < $1::timestamptz
           AND NOT EXISTS (SELECT 1 FROM {engine}.instances ei WHERE ei.instance_id = oq.instance_id)
           AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = oq.instance_id)
       ) AS queue_items_without_instance,
-      (SELECT count(*)
+      (SELECT pg_catalog.count(*)
          FROM {engine}.instances ei
          JOIN {engine}.executions ex
            ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
