@@ -11,7 +11,9 @@
 //! - rss: the daemon's peak RSS at 10k (and, with --big, 1M) roots;
 //! - idle: a pass that finds nothing to delete on a 1M-row df table;
 //! - impact: p99 latency of an engine-like workload without and during a pass, in rounds
-//!   (fresh copy each); the verdict is on the median round.
+//!   (fresh copy each); the verdict is on the median round;
+//! - real-impact: where pg_durable is installed, start-to-completion latency of real
+//!   workflows without and during a pass over a backlog, with the real engine running.
 //!
 //! This file holds the command line and the order of the measures; each measure has its
 //! own module. See docs/PERFORMANCE.md for the figures and how to read them.
@@ -26,6 +28,7 @@ mod impact;
 mod latency;
 mod pass_runs;
 mod ratio;
+mod real_impact;
 mod results;
 mod rss;
 mod server;
@@ -77,6 +80,12 @@ struct Args {
     /// then during one); the verdict is on the median round.
     #[arg(long, default_value_t = 3)]
     impact_rounds: u32,
+    /// Real impact: roots of the backlog a pass clears beside the real engine.
+    #[arg(long, default_value_t = 40_000)]
+    real_n: u32,
+    /// Real impact: workflows started per second by the steady workload.
+    #[arg(long, default_value_t = 10)]
+    real_rate: u32,
     /// Concurrent workload tasks (one connection each).
     #[arg(long, default_value_t = 4)]
     impact_tasks: usize,
@@ -114,6 +123,7 @@ enum Measure {
     Rss,
     Idle,
     Impact,
+    RealImpact,
 }
 
 const BIG_N: u32 = 1_000_000;
@@ -148,7 +158,8 @@ fn start(args: &Args) -> Result<()> {
     result
 }
 
-/// Runs the chosen measures in a fixed order (floor and pass, rss, idle, impact) and
+/// Runs the chosen measures in a fixed order (floor and pass, rss, idle, impact,
+/// real-impact) and
 /// prints the environment, the table and the notes to stdout.
 async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     let measures: BTreeSet<Measure> = if args.only.is_empty() {
@@ -175,6 +186,9 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     }
     if measures.contains(&Measure::Impact) {
         impact::measure(server, daemon, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::RealImpact) {
+        real_impact::measure(daemon, args, &mut results).await?;
     }
 
     print!(
