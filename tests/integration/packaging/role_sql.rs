@@ -13,7 +13,7 @@ use crate::support::seed::{orphan, workflow, DAY};
 
 /// deploy/sql/reconciler-role.sql as plain SQL: the psql meta-commands (the variable
 /// defaults) dropped and the variables substituted, as psql would.
-fn role_sql(role: &str, engine_schema: &str) -> String {
+pub(crate) fn role_sql(role: &str, engine_schema: &str) -> String {
     let mut sql: String = read("deploy/sql/reconciler-role.sql")
         .lines()
         .filter(|line| !line.trim_start().starts_with('\\'))
