@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::db::Exec;
 use crate::error::Error;
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
@@ -95,6 +96,9 @@ impl Daemon {
         };
         lifecycle::ready();
         info!(interval = %humantime::format_duration(cfg.pass.interval), reconcilable, "reconciler started");
+        for mode in cfg.connection_modes() {
+            info!("{mode}");
+        }
 
         let mut leader = Leader::default();
         let mut failures: u32 = 0;
@@ -154,12 +158,12 @@ impl Daemon {
                     }
                 }
             }
-            if cfg.pass.leader_election && !leader.hold(&cfg).await {
+            if cfg.leader_lock_in_use() && !leader.hold(&cfg).await {
                 self.metrics.leader.set(0);
                 due = Instant::now() + cfg.pass.interval + jitter(cfg.pass.jitter);
                 continue;
             }
-            self.metrics.leader.set(i64::from(cfg.pass.leader_election));
+            self.metrics.leader.set(i64::from(cfg.leader_lock_in_use()));
             let health = self.health.clone();
             let options = PassOptions {
                 dry_run: false,
@@ -379,7 +383,7 @@ impl Leader {
             }
         };
         match client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&locks::LEADER])
+            .fetch_one("SELECT pg_try_advisory_lock($1)", &[&locks::LEADER])
             .await
         {
             Ok(row) if row.get::<_, bool>(0) => {
