@@ -224,3 +224,37 @@ async fn a_pooler_restart_mid_pass_leaves_every_instance_whole() {
     // with the connection); the deletions written with each batch count every instance.
     assert_each_deleted_once(&c, expected).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_through_the_pooler_says_which_mode_is_in_effect_and_why() {
+    let Some(bouncer) = pgbouncer_or_skip().await else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let mut cmd = through(&bouncer, &db);
+    cmd.arg("check")
+        .env("DF_RECONCILER__PASS__LEADER_ELECTION", "true");
+    let out = run(cmd).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("mode: statements: never prepared by name")
+            && stdout.contains("database.pooler = \"transaction\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mode: leader election: off")
+            && stdout.contains("pass.leader_election = true is ignored"),
+        "{stdout}"
+    );
+
+    // Direct, by default: prepared statements and the leader lock.
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("check");
+    let stdout = text(&run(cmd).await.stdout);
+    assert!(
+        stdout.contains("mode: statements: prepared once per pass")
+            && stdout.contains("mode: leader election: on"),
+        "{stdout}"
+    );
+}
