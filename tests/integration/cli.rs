@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use crate::support::db::{count, df_ids};
 use crate::support::harness::{wait_until, TestDb};
-use crate::support::process::{binary, exit_within, run, signal, text, toml_file};
+use crate::support::process::{
+    binary, exit_within, free_port, get, run, signal, text, toml_file, Running,
+};
 use crate::support::seed::{workflow, DAY};
 
 #[tokio::test]
@@ -232,20 +234,54 @@ async fn demo_runs_end_to_end_and_removes_its_cluster() {
 }
 
 #[tokio::test]
-async fn run_refuses_a_database_it_must_not_touch() {
+async fn run_waits_unready_beside_a_database_it_must_not_touch_while_once_refuses() {
     let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute("DROP TABLE _duroxide.kv_store")
+    let c = db.client().await;
+    workflow(
+        &c,
+        "41000002",
+        "completed",
+        Some("Completed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    c.batch_execute("DROP TABLE _duroxide.kv_store")
         .await
         .unwrap();
+    let mut once = binary();
+    once.arg("once")
+        .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
+    let out = run(once).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("_duroxide.kv_store does not exist"));
+
+    // `run` stays up, unready with the reason, and deletes nothing; SIGTERM ends it.
+    let port = free_port();
     let mut cmd = binary();
     cmd.arg("run")
         .env("DF_RECONCILER__DATABASE__URL", &db.dsn)
-        .env("DF_RECONCILER__HTTP__LISTEN", "127.0.0.1:0");
-    let out = run(cmd).await;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("_duroxide.kv_store does not exist"));
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DF_RECONCILER__PASS__JITTER", "0s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut d = Running::spawn(&mut cmd);
+    wait_until(
+        "/readyz names the missing table",
+        Duration::from_secs(30),
+        || async {
+            get(port, "/readyz").await.is_some_and(|(status, body)| {
+                status == 503 && body.contains("_duroxide.kv_store does not exist")
+            })
+        },
+    )
+    .await;
+    assert!(d.0.try_wait().unwrap().is_none(), "run stays up");
+    assert_eq!(df_ids(&c).await, vec!["41000002"]);
+    signal(&d.0, "TERM");
+    let exit = exit_within(&mut d.0, Duration::from_secs(20)).await;
+    assert_eq!(exit.code(), Some(0));
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod hostile;
 mod model;
 mod operations;
 mod packaging;
+mod pooler;
 mod real_engine;
 mod reliability;
 mod smoke;

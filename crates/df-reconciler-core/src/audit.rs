@@ -6,6 +6,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::GenericClient;
 
 use crate::config::AuditConfig;
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::locks;
 use crate::report::PassReport;
@@ -32,7 +33,7 @@ pub async fn migrate(
     tx.batch_execute(crate::db::SET_LOCAL_SEARCH_PATH)
         .await
         .context("pinning the search path")?;
-    tx.execute(
+    tx.exec(
         "SELECT pg_catalog.pg_advisory_xact_lock($1::bigint)",
         &[&locks::MIGRATION],
     )
@@ -41,7 +42,7 @@ pub async fn migrate(
     // CREATE SCHEMA needs CREATE on the database, even with IF NOT EXISTS and a schema
     // that exists: the shipped role has none, and gets its schema from the role SQL.
     let schema_exists: bool = tx
-        .query_one(
+        .fetch_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1::text)",
             &[&cfg.schema],
         )
@@ -66,7 +67,7 @@ pub async fn migrate(
     .await
     .context("creating the audit schema's migrations table")?;
     let applied: Vec<i32> = tx
-        .query(
+        .fetch_all(
             &format!("SELECT version FROM {schema}.schema_migrations"),
             &[],
         )
@@ -83,7 +84,7 @@ pub async fn migrate(
         tx.batch_execute(&sql.replace("{audit}", &schema))
             .await
             .with_context(|| format!("applying migration {version} ({name})"))?;
-        tx.execute(
+        tx.exec(
             &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
             &[version, name],
         )
@@ -114,7 +115,7 @@ pub async fn migrate_if_auto(
 /// Whether the audit tables exist (migrate has run).
 pub async fn is_installed(client: &impl GenericClient, cfg: &AuditConfig) -> Result<bool, Error> {
     Ok(client
-        .query_one(
+        .fetch_one(
             "SELECT EXISTS (
                  SELECT 1 FROM pg_catalog.pg_class c
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -140,7 +141,7 @@ pub(crate) async fn record_pass(
         serde_json::to_value(report).expect("a PassReport always serializes");
     let started: Option<std::time::SystemTime> = humantime::parse_rfc3339(&report.started_at).ok();
     client
-        .execute(
+        .exec(
             &format!(
                 "INSERT INTO {schema}.passes
                    (pass_id, host, started_at, dry_run, outcome, error, instances_removed, rows_deleted, report)
@@ -164,7 +165,7 @@ pub(crate) async fn record_pass(
     // Bounded: an audit table that grew while retention was long shrinks over a few passes.
     for (table, column) in [("passes", "started_at"), ("deletions", "deleted_at")] {
         client
-            .execute(
+            .exec(
                 &format!(
                     "DELETE FROM {schema}.{table} WHERE ctid IN (
                          SELECT ctid FROM {schema}.{table}
@@ -209,7 +210,7 @@ pub async fn record_deletions(
     let statuses: Vec<&str> = roots.iter().map(|r| r.status.as_str()).collect();
     let times: Vec<Option<tokio_postgres::types::Timestamp<std::time::SystemTime>>> =
         roots.iter().map(|r| r.terminal_at).collect();
-    tx.execute(
+    tx.exec(
         &format!(
             "INSERT INTO {}.deletions (pass_id, instance_id, reason, status, terminal_at)
              SELECT $1::text, * FROM ROWS FROM (
@@ -232,7 +233,7 @@ pub async fn recent_passes(
 ) -> Result<Vec<PassRow>, Error> {
     let schema = quote_ident(&cfg.schema);
     let rows = client
-        .query(
+        .fetch_all(
             &format!(
                 "SELECT pass_id, coalesce(host, ''), started_at, finished_at, dry_run, outcome,
                         coalesce(error, ''), instances_removed, rows_deleted, report

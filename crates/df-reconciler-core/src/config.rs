@@ -124,6 +124,42 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
     /// Shown in pg_stat_activity so DBAs can tell the reconciler's sessions apart.
     pub application_name: String,
+    /// What sits between the daemon and PostgreSQL. A transaction-mode pooler (PgBouncer
+    /// `pool_mode = transaction`, most managed poolers) hands every transaction to any of
+    /// its server connections: then no named prepared statement is used, and no session
+    /// advisory lock (leader election falls back to the batch fence alone).
+    pub pooler: Pooler,
+}
+
+/// `database.pooler`: the kind of connection pooler in front of PostgreSQL, if any.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooler {
+    /// A direct connection, or a pooler in session mode: one server session per client
+    /// connection for as long as it lives.
+    #[default]
+    None,
+    /// A pooler in transaction mode, of any version: server sessions change between
+    /// transactions.
+    Transaction,
+}
+
+impl Pooler {
+    /// How a pass runs its repeated statements behind this pooler.
+    pub fn statement_mode(self) -> crate::db::StatementMode {
+        match self {
+            Pooler::None => crate::db::StatementMode::Prepared,
+            Pooler::Transaction => crate::db::StatementMode::Unnamed,
+        }
+    }
+
+    /// The value as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooler::None => "none",
+            Pooler::Transaction => "transaction",
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -134,6 +170,7 @@ impl Default for DatabaseConfig {
             pool_size: 2,
             connect_timeout: Duration::from_secs(10),
             application_name: "df-reconciler".into(),
+            pooler: Pooler::None,
         }
     }
 }
@@ -392,6 +429,36 @@ pub struct LogConfig {
 }
 
 impl Config {
+    /// Whether `run` takes the session-level leader lock: `pass.leader_election`, except
+    /// behind a transaction pooler, where a session lock means nothing (the server session
+    /// holding it serves other clients' transactions) and the batch fence alone keeps
+    /// replicas apart.
+    pub fn leader_lock_in_use(&self) -> bool {
+        self.pass.leader_election && self.database.pooler == Pooler::None
+    }
+
+    /// How statements and leader election run with this configuration, and why: one line
+    /// each, for `check` and the start-up log.
+    pub fn connection_modes(&self) -> Vec<String> {
+        let pooler = self.database.pooler.as_str();
+        let statements = match self.database.pooler {
+            Pooler::None => format!(
+                "statements: prepared once per pass on its connection (database.pooler = \"{pooler}\")"
+            ),
+            Pooler::Transaction => format!(
+                "statements: never prepared by name, each sent as the unnamed statement with its parameter types (database.pooler = \"{pooler}\": server sessions change between transactions)"
+            ),
+        };
+        let leader = match (self.pass.leader_election, self.database.pooler) {
+            (true, Pooler::None) => "leader election: on, a session advisory lock on a dedicated connection (pass.leader_election = true)".to_owned(),
+            (false, _) => "leader election: off, replicas are kept apart by the batch fence alone (pass.leader_election = false)".to_owned(),
+            (true, Pooler::Transaction) => format!(
+                "leader election: off, replicas are kept apart by the batch fence alone (database.pooler = \"{pooler}\": a session advisory lock means nothing behind it; pass.leader_election = true is ignored)"
+            ),
+        };
+        vec![statements, leader]
+    }
+
     /// Loads defaults, then `file`, then the environment, then `overrides` (`section.key=value`),
     /// and validates the result.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {

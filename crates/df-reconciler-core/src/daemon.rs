@@ -1,9 +1,16 @@
 //! The `run` loop: serve health and metrics, verify the database, then a pass at start
 //! (after a small random jitter) and one every `pass.interval`, until shutdown.
 //!
-//! - A database the daemon must not touch (fail closed: RLS, missing schema, privilege) at
-//!   start stops it with that error. Any later failure, an unreachable server included, is
-//!   logged and retried with capped exponential backoff and jitter; the loop never dies.
+//! - A database the daemon cannot reach, or can reach but not reconcile yet (preflight
+//!   refuses: the engine's store not migrated yet, a grant or BYPASSRLS still missing, an
+//!   unknown per-instance engine table), is waited for: nothing is deleted, the reason is
+//!   on /readyz, in the log once per change and in a metric ([`crate::readiness`]), and it
+//!   is looked at again with capped exponential backoff and jitter. Any later failure is
+//!   logged and retried the same way; the loop never dies. Only an unusable configuration
+//!   or HTTP address stops it.
+//! - systemd hears READY once the database answered and was looked at, reconcilable or
+//!   not: a unit waiting for its engine neither fails its start nor claims to reconcile
+//!   (its STATUS says `not reconciling: ...` until the first pass).
 //! - With `pass.leader_election`, only the replica holding the leader lock runs passes;
 //!   the others idle cheaply. Correctness never depends on it: every batch also takes the
 //!   transaction-level fence (see `crate::locks`).
@@ -20,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::db::Exec;
 use crate::error::Error;
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions};
-use crate::{audit, db, lifecycle, locks, preflight};
+use crate::{audit, db, lifecycle, locks, preflight, readiness};
 
 /// How often an idle loop wakes to prove it is alive (health, watchdog).
 const IDLE_TICK: Duration = Duration::from_secs(5);
@@ -83,11 +91,14 @@ impl Daemon {
         let mut pool = db::build_pool(&cfg)?;
         *self.health.pool.write().await = Some(pool.clone());
 
-        if !self.start_up(&cfg, &pool, &shutdown).await? {
+        let Some(mut reconcilable) = self.start_up(&cfg, &pool, &shutdown).await? else {
             return Ok(());
-        }
+        };
         lifecycle::ready();
-        info!(interval = %humantime::format_duration(cfg.pass.interval), "reconciler ready");
+        info!(interval = %humantime::format_duration(cfg.pass.interval), reconcilable, "reconciler started");
+        for mode in cfg.connection_modes() {
+            info!("{mode}");
+        }
 
         let mut leader = Leader::default();
         let mut failures: u32 = 0;
@@ -95,7 +106,12 @@ impl Daemon {
         let mut last_drift: Option<Instant> = None;
         // Passes cut short by pass.max_duration continue where they stopped.
         let resume = Arc::new(std::sync::Mutex::new(pass::Watermarks::default()));
-        let mut due = Instant::now() + jitter(cfg.pass.jitter);
+        let mut due = Instant::now()
+            + if reconcilable {
+                jitter(cfg.pass.jitter)
+            } else {
+                backoff(1, retry_cap(&cfg))
+            };
         loop {
             match self.wait_until(due, &mut events, &shutdown).await {
                 Wake::Shutdown => break,
@@ -126,12 +142,28 @@ impl Daemon {
                 due = Instant::now() + Duration::from_secs(3600);
                 continue;
             }
-            if cfg.pass.leader_election && !leader.hold(&cfg).await {
+            if !reconcilable {
+                // Waiting for the database to become reconcilable: look again, no pass.
+                match self.look(&cfg, &pool).await {
+                    Ok(()) => {
+                        readiness::record(&self.health, &self.metrics, &[]);
+                        reconcilable = true;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let delay = backoff(failures, retry_cap(&cfg));
+                        self.waiting(&e, delay);
+                        due = Instant::now() + delay;
+                        continue;
+                    }
+                }
+            }
+            if cfg.leader_lock_in_use() && !leader.hold(&cfg).await {
                 self.metrics.leader.set(0);
                 due = Instant::now() + cfg.pass.interval + jitter(cfg.pass.jitter);
                 continue;
             }
-            self.metrics.leader.set(i64::from(cfg.pass.leader_election));
+            self.metrics.leader.set(i64::from(cfg.leader_lock_in_use()));
             let health = self.health.clone();
             let options = PassOptions {
                 dry_run: false,
@@ -156,8 +188,18 @@ impl Daemon {
                 Err(failed) => {
                     failures += 1;
                     self.health.pass_failed();
-                    let delay =
-                        backoff(failures, cfg.pass.retry_backoff_max.min(cfg.pass.interval));
+                    let delay = backoff(failures, retry_cap(&cfg));
+                    if let Error::Refused(_) = failed.error {
+                        // Preflight's refusal (grants revoked, the engine's store gone),
+                        // or a batch's safety stop? Preflight says which: wait for the
+                        // former like for a database at start.
+                        if let Err(Error::Refused(problems)) = self.look(&cfg, &pool).await {
+                            reconcilable = false;
+                            readiness::record(&self.health, &self.metrics, &problems);
+                            due = Instant::now() + delay;
+                            continue;
+                        }
+                    }
                     lifecycle::status(&format!(
                         "pass failing ({failures} in a row): {}; retry in {}",
                         failed.error,
@@ -175,53 +217,77 @@ impl Daemon {
         Ok(())
     }
 
-    /// Connects and verifies until it works. Ok(false): shut down while waiting.
+    /// Connects and looks at the database until it answers. Some(true): reconcilable;
+    /// Some(false): reachable, but preflight refused (recorded; the loop waits for it);
+    /// None: shut down while waiting.
     async fn start_up(
         &self,
         cfg: &Config,
         pool: &Pool,
         shutdown: &CancellationToken,
-    ) -> Result<bool, Error> {
-        let target = db::describe_target(&db::pg_config(&cfg.database)?);
+    ) -> Result<Option<bool>, Error> {
         let mut failures = 0;
         loop {
-            let attempt = async {
-                let mut client = db::connect(pool, &target).await?;
-                audit::migrate_if_auto(&mut client, &cfg.audit).await?;
-                let verified = preflight::verify(&**client, cfg, preflight::Intent::Delete).await?;
-                for w in &verified.warnings {
-                    warn!("{w}");
+            match self.look(cfg, pool).await {
+                Ok(()) => {
+                    readiness::record(&self.health, &self.metrics, &[]);
+                    return Ok(Some(true));
                 }
-                if let Ok(Some(w)) = preflight::in_database_reconcile_warning(&**client).await {
-                    warn!("{w}");
+                Err(Error::Refused(problems)) => {
+                    readiness::record(&self.health, &self.metrics, &problems);
+                    return Ok(Some(false));
                 }
-                // Also in every pass's report while it lasts; said once here at start.
-                if let Ok(guard) = preflight::orphan_guard(&**client).await {
-                    for w in guard.warnings() {
-                        warn!("{w}");
-                    }
-                }
-                Ok::<_, Error>(())
-            };
-            match attempt.await {
-                Ok(()) => return Ok(true),
-                Err(e @ (Error::Refused(_) | Error::Config(_))) => return Err(e),
+                Err(e @ Error::Config(_)) => return Err(e),
                 Err(e) => {
                     failures += 1;
                     let delay = backoff(failures, cfg.pass.retry_backoff_max);
-                    error!(error = %e, retry_in = %humantime::format_duration(delay), "database not usable yet");
-                    lifecycle::status(&format!("waiting for the database: {e}"));
-                    self.health.pass_failed();
+                    self.waiting(&e, delay);
                     let mut no_events = mpsc::channel(1).1;
                     if let Wake::Shutdown = self
                         .wait_until(Instant::now() + delay, &mut no_events, shutdown)
                         .await
                     {
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
         }
+    }
+
+    /// Connects, applies the audit migrations when `audit.auto_migrate`, and runs
+    /// preflight. Ok: a pass may run; its warnings, and what the open-transaction guard
+    /// cannot see, are logged (once per call: at start, and when a waited-for database
+    /// becomes reconcilable).
+    async fn look(&self, cfg: &Config, pool: &Pool) -> Result<(), Error> {
+        let target = db::describe_target(&db::pg_config(&cfg.database)?);
+        let mut client = db::connect(pool, &target).await?;
+        audit::migrate_if_auto(&mut client, &cfg.audit).await?;
+        let verified = preflight::verify(&**client, cfg, preflight::Intent::Delete).await?;
+        for w in &verified.warnings {
+            warn!("{w}");
+        }
+        if let Ok(Some(w)) = preflight::in_database_reconcile_warning(&**client).await {
+            warn!("{w}");
+        }
+        // Also in every pass's report while it lasts; said once here.
+        if let Ok(guard) = preflight::orphan_guard(&**client).await {
+            for w in guard.warnings() {
+                warn!("{w}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Says why the daemon waits: a refusal through [`readiness::record`] (once per
+    /// change), anything else (the server unreachable) on every retry.
+    fn waiting(&self, error: &Error, retry_in: Duration) {
+        if let Error::Refused(problems) = error {
+            readiness::record(&self.health, &self.metrics, problems);
+            return;
+        }
+        error!(error = %error, retry_in = %humantime::format_duration(retry_in), "database not usable yet");
+        lifecycle::status(&format!("waiting for the database: {error}"));
+        self.health.pass_failed();
     }
 
     /// Sleeps until `due`, waking every [`IDLE_TICK`] (or the watchdog period) to prove
@@ -317,7 +383,7 @@ impl Leader {
             }
         };
         match client
-            .query_one(
+            .fetch_one(
                 "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)",
                 &[&locks::LEADER],
             )
@@ -335,6 +401,12 @@ impl Leader {
             }
         }
     }
+}
+
+/// The cap of the backoff between failed passes (and looks at a database that cannot be
+/// reconciled yet): `pass.retry_backoff_max`, never above the pass interval.
+fn retry_cap(cfg: &Config) -> Duration {
+    cfg.pass.retry_backoff_max.min(cfg.pass.interval)
 }
 
 /// A random delay in [0, max].

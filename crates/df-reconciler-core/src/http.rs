@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz` (the process and its
 //! scheduler loop are alive; never touches the database), `/readyz` (configuration valid,
-//! database reachable within a bound, passes not failing for longer than allowed).
+//! database reconcilable as far as `run` last looked, database reachable within a bound,
+//! passes not failing for longer than allowed).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,9 @@ pub struct Health {
     /// 0 when the last pass succeeded.
     failing_since_ms: AtomicU64,
     config_valid: AtomicBool,
+    /// Why the database cannot be reconciled yet (preflight's problems, one line), while
+    /// `run` waits for it; None once preflight passed.
+    not_reconcilable: std::sync::Mutex<Option<String>>,
     pub pool: RwLock<Option<Pool>>,
     pub ready_max_failing: RwLock<Duration>,
 }
@@ -44,6 +48,7 @@ impl Health {
             last_tick_ms: AtomicU64::new(0),
             failing_since_ms: AtomicU64::new(0),
             config_valid: AtomicBool::new(true),
+            not_reconcilable: std::sync::Mutex::new(None),
             pool: RwLock::new(None),
             ready_max_failing: RwLock::new(ready_max_failing),
         })
@@ -66,6 +71,25 @@ impl Health {
         let _ =
             self.failing_since_ms
                 .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Records why the database cannot be reconciled (None: it can). Returns whether that
+    /// changed, so the caller logs each change once.
+    pub fn set_not_reconcilable(&self, reason: Option<String>) -> bool {
+        let mut current = self
+            .not_reconcilable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = *current != reason;
+        *current = reason;
+        changed
+    }
+
+    fn not_reconcilable(&self) -> Option<String> {
+        self.not_reconcilable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     pub fn set_config_valid(&self, valid: bool) {
@@ -143,6 +167,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let h = &state.health;
     if !h.config_valid.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "configuration invalid\n").into_response();
+    }
+    if let Some(reason) = h.not_reconcilable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database not reconcilable yet: {reason}\n"),
+        )
+            .into_response();
     }
     if let Some(failing) = h.failing_too_long().await {
         return (

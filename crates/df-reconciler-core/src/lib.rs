@@ -10,6 +10,8 @@
 //! - [`db`]: all database access: the connection pool, libpq DSN parsing, and libpq's
 //!   `sslmode` on rustls (secrets never printed).
 //! - [`daemon`]: the `run` loop: leadership, backoff, reload, a pass every interval.
+//! - [`readiness`]: a database reachable but not reconcilable yet: what `run` says while
+//!   it waits for it.
 //! - [`locks`]: every advisory-lock key (batch fence, leader, migration).
 //! - [`metrics`]: the Prometheus registry, fed from pass reports.
 //! - [`http`]: /metrics, /healthz, /readyz.
@@ -33,5 +35,6 @@ pub mod metrics;
 pub mod pass;
 pub mod policy;
 pub mod preflight;
+pub mod readiness;
 pub mod report;
 pub mod sql;

@@ -75,6 +75,15 @@ pub struct HoldReason {
     pub reason: &'static str,
 }
 
+/// Labels of `df_reconciler_not_reconcilable`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Problem {
+    /// A kind of preflight problem ([`crate::readiness::PROBLEM_KINDS`]):
+    /// `schema_missing`, `table_missing`, `privilege`, `row_level_security`,
+    /// `unknown_engine_table` or `other`.
+    pub problem: &'static str,
+}
+
 /// Every metric of the daemon. Cheap to clone handles live inside; share it in an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -128,6 +137,9 @@ pub struct Metrics {
     pub fenced: Counter,
     /// `df_reconciler_config_reloads_total`: SIGHUP reloads, accepted or rejected.
     pub config_reloads: Family<ReloadOutcome, Counter>,
+    /// `df_reconciler_not_reconcilable`: 1 per kind of preflight problem while `run` waits
+    /// for a database it can reach but not reconcile yet, 0 otherwise.
+    pub not_reconcilable: Family<Problem, Gauge>,
 }
 
 impl Default for Metrics {
@@ -162,6 +174,7 @@ impl Metrics {
             leader: Gauge::default(),
             fenced: Counter::default(),
             config_reloads: Family::default(),
+            not_reconcilable: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -255,6 +268,11 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads (SIGHUP) per outcome",
             m.config_reloads.clone(),
+        );
+        r.register(
+            "not_reconcilable",
+            "1 per kind of problem while the database cannot be reconciled yet",
+            m.not_reconcilable.clone(),
         );
         Metrics { registry, ..m }
     }

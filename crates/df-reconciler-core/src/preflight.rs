@@ -10,6 +10,7 @@ use tokio_postgres::GenericClient;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::report::OrphanHold;
 use crate::sql::{self, control, engine, reconcile, Schemas, SupportingIndex};
@@ -51,7 +52,7 @@ pub async fn resolve_engine_schema(
     // Calling the function needs USAGE on its schema: without it, say so (exit 3) instead
     // of failing on "permission denied" (a fresh install grants PUBLIC nothing there).
     let usage: bool = client
-        .query_one(control::USAGE_OR_NO_SCHEMA, &[control])
+        .fetch_one(control::USAGE_OR_NO_SCHEMA, &[control])
         .await
         .context("checking USAGE on the control schema")?
         .get(0);
@@ -61,7 +62,7 @@ pub async fn resolve_engine_schema(
         )]));
     }
     let has_function: bool = client
-        .query_one(control::HAS_ENGINE_SCHEMA_FUNCTION, &[control])
+        .fetch_one(control::HAS_ENGINE_SCHEMA_FUNCTION, &[control])
         .await
         .context("looking for df.duroxide_schema()")?
         .get(0);
@@ -70,7 +71,7 @@ pub async fn resolve_engine_schema(
     }
     let sql = Schemas::new(control, "").render(control::ENGINE_SCHEMA_FUNCTION);
     let name: Option<String> = client
-        .query_one(&sql, &[])
+        .fetch_one(&sql, &[])
         .await
         .context("calling duroxide_schema()")?
         .get(0);
@@ -133,7 +134,7 @@ pub async fn verify(
         .map(|(s, _)| *s)
     {
         let usage: bool = client
-            .query_one(
+            .fetch_one(
                 "SELECT pg_catalog.has_schema_privilege($1::text, 'USAGE'::text)",
                 &[schema],
             )
@@ -160,7 +161,7 @@ pub async fn verify(
         let qualified = format!("{}.{}", sql::quote_ident(schema), sql::quote_ident(table));
         for privilege in privileges {
             let granted: bool = client
-                .query_one(
+                .fetch_one(
                     "SELECT pg_catalog.has_table_privilege($1::text, $2::text)",
                     &[&qualified, privilege],
                 )
@@ -183,7 +184,7 @@ pub async fn verify(
         ] {
             let qualified = format!("{}.{}", sql::quote_ident(schema), sql::quote_ident(table));
             let granted: bool = client
-                .query_one(
+                .fetch_one(
                     "SELECT pg_catalog.has_any_column_privilege($1::text, 'UPDATE'::text)",
                     &[&qualified],
                 )
@@ -199,7 +200,7 @@ pub async fn verify(
     }
     for table in control::REQUIRED_TABLES {
         let exempt: bool = client
-            .query_one(control::RLS_EXEMPTION, &[&control_name, &table])
+            .fetch_one(control::RLS_EXEMPTION, &[&control_name, &table])
             .await
             .context("checking row-level security")?
             .get(0);
@@ -212,7 +213,7 @@ pub async fn verify(
 
     let migrations = format!("{}._duroxide_migrations", sql::quote_ident(&schemas.engine));
     let can_read_migrations: bool = client
-        .query_one(
+        .fetch_one(
             "SELECT pg_catalog.has_table_privilege($1::text, 'SELECT'::text)",
             &[&migrations],
         )
@@ -240,7 +241,7 @@ pub async fn verify(
 
 async fn schema_exists(client: &impl GenericClient, name: &str) -> Result<bool, Error> {
     Ok(client
-        .query_one(
+        .fetch_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1::text)",
             &[&name],
         )
@@ -256,7 +257,7 @@ async fn check_tables(
     problems: &mut Vec<String>,
 ) -> Result<(), Error> {
     let present: Vec<String> = client
-        .query(
+        .fetch_all(
             "SELECT c.relname::text
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1::text AND c.relkind IN ('r'::\"char\", 'p'::\"char\")",
@@ -283,7 +284,7 @@ async fn check_unknown_per_instance_tables(
     problems: &mut Vec<String>,
 ) -> Result<(), Error> {
     let rows = client
-        .query(engine::TABLES_WITH_INSTANCE_ID, &[&schemas.engine])
+        .fetch_all(engine::TABLES_WITH_INSTANCE_ID, &[&schemas.engine])
         .await
         .context("listing engine tables")?;
     for row in rows {
@@ -304,7 +305,7 @@ async fn check_engine_version(
     warnings: &mut Vec<String>,
 ) -> Result<Option<i64>, Error> {
     let rows = client
-        .query(&schemas.render(engine::MIGRATION_VERSIONS), &[])
+        .fetch_all(&schemas.render(engine::MIGRATION_VERSIONS), &[])
         .await
         .context("reading engine migrations")?;
     let versions: Vec<i64> = rows
@@ -392,7 +393,7 @@ impl OrphanGuard {
 /// its clock transaction, right after the oldest open transaction; `check` on its own.
 pub async fn orphan_guard(client: &impl GenericClient) -> Result<OrphanGuard, Error> {
     let row = client
-        .query_one(reconcile::ORPHAN_GUARD, &[])
+        .fetch_one(reconcile::ORPHAN_GUARD, &[])
         .await
         .context("checking what the open-transaction guard can see")?;
     let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
@@ -412,7 +413,7 @@ pub async fn df_live_engine_ended_warning(
     orphan_min_age: Duration,
 ) -> Result<Option<String>, Error> {
     let db_now: SystemTime = client
-        .query_one("SELECT pg_catalog.now()", &[])
+        .fetch_one("SELECT pg_catalog.now()", &[])
         .await
         .context("reading the database clock")?
         .get(0);
@@ -420,7 +421,7 @@ pub async fn df_live_engine_ended_warning(
         return Ok(None);
     };
     let n: i64 = client
-        .query_one(&schemas.render(reconcile::DF_LIVE_ENGINE_ENDED), &[&cutoff])
+        .fetch_one(&schemas.render(reconcile::DF_LIVE_ENGINE_ENDED), &[&cutoff])
         .await
         .context("counting live df rows whose engine root ended")?
         .get(0);
@@ -437,7 +438,7 @@ pub async fn in_database_reconcile_warning(
     client: &impl GenericClient,
 ) -> Result<Option<String>, Error> {
     let value: Option<String> = client
-        .query_one(control::IN_DATABASE_RECONCILE_INTERVAL, &[])
+        .fetch_one(control::IN_DATABASE_RECONCILE_INTERVAL, &[])
         .await
         .context("reading pg_durable.reconcile_interval")?
         .get(0);
@@ -458,14 +459,14 @@ pub async fn writable_search_path_warnings(
     client: &impl GenericClient,
 ) -> Result<Vec<String>, Error> {
     let row = client
-        .query_one(sql::DEFAULT_SEARCH_PATH, &[])
+        .fetch_one(sql::DEFAULT_SEARCH_PATH, &[])
         .await
         .context("reading the role's default search path")?;
     let path: String = row.get(0);
     let role: String = row.get(1);
     let schemas = search_path_schemas(&path, &role);
     let rows = client
-        .query(sql::SCHEMA_CREATORS, &[&schemas])
+        .fetch_all(sql::SCHEMA_CREATORS, &[&schemas])
         .await
         .context("looking for schemas on the search path that other roles may write")?;
     let mut warnings = Vec::new();
@@ -554,7 +555,7 @@ pub async fn missing_supporting_indexes(
         let columns: Vec<&str> = index.columns.to_vec();
         let plain = index.include.is_empty() && index.predicate.is_empty();
         let present: bool = client
-            .query_one(
+            .fetch_one(
                 sql::HAS_SUPPORTING_INDEX,
                 &[
                     &index.schema(schemas),

@@ -202,19 +202,8 @@ impl RealEngine {
     /// Starts the cluster, creates [`DATABASE`] and the extension, and waits until the
     /// worker is ready (about 2-3 s on a 2-core machine). Blocking.
     pub fn start() -> Result<Self, RealEngineError> {
-        real_extension_available().map_err(RealEngineError::Unavailable)?;
         let began = Instant::now();
-        let options = ClusterOptions::new()
-            .setting("shared_preload_libraries", "pg_durable")
-            .setting("pg_durable.database", DATABASE)
-            .setting("pg_durable.worker_role", "postgres")
-            .setting("pg_durable.enable_superuser_instances", "on")
-            .setting("pg_durable.reconcile_interval", "0")
-            // Log lines carry UTC times, comparable with the worker's own (RFC 3339, Z).
-            .setting("log_timezone", "UTC")
-            .immediate_shutdown();
-        // From here on, dropping `cluster` stops the server if anything fails.
-        let mut cluster = ThrowawayCluster::start_with(options)?;
+        let mut cluster = Self::cluster_with_worker()?;
         run_sql(&cluster, "postgres", &format!("CREATE DATABASE {DATABASE}"))?;
         run_sql(&cluster, DATABASE, "CREATE EXTENSION pg_durable")?;
         // The cluster commits asynchronously and the restart is immediate: without a
@@ -232,6 +221,43 @@ impl RealEngine {
             cluster,
             ready_log_offset,
         })
+    }
+
+    /// A fresh install before `CREATE EXTENSION pg_durable`: the cluster with the library
+    /// preloaded and its worker running (polling for the extension, every 5-10 s), and
+    /// [`DATABASE`] created, empty. The caller creates the extension; the engine's store
+    /// appears once the worker has noticed it and migrated (see [`RealEngine::is_ready`]).
+    /// Blocking.
+    pub fn start_before_extension() -> Result<Self, RealEngineError> {
+        let cluster = Self::cluster_with_worker()?;
+        run_sql(&cluster, "postgres", &format!("CREATE DATABASE {DATABASE}"))?;
+        Ok(RealEngine {
+            cluster,
+            ready_log_offset: 0,
+        })
+    }
+
+    /// Whether the worker has migrated its store and is serving (its readiness table, with
+    /// its row, and an epoch since the server started); `Err` says what is missing yet.
+    /// Blocking.
+    pub fn is_ready(&self) -> Result<(), String> {
+        readiness(self.cluster.port())
+    }
+
+    /// The throwaway cluster with pg_durable preloaded (step 1 of the module docs).
+    fn cluster_with_worker() -> Result<ThrowawayCluster, RealEngineError> {
+        real_extension_available().map_err(RealEngineError::Unavailable)?;
+        let options = ClusterOptions::new()
+            .setting("shared_preload_libraries", "pg_durable")
+            .setting("pg_durable.database", DATABASE)
+            .setting("pg_durable.worker_role", "postgres")
+            .setting("pg_durable.enable_superuser_instances", "on")
+            .setting("pg_durable.reconcile_interval", "0")
+            // Log lines carry UTC times, comparable with the worker's own (RFC 3339, Z).
+            .setting("log_timezone", "UTC")
+            .immediate_shutdown();
+        // From here on, dropping the cluster stops the server if anything fails.
+        Ok(ThrowawayCluster::start_with(options)?)
     }
 
     /// The cluster (port, log, data directory, postmaster pid).

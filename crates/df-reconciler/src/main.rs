@@ -238,6 +238,9 @@ async fn check(cfg: &Config) -> i32 {
                 }
                 Err(e) => println!("warning: cannot look for supporting indexes: {e}"),
             }
+            for mode in cfg.connection_modes() {
+                println!("mode: {mode}");
+            }
             println!(
                 "ok: {target}, control schema {:?}, engine schema {:?}, engine migration {}",
                 verified.schemas.control,

@@ -61,6 +61,11 @@ const KEYS: &[KeyCases] = &[
         "\"reconciler-a\"",
     ),
     (
+        "database.pooler",
+        &[("\"session\"", Some("session")), ("true", Some("true"))],
+        "\"transaction\"",
+    ),
+    (
         "tls.ca_file",
         &[("[1]", None), ("{ a = 1 }", None)],
         "\"/etc/ssl/ca.pem\"",

@@ -7,9 +7,12 @@
 //!   sessions are at work;
 //! - [`signals`]: SIGTERM mid-pass, SIGHUP reloads, and what systemd hears (sd-notify);
 //! - [`audit_and_logs`]: the audit trail and `history`, JSON logs, drift counts per
-//!   `pass.drift_interval`.
+//!   `pass.drift_interval`;
+//! - [`readiness`]: a database reachable but not reconcilable yet (engine store not
+//!   migrated, grants to come): `run` waits unready and starts once preflight passes.
 
 mod audit_and_logs;
 mod concurrency;
 mod http;
+mod readiness;
 mod signals;

@@ -29,7 +29,7 @@ mod compose;
 mod configuration;
 mod docker;
 mod kubernetes;
-mod role_sql;
+pub(crate) mod role_sql;
 mod systemd;
 
 /// The port of /metrics, /healthz and /readyz everywhere it is published.

@@ -26,10 +26,13 @@
 //! - `churn`: a minute of mixed workflows under the daemon's `run`, with its invariants;
 //! - `shipped_role`: the documented setup as the role of `deploy/sql/reconciler-role.sql`
 //!   (`check`, `migrate`, `run` with `audit.record_deletions`, `history`);
-//! - `fidelity`: the fixture's imitation of both stores against the real catalog.
+//! - `fidelity`: the fixture's imitation of both stores against the real catalog;
+//! - `fresh_install`: `run` started at once after `CREATE EXTENSION`, before the worker
+//!   has migrated the engine's store: it waits, unready, and reconciles once it is there.
 
 mod churn;
 mod fidelity;
+mod fresh_install;
 mod lifecycle;
 mod loops;
 mod rollbacks;
@@ -140,6 +143,34 @@ impl Engine {
             started.elapsed()
         );
         Some(engine)
+    }
+
+    /// A cluster with pg_durable preloaded and its worker running, before `CREATE
+    /// EXTENSION` (no engine store yet, no guards: [`Engine::install_guards`] once the
+    /// store is there), or `None` after printing the skip line.
+    pub(crate) async fn start_before_extension() -> Option<Engine> {
+        if let Err(why) = df_reconciler_testkit::real_extension_available() {
+            eprintln!("real_engine: skipped: {why}");
+            return None;
+        }
+        let real = match tokio::task::spawn_blocking(RealEngine::start_before_extension).await {
+            Ok(Ok(real)) => real,
+            Ok(Err(RealEngineError::Unavailable(why))) => {
+                eprintln!("real_engine: skipped: {why}");
+                return None;
+            }
+            Ok(Err(e)) => panic!("cannot start PostgreSQL with pg_durable preloaded: {e}"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        Some(Engine {
+            dsn: real.dsn(),
+            real,
+        })
+    }
+
+    /// Installs the guard triggers ([`GUARDS`]); needs the engine's store.
+    pub(crate) async fn install_guards(&self) {
+        exec(&self.client().await, GUARDS).await;
     }
 
     /// A new superuser session on the engine's database, named [`TEST_SESSIONS`].

@@ -67,7 +67,7 @@ pub fn cluster() -> &'static ThrowawayCluster {
 }
 
 /// [`cluster`], keeping the first, blocking start off the test's runtime threads.
-async fn shared_cluster() -> &'static ThrowawayCluster {
+pub async fn shared_cluster() -> &'static ThrowawayCluster {
     if let Some(cluster) = CLUSTER.get() {
         return cluster;
     }

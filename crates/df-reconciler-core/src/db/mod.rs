@@ -9,7 +9,10 @@
 //! Dependencies run one way: `config` <- `db` <- `pass`, `daemon`, `preflight`.
 
 mod dsn;
+pub mod exec;
 mod tls;
+
+pub use exec::{Exec, Param, StatementMode, Stmt};
 
 use dsn::{parse_dsn, DsnTls};
 use tls::connector;

@@ -17,6 +17,7 @@ use super::statements::Statements;
 use super::tally::BatchTally;
 use crate::audit;
 use crate::config::Config;
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::locks;
 
@@ -55,7 +56,7 @@ impl Pass<'_> {
                 return Ok(0);
             }
             Ok::<i64, Error>(
-                tx.query_one(&st.other_active_sessions, &[])
+                tx.fetch_one(&st.other_active_sessions, &[])
                     .await
                     .context("looking for other active sessions")?
                     .get(0),
@@ -66,7 +67,7 @@ impl Pass<'_> {
                 return Ok(true);
             }
             Ok::<bool, Error>(
-                tx.query_one(&st.batch_fence, &[&locks::BATCH_FENCE])
+                tx.fetch_one(&st.batch_fence, &[&locks::BATCH_FENCE])
                     .await
                     .context("taking the batch fence")?
                     .get(0),

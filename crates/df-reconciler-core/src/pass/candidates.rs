@@ -2,9 +2,9 @@
 //! the watermark past them.
 
 use deadpool_postgres::Transaction;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::Row;
 
+use crate::db::{Exec, Param, Stmt};
 use crate::error::{DbContext, Error};
 
 /// Known as soon as a batch has read its candidates, so a batch abandoned after that still
@@ -43,11 +43,11 @@ fn advance_by<R>(
 /// `= ANY($1)` an index scan), without planning on every execution.
 pub(crate) async fn select_candidates(
     tx: &Transaction<'_>,
-    statement: &Statement,
-    params: &[&(dyn ToSql + Sync)],
+    statement: &Stmt,
+    params: &[&dyn Param],
     what: &'static str,
 ) -> Result<Vec<Row>, Error> {
-    let select = async { tx.query(statement, params).await.context(what) };
+    let select = async { tx.fetch_all(statement, params).await.context(what) };
     let generic_plans = async {
         tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
             .await

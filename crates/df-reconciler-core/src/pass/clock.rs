@@ -10,6 +10,7 @@ use tokio_postgres::types::Timestamp;
 use super::batch::set_local_limits;
 use super::statements::Statements;
 use crate::config::{Config, RetentionConfig};
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::policy::TerminalStatus;
 use crate::preflight::{self, OrphanGuard};
@@ -48,7 +49,7 @@ impl PassClock {
             .context("starting the pass")?;
         set_local_limits(&tx, cfg).await?;
         let row = tx
-            .query_one(reconcile::PASS_CLOCK, &[])
+            .fetch_one(reconcile::PASS_CLOCK, &[])
             .await
             .context("reading the database clock")?;
         let db_now: SystemTime = row.get(0);
@@ -58,14 +59,14 @@ impl PassClock {
         let guard = preflight::orphan_guard(&*tx).await?;
         let hard_cap = i64::try_from(cfg.retention.hard_cap).unwrap_or(i64::MAX);
         let terminal_rows: i64 = tx
-            .query_one(&st.terminal_count_up_to, &[&hard_cap.saturating_add(1)])
+            .fetch_one(&st.terminal_count_up_to, &[&hard_cap.saturating_add(1)])
             .await
             .context("counting terminal rows up to the hard cap")?
             .get(0);
         let cap_edge = if terminal_rows <= hard_cap {
             None
         } else {
-            tx.query_opt(&st.cap_edge, &[&hard_cap])
+            tx.fetch_opt(&st.cap_edge, &[&hard_cap])
                 .await
                 .context("finding the hard-cap edge")?
                 .map(|row| {

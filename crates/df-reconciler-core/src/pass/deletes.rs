@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use deadpool_postgres::Transaction;
 
 use super::statements::{DeleteKind, Statements, TableStatements};
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 
 /// A batch's rows of one table group: (instance id, row address). The address is the
@@ -20,9 +21,9 @@ pub(crate) struct Deleted {
     pub(crate) leased: HashSet<String>,
 }
 
-/// Runs `prelude` (a savepoint statement, or the deferred foreign-key checks), then each table's DELETE (or, in a dry run, its
-/// count) for the rows paired with its group of statements; a group with no rows is left
-/// out. The statements are pipelined: sent together, run by the server one after the other
+/// Runs `prelude` (a savepoint statement, or the deferred foreign-key checks), then each
+/// table's DELETE (or, in a dry run, its count) for the rows paired with its group of
+/// statements; a group with no rows is left out. The statements are pipelined: sent together, run by the server one after the other
 /// in order, in the batch's transaction. A delete by address must match every locked row,
 /// or the batch fails (and rolls back) rather than leave part of an instance behind.
 pub(crate) async fn delete_rows(
@@ -54,7 +55,7 @@ pub(crate) async fn delete_rows(
             let (n, leased) = match t.kind {
                 _ if st.dry_run => {
                     let n = tx
-                        .query_one(&t.statement, &[ids])
+                        .fetch_one(&t.statement, &[ids])
                         .await
                         .with_context(|| format!("counting {}", t.table))?
                         .get::<_, i64>(0);
@@ -62,7 +63,7 @@ pub(crate) async fn delete_rows(
                 }
                 DeleteKind::ByAddress => {
                     let n = tx
-                        .execute(&t.statement, &[ids, addresses])
+                        .exec(&t.statement, &[ids, addresses])
                         .await
                         .with_context(context)?;
                     if n != ids.len() as u64 {
@@ -76,13 +77,13 @@ pub(crate) async fn delete_rows(
                 }
                 DeleteKind::ReportingLeases => {
                     let row = tx
-                        .query_one(&t.statement, &[ids])
+                        .fetch_one(&t.statement, &[ids])
                         .await
                         .with_context(context)?;
                     (row.get::<_, i64>(0) as u64, row.get::<_, Vec<String>>(1))
                 }
                 DeleteKind::ById => (
-                    tx.execute(&t.statement, &[ids])
+                    tx.exec(&t.statement, &[ids])
                         .await
                         .with_context(context)?,
                     Vec::new(),

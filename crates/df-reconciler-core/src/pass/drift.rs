@@ -2,6 +2,7 @@
 
 use super::batch::set_local_limits;
 use super::phase::Pass;
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 
 impl Pass<'_> {
@@ -15,7 +16,7 @@ impl Pass<'_> {
             .context("starting the drift report")?;
         set_local_limits(&tx, self.cfg).await?;
         let row = tx
-            .query_one(
+            .fetch_one(
                 &self.statements.drift,
                 &[
                     &self.clock.drift_cutoff,

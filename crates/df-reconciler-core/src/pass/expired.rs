@@ -14,6 +14,7 @@ use super::phase::Step;
 use super::tally::BatchTally;
 use super::trees::{lock_trees, RootRule};
 use crate::audit::DeletedRoot;
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::policy::{EngineStatus, TerminalStatus};
 
@@ -114,7 +115,7 @@ pub(crate) async fn expired_batch(
     let locked: HashMap<String, String> = if ids.is_empty() {
         HashMap::new()
     } else {
-        tx.query(&st.lock_df_rows, &[&ids])
+        tx.fetch_all(&st.lock_df_rows, &[&ids])
             .await
             .context("locking expired df rows")?
             .iter()

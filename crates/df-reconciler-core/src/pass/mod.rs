@@ -257,7 +257,12 @@ async fn run_phases_on(
     let statements = bounded(
         cfg,
         "preparing statements",
-        Statements::prepare(client, &verified.schemas, dry_run),
+        Statements::prepare(
+            client,
+            &verified.schemas,
+            dry_run,
+            cfg.database.pooler.statement_mode(),
+        ),
     )
     .await?;
     let clock = bounded(

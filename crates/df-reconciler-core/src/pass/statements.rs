@@ -1,7 +1,8 @@
 //! Every statement of a pass, rendered for the verified schemas and prepared once.
 
 use deadpool_postgres::Object;
-use tokio_postgres::Statement;
+
+use crate::db::{StatementMode, Stmt};
 
 use crate::error::{DbContext, Error};
 use crate::sql::{control, engine, reconcile, InstanceTable, Schemas};
@@ -10,7 +11,7 @@ use crate::sql::{control, engine, reconcile, InstanceTable, Schemas};
 pub(crate) struct TableStatement {
     /// `schema.table`, for the report.
     pub(crate) table: String,
-    pub(crate) statement: Statement,
+    pub(crate) statement: Stmt,
     pub(crate) kind: DeleteKind,
 }
 
@@ -58,16 +59,16 @@ pub(crate) type TableStatements = Vec<TableStatement>;
 /// pass's connection: a batch then costs one round trip per statement, not two (parse,
 /// then execute). Dropped, and so closed, with the pass.
 pub(crate) struct Statements {
-    pub(crate) terminal_count_up_to: Statement,
-    pub(crate) batch_fence: Statement,
-    pub(crate) other_active_sessions: Statement,
-    pub(crate) cap_edge: Statement,
-    pub(crate) expired_candidates: Statement,
-    pub(crate) orphan_candidates: Statement,
-    pub(crate) lock_df_rows: Statement,
-    pub(crate) lock_trees: Statement,
-    pub(crate) orphans_with_df_row: Statement,
-    pub(crate) drift: Statement,
+    pub(crate) terminal_count_up_to: Stmt,
+    pub(crate) batch_fence: Stmt,
+    pub(crate) other_active_sessions: Stmt,
+    pub(crate) cap_edge: Stmt,
+    pub(crate) expired_candidates: Stmt,
+    pub(crate) orphan_candidates: Stmt,
+    pub(crate) lock_df_rows: Stmt,
+    pub(crate) lock_trees: Stmt,
+    pub(crate) orphans_with_df_row: Stmt,
+    pub(crate) drift: Stmt,
     /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
     /// rows instead.
     pub(crate) delete_df: TableStatements,
@@ -89,12 +90,12 @@ impl Statements {
         client: &Object,
         schemas: &Schemas,
         dry_run: bool,
+        mode: StatementMode,
     ) -> Result<Self, Error> {
         let prepare = |template: &str| {
             let sql = schemas.render(template);
             async move {
-                client
-                    .prepare(&sql)
+                Stmt::new(&***client, &sql, mode)
                     .await
                     .with_context(|| format!("preparing {}", first_line(&sql)))
             }

@@ -9,6 +9,7 @@ use deadpool_postgres::Transaction;
 use super::deletes::Rows;
 use super::statements::Statements;
 use super::tally::BatchTally;
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::policy::{tree_is_settled, EngineStatus};
 
@@ -125,7 +126,7 @@ pub(crate) async fn lock_trees(
     let expand: Vec<&String> = roots.iter().chain(bare_ids).collect();
     if !expand.is_empty() {
         for row in tx
-            .query(&st.lock_trees, &[&expand])
+            .fetch_all(&st.lock_trees, &[&expand])
             .await
             .context("expanding and locking engine trees")?
         {
@@ -175,7 +176,7 @@ pub(crate) async fn lock_trees(
             return Ok(HashSet::new());
         }
         Ok::<_, Error>(
-            tx.query(&st.orphans_with_df_row, &[&df_row_ids])
+            tx.fetch_all(&st.orphans_with_df_row, &[&df_row_ids])
                 .await
                 .context("looking for df rows of orphan roots")?
                 .iter()

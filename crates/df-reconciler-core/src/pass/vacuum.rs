@@ -2,6 +2,7 @@
 
 use deadpool_postgres::Object;
 
+use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::report::PassReport;
 use crate::sql::{quote_ident, Schemas, TABLE_ROW_ESTIMATE};
@@ -28,7 +29,7 @@ pub(crate) async fn vacuum_hints(
             continue;
         }
         let estimate: Option<f32> = client
-            .query_opt(TABLE_ROW_ESTIMATE, &[&schema, &table])
+            .fetch_opt(TABLE_ROW_ESTIMATE, &[&schema, &table])
             .await
             .context("reading a table's row estimate")?
             .and_then(|r| r.get(0));

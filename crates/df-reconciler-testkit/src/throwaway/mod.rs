@@ -131,6 +131,9 @@ pub enum ThrowawayError {
         /// The end of what the server logged during this start.
         log_tail: String,
     },
+    /// PgBouncer is not installed, or it did not start; the message says which.
+    #[error("{0}")]
+    PgBouncer(String),
     /// The server ran but did not accept sessions within the readiness deadline (30 s).
     #[error(
         "postgres did not accept sessions on {HOST}:{port} within {waited:?} (last check: \
@@ -564,8 +567,11 @@ impl Drop for ThrowawayCluster {
 }
 
 mod launcher;
+mod pgbouncer;
 mod probe;
 mod reaper;
+
+pub use pgbouncer::{pgbouncer_available, ThrowawayPgBouncer, POOL_SIZE};
 
 use launcher::{executable, find_on_path, server_os_user, Launcher, PortChoice, ServerBinaries};
 pub(crate) use probe::simple_query;
