@@ -289,12 +289,22 @@ async fn a_cancelled_loop_whose_child_still_runs_is_kept_until_the_child_ends() 
     for id in &loops {
         age(&c, id, 2.0 * DAY).await;
     }
-    pass(&cfg).await;
-    assert_eq!(
-        with_rows_left(&c, &loops).await,
-        Vec::<String>::new(),
-        "every loop gone whole once ended and aged"
-    );
+    // The engine may still be settling a late message to an ended loop (a child's
+    // completion queued to its parent) and hold a lease on it for a moment: a pass skips
+    // a leased tree, and the next one takes it. Anything else that keeps one is a failure.
+    let began = Instant::now();
+    loop {
+        let report = pass(&cfg).await;
+        let left = with_rows_left(&c, &loops).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            (report.skipped_locked > 0 || report.batches_abandoned > 0)
+                && began.elapsed() < Duration::from_secs(30),
+            "every loop gone whole once ended and aged, or leased for a moment: {left:?}; {report}"
+        );
+    }
     assert_eq!(live_deletions(&c).await, Vec::<String>::new());
     let errors = engine.errors_about_deleted(&c).await;
     assert!(errors.is_empty(), "{errors:#?}");
