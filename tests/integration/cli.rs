@@ -93,6 +93,17 @@ async fn once_json_prints_one_report_object_and_deletes() {
         .env("DF_RECONCILER__DATABASE__URL", &db.dsn);
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Logs go to stderr, here a pipe as under systemd or a log shipper: no colour codes.
+    assert!(
+        text(&out.stderr).contains("pass finished"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "escape codes in logs written to a pipe: {}",
+        text(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for field in [
         "dry_run",

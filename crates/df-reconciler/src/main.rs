@@ -3,6 +3,7 @@
 
 mod demo;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -118,7 +119,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-/// Logs to stderr at `level` (`-v`: debug; `RUST_LOG` overrides both).
+/// Logs to stderr at `level` (`-v`: debug; `RUST_LOG` overrides both), in colour only on a
+/// terminal without `NO_COLOR`.
 fn init_logging(cli: &Cli, configured: LogFormat, level: &str) {
     // tokio_postgres logs server NOTICEs at info; they are noise for operators.
     let default = if cli.verbose {
@@ -132,8 +134,12 @@ fn init_logging(cli: &Cli, configured: LogFormat, level: &str) {
         Some(LogFormatArg::Text) => LogFormat::Text,
         None => configured,
     };
+    // Colours only for a person at a terminal: journald, files and log shippers would
+    // store the escape codes as text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
