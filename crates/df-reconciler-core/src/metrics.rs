@@ -129,8 +129,8 @@ pub struct Metrics {
     /// reclaiming any orphan (the open-transaction guard could not see every
     /// transaction), 0 otherwise.
     pub orphans_held: Family<HoldReason, Gauge>,
-    /// `df_reconciler_leader`: 1 while this replica holds the leader lock (or leader
-    /// election is off).
+    /// `df_reconciler_leader`: 1 while this replica holds the leader lock; 0 otherwise,
+    /// also when leader election is off or not in use (pooler mode).
     pub leader: Gauge,
     /// `df_reconciler_fenced_total`: times this replica stood down because another held
     /// the batch fence.
