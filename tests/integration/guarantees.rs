@@ -68,25 +68,13 @@ async fn mixed_population(c: &Client) {
 
 /// Row counts of every table of both stores.
 async fn table_counts(c: &Client) -> Vec<i64> {
-    crate::support::db::table_counts(
-        c,
-        &[
-            "df.instances",
-            "df.nodes",
-            "_duroxide.instances",
-            "_duroxide.executions",
-            "_duroxide.history",
-            "_duroxide.orchestrator_queue",
-            "_duroxide.worker_queue",
-            "_duroxide.instance_locks",
-            "_duroxide.kv_store",
-            "_duroxide.kv_delta",
-            "_duroxide.sessions",
-            "_duroxide._duroxide_migrations",
-            "_duroxide._worker_ready",
-        ],
-    )
-    .await
+    let mut tables = crate::support::db::PER_INSTANCE_TABLES.to_vec();
+    tables.extend([
+        "_duroxide.sessions",
+        "_duroxide._duroxide_migrations",
+        "_duroxide._worker_ready",
+    ]);
+    crate::support::db::table_counts(c, &tables).await
 }
 
 #[tokio::test]

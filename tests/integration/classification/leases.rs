@@ -1,7 +1,7 @@
 //! Dispatcher leases: a leased instance is skipped without waiting, and its whole tree is
 //! put back while the rest of the batch still goes.
 
-use crate::support::db::{count, df_ids, engine_ids, rows_of, violations};
+use crate::support::db::{count, df_ids, engine_ids, rows_of, violations, PER_INSTANCE_TABLES};
 use crate::support::harness::TestDb;
 use crate::support::passes::{config_for, pass};
 use crate::support::seed::{orphan, workflow, DAY};
@@ -182,18 +182,7 @@ async fn the_dispatchers_queue_items_go_in_the_batchs_last_statement() {
            RETURN NULL;
          END $$;",
     );
-    for table in [
-        "df.instances",
-        "df.nodes",
-        "_duroxide.instances",
-        "_duroxide.executions",
-        "_duroxide.history",
-        "_duroxide.orchestrator_queue",
-        "_duroxide.worker_queue",
-        "_duroxide.instance_locks",
-        "_duroxide.kv_store",
-        "_duroxide.kv_delta",
-    ] {
+    for table in PER_INSTANCE_TABLES {
         log.push_str(&format!(
             "CREATE TRIGGER test_log AFTER DELETE ON {table} REFERENCING OLD TABLE AS gone
              FOR EACH STATEMENT EXECUTE FUNCTION test_log.deleted();"

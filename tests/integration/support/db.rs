@@ -129,6 +129,20 @@ pub async fn violations(client: &Client) -> Vec<String> {
     found
 }
 
+/// Every per-instance table of both stores, df first, as the fixture names them.
+pub const PER_INSTANCE_TABLES: [&str; 10] = [
+    "df.instances",
+    "df.nodes",
+    "_duroxide.instances",
+    "_duroxide.executions",
+    "_duroxide.history",
+    "_duroxide.orchestrator_queue",
+    "_duroxide.worker_queue",
+    "_duroxide.instance_locks",
+    "_duroxide.kv_store",
+    "_duroxide.kv_delta",
+];
+
 /// Row counts of `tables`, in order, for asserting that nothing was written.
 pub async fn table_counts(c: &Client, tables: &[&str]) -> Vec<i64> {
     let mut counts = Vec::new();
