@@ -13,11 +13,18 @@ use crate::report::PassReport;
 use crate::sql::quote_ident;
 
 /// The migrations, in order: (version, name, SQL with `{audit}` for the schema).
-pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "audit",
-    include_str!("../../../migrations/0001_audit.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "audit",
+        include_str!("../../../migrations/0001_audit.sql"),
+    ),
+    (
+        2,
+        "generations_pruned",
+        include_str!("../../../migrations/0002_generations_pruned.sql"),
+    ),
+];
 
 /// Applies pending migrations in one transaction under `locks::MIGRATION`, so replicas
 /// starting together cannot race. Returns the versions applied now.
@@ -144,8 +151,9 @@ pub(crate) async fn record_pass(
         .exec(
             &format!(
                 "INSERT INTO {schema}.passes
-                   (pass_id, host, started_at, dry_run, outcome, error, instances_removed, rows_deleted, report)
-                 VALUES ($1, $2, coalesce($3, pg_catalog.now()), $4, $5, $6, $7, $8, $9)"
+                   (pass_id, host, started_at, dry_run, outcome, error, instances_removed, rows_deleted,
+                    generations_pruned, report)
+                 VALUES ($1, $2, coalesce($3, pg_catalog.now()), $4, $5, $6, $7, $8, $9, $10)"
             ),
             &[
                 &report.pass_id,
@@ -156,6 +164,7 @@ pub(crate) async fn record_pass(
                 &error,
                 &(report.instances_removed() as i64),
                 &(report.rows_deleted.values().sum::<u64>() as i64),
+                &(report.generations_pruned as i64),
                 &json,
             ],
         )
@@ -236,7 +245,8 @@ pub async fn recent_passes(
         .fetch_all(
             &format!(
                 "SELECT pass_id, coalesce(host, ''), started_at, finished_at, dry_run, outcome,
-                        coalesce(error, ''), instances_removed, rows_deleted, report
+                        coalesce(error, ''), instances_removed, rows_deleted, report,
+                        generations_pruned
                    FROM {schema}.passes ORDER BY started_at DESC, id DESC LIMIT $1"
             ),
             &[&limit],
@@ -256,6 +266,7 @@ pub async fn recent_passes(
             instances_removed: r.get(7),
             rows_deleted: r.get(8),
             report: r.get(9),
+            generations_pruned: r.get(10),
         })
         .collect())
 }
@@ -283,6 +294,8 @@ pub struct PassRow {
     pub instances_removed: i64,
     /// Rows deleted across all tables of both stores.
     pub rows_deleted: i64,
+    /// Old generations pruned (engine executions, with their history).
+    pub generations_pruned: i64,
     /// The full [`PassReport`], as `once --json` prints it.
     pub report: serde_json::Value,
 }

@@ -256,6 +256,17 @@ pub struct RetentionConfig {
     /// Consent for windows under one hour.
     #[serde(deserialize_with = "strict::boolean")]
     pub allow_short_retention: bool,
+    /// Prune old generations (executions) of instances still retained: live loops, and
+    /// terminal instances not yet expired.
+    #[serde(deserialize_with = "strict::boolean")]
+    pub prune_executions: bool,
+    /// The newest generations of an instance kept by pruning, the current one included.
+    #[serde(deserialize_with = "strict::integer")]
+    pub keep_executions: u32,
+    /// A generation is pruned only once it ended longer ago than this (a ContinuedAsNew
+    /// generation ended when its successor started).
+    #[serde(with = "humantime_serde")]
+    pub execution_min_age: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -268,6 +279,9 @@ impl Default for RetentionConfig {
             hard_cap: 10_000,
             orphan_min_age: Duration::from_secs(3600),
             allow_short_retention: false,
+            prune_executions: true,
+            keep_executions: 10,
+            execution_min_age: Duration::from_secs(3600),
         }
     }
 }
@@ -524,6 +538,7 @@ impl Config {
                 ("retention.failed", r.failed),
                 ("retention.cancelled", r.cancelled),
                 ("retention.orphan_min_age", Some(r.orphan_min_age)),
+                ("retention.execution_min_age", Some(r.execution_min_age)),
             ];
             for (key, value) in windows {
                 if let Some(d) = value.filter(|d| *d < SHORT_RETENTION_FLOOR) {
@@ -562,6 +577,11 @@ impl Config {
                 Some(r.orphan_min_age),
                 millennium,
             ),
+            (
+                "retention.execution_min_age",
+                Some(r.execution_min_age),
+                millennium,
+            ),
             ("audit.retention", Some(self.audit.retention), millennium),
             ("pass.interval", Some(p.interval), century),
             ("pass.jitter", Some(p.jitter), century),
@@ -586,6 +606,13 @@ impl Config {
                     "is too long",
                 ));
             }
+        }
+        if r.keep_executions == 0 {
+            return Err(invalid(
+                "retention.keep_executions",
+                "0".into(),
+                "must be at least 1 (the current generation is always kept)",
+            ));
         }
         if p.batch_size == 0 {
             return Err(invalid("pass.batch_size", "0".into(), "must be at least 1"));

@@ -21,7 +21,8 @@ use crate::report::{OrphanHold, PassReport};
 pub struct TableReason {
     /// `schema.table` the rows were deleted from.
     pub table: String,
-    /// `expired` (df-owned instances, window or cap) or `orphan`.
+    /// `expired` (df-owned instances, window or cap), `orphan`, or `pruned` (old
+    /// generations of instances that stay).
     pub reason: &'static str,
 }
 
@@ -39,7 +40,8 @@ pub struct ReasonStatus {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     /// Why candidates were left in place: `unsettled`, `locked`, `abandoned`,
-    /// `inconsistent` or `young_orphan`.
+    /// `inconsistent`, `young_orphan`, or `generation_locked` (a prunable generation
+    /// locked elsewhere or of a leased instance).
     pub reason: &'static str,
 }
 
@@ -98,6 +100,12 @@ pub struct Metrics {
     pub engine_children_removed: Counter,
     /// `df_reconciler_skipped_total`: candidates left in place for a later pass, per reason.
     pub skipped: Family<Reason, Counter>,
+    /// `df_reconciler_generations_pruned_total`: old generations (executions with their
+    /// history) pruned from instances that stay.
+    pub generations_pruned: Counter,
+    /// `df_reconciler_generations_waiting`: generations prunable at the last complete pass
+    /// that counted drift, after its own pruning (the pruning backlog).
+    pub generations_waiting: Gauge,
     /// `df_reconciler_passes_total`: passes per outcome, dry runs included.
     pub passes: Family<Outcome, Counter>,
     /// `df_reconciler_pass_duration_seconds`: duration of real passes.
@@ -158,6 +166,8 @@ impl Metrics {
             orphans_reclaimed: Counter::default(),
             engine_children_removed: Counter::default(),
             skipped: Family::default(),
+            generations_pruned: Counter::default(),
+            generations_waiting: Gauge::default(),
             passes: Family::default(),
             // 10 ms .. ~80 min
             pass_duration: Histogram::new(exponential_buckets(0.01, 2.0, 19)),
@@ -202,6 +212,16 @@ impl Metrics {
             "skipped",
             "Candidates skipped per reason (unsettled, locked, inconsistent, young_orphan)",
             m.skipped.clone(),
+        );
+        r.register(
+            "generations_pruned",
+            "Old generations (executions with their history) pruned from instances that stay",
+            m.generations_pruned.clone(),
+        );
+        r.register(
+            "generations_waiting",
+            "Generations prunable after the last pass that counted drift",
+            m.generations_waiting.clone(),
         );
         r.register("passes", "Passes per outcome", m.passes.clone());
         r.register(
@@ -335,6 +355,15 @@ impl Metrics {
                 })
                 .inc_by(*n);
         }
+        for (table, n) in &report.rows_by_reason.pruned {
+            self.rows_deleted
+                .get_or_create(&TableReason {
+                    table: table.clone(),
+                    reason: "pruned",
+                })
+                .inc_by(*n);
+        }
+        self.generations_pruned.inc_by(report.generations_pruned);
         let e = &report.expired_removed;
         let c = &report.capped_by_status;
         let o = &report.orphans_by_status;
@@ -362,6 +391,7 @@ impl Metrics {
             ("abandoned", report.skipped_abandoned),
             ("inconsistent", report.skipped_inconsistent),
             ("young_orphan", report.orphans_waiting),
+            ("generation_locked", report.generations_skipped),
         ] {
             self.skipped.get_or_create(&Reason { reason }).inc_by(n);
         }
@@ -384,6 +414,8 @@ impl Metrics {
             ] {
                 self.drift.get_or_create(&DriftKind { kind }).set(n as i64);
             }
+            self.generations_waiting
+                .set(report.generations_waiting as i64);
         }
     }
 }

@@ -90,6 +90,16 @@ pub struct RowsByReason {
     pub expired: BTreeMap<String, u64>,
     /// Orphan engine trees.
     pub orphan: BTreeMap<String, u64>,
+    /// Old generations of retained instances (`retention.prune_executions`).
+    pub pruned: BTreeMap<String, u64>,
+}
+
+/// Why rows went: the key of [`RowsByReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowReason {
+    Expired,
+    Orphan,
+    Pruned,
 }
 
 /// What one pass did and found: the `once` output, the "pass finished" log line, the
@@ -116,6 +126,12 @@ pub struct PassReport {
     pub orphans_by_status: ByEngineStatus,
     /// Sub-orchestrations removed as part of their root's tree.
     pub engine_children_removed: u64,
+    /// Old generations (engine executions, with their history) pruned from instances
+    /// still retained, roots and children alike (`retention.prune_executions`).
+    pub generations_pruned: u64,
+    /// Prunable generations left in place this pass: their row locked by another
+    /// session, or their instance leased by a dispatcher; retried next pass.
+    pub generations_skipped: u64,
     /// Rows per `schema.table`.
     pub rows_deleted: BTreeMap<String, u64>,
     /// The same rows, by reason.
@@ -142,6 +158,9 @@ pub struct PassReport {
     pub queue_items_without_instance: u64,
     /// Terminal orphan roots not old enough yet (kept; reclaimed by a later pass).
     pub orphans_waiting: u64,
+    /// Generations prunable when the drift was counted, after the pass's own pruning: the
+    /// pruning backlog (0 with `retention.prune_executions` off).
+    pub generations_waiting: u64,
     /// Why this pass reclaimed no orphan at all (the open-transaction guard could not see
     /// every transaction); empty when orphans were reclaimed normally. Each reason also
     /// has a line in `warnings`.
@@ -185,12 +204,12 @@ impl PassReport {
             + self.skipped_inconsistent
     }
 
-    pub(crate) fn add_rows(&mut self, table: &str, orphan: bool, n: u64) {
+    pub(crate) fn add_rows(&mut self, table: &str, reason: RowReason, n: u64) {
         *self.rows_deleted.entry(table.to_owned()).or_default() += n;
-        let by_reason = if orphan {
-            &mut self.rows_by_reason.orphan
-        } else {
-            &mut self.rows_by_reason.expired
+        let by_reason = match reason {
+            RowReason::Expired => &mut self.rows_by_reason.expired,
+            RowReason::Orphan => &mut self.rows_by_reason.orphan,
+            RowReason::Pruned => &mut self.rows_by_reason.pruned,
         };
         *by_reason.entry(table.to_owned()).or_default() += n;
     }
@@ -252,7 +271,7 @@ impl fmt::Display for PassReport {
         let e = &self.expired_removed;
         // Drift counts this pass did not take print as "-", not as 0.
         let drift = |n: u64| self.drift_counted.then_some(n);
-        let rows: [(&str, Option<u64>); 17] = [
+        let rows: [(&str, Option<u64>); 20] = [
             ("expired completed", Some(e.completed)),
             ("expired failed", Some(e.failed)),
             ("expired cancelled", Some(e.cancelled)),
@@ -261,6 +280,11 @@ impl fmt::Display for PassReport {
             (
                 "engine children (in trees)",
                 Some(self.engine_children_removed),
+            ),
+            ("old generations pruned", Some(self.generations_pruned)),
+            (
+                "generations skipped: locked or leased",
+                Some(self.generations_skipped),
             ),
             (
                 "skipped: engine still running",
@@ -292,6 +316,10 @@ impl fmt::Display for PassReport {
                 drift(self.queue_items_without_instance),
             ),
             ("orphans not old enough yet", drift(self.orphans_waiting)),
+            (
+                "generations waiting to be pruned",
+                drift(self.generations_waiting),
+            ),
             (
                 "batches abandoned (timeouts, late leases)",
                 Some(self.batches_abandoned),

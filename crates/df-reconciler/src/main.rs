@@ -422,17 +422,18 @@ async fn history(cfg: &Config, limit: i64, json: bool) -> i32 {
                 }
             } else {
                 println!(
-                    "{:<24} {:<16} {:<8} {:<8} {:>10} {:>10}  host",
-                    "started", "pass", "kind", "outcome", "instances", "rows"
+                    "{:<24} {:<16} {:<8} {:<8} {:>10} {:>11} {:>10}  host",
+                    "started", "pass", "kind", "outcome", "instances", "generations", "rows"
                 );
                 for r in &rows {
                     println!(
-                        "{:<24} {:<16} {:<8} {:<8} {:>10} {:>10}  {}{}",
+                        "{:<24} {:<16} {:<8} {:<8} {:>10} {:>11} {:>10}  {}{}",
                         humantime::format_rfc3339_seconds(r.started_at),
                         r.pass_id,
                         if r.dry_run { "dry-run" } else { "real" },
                         r.outcome,
                         r.instances_removed,
+                        r.generations_pruned,
                         r.rows_deleted,
                         r.host,
                         if r.error.is_empty() {

@@ -8,11 +8,13 @@
 //!   queue items nobody owns;
 //! - [`leases`]: dispatcher leases and what a lease puts back;
 //! - [`age_and_cap`]: where terminal_at comes from, per-status windows, the hard cap;
+//! - [`generations`]: old generations of the instances that stay, pruned;
 //! - [`trees`]: an ended root whose descendants still run keeps its whole tree (df rows'
 //!   and orphans') until every member has ended.
 
 mod age_and_cap;
 mod df_rows;
+mod generations;
 mod leases;
 mod orphans;
 mod trees;

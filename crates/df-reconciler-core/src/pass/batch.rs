@@ -11,6 +11,7 @@ use super::candidates::Progress;
 use super::clock::PassClock;
 use super::deletes::delete_rows;
 use super::expired::expired_batch;
+use super::generations::generation_batch;
 use super::orphans::orphan_batch;
 use super::phase::{Pass, Phase, Step};
 use super::statements::Statements;
@@ -97,6 +98,7 @@ impl Pass<'_> {
         let step = match phase {
             Phase::Expired => expired_batch(batch, progress, &mut tally).await?,
             Phase::Orphans => orphan_batch(batch, progress, &mut tally).await?,
+            Phase::Generations => generation_batch(batch, self.cfg, progress, &mut tally).await?,
         };
         if dry_run {
             let last =

@@ -33,6 +33,8 @@ pub(crate) struct PassClock {
     /// What the guard could see; when it holds orphans back, phase 2 does not run.
     pub(crate) guard: OrphanGuard,
     pub(crate) drift_cutoff: Option<SystemTime>,
+    /// Generations that ended before this may be pruned (now - execution_min_age).
+    pub(crate) generation_cutoff: Option<SystemTime>,
 }
 
 impl PassClock {
@@ -104,6 +106,7 @@ impl PassClock {
             orphan_created_before: oldest_open_xact.min(db_now),
             guard,
             drift_cutoff: before(r.orphan_min_age),
+            generation_cutoff: before(r.execution_min_age),
         }
     }
 }

@@ -26,6 +26,19 @@ impl Pass<'_> {
             )
             .await
             .context("counting drift between the stores")?;
+        let generations_waiting = if self.cfg.retention.prune_executions {
+            let keep = i64::from(self.cfg.retention.keep_executions);
+            let cutoff = self
+                .clock
+                .generation_cutoff
+                .map(tokio_postgres::types::Timestamp::Value);
+            tx.fetch_one(&self.statements.generations_waiting, &[&keep, &cutoff])
+                .await
+                .context("counting the generations waiting to be pruned")?
+                .get::<_, i64>(0) as u64
+        } else {
+            0
+        };
         tx.commit().await.context("ending the drift report")?;
         let count = |i: usize| row.get::<_, i64>(i) as u64;
         self.report.running_without_df_row = count(0);
@@ -33,6 +46,7 @@ impl Pass<'_> {
         self.report.queue_items_without_instance = count(2);
         self.report.orphans_waiting = count(3);
         self.report.df_live_engine_ended = count(4);
+        self.report.generations_waiting = generations_waiting;
         self.report.drift_counted = true;
         Ok(())
     }

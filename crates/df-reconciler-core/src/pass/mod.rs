@@ -1,10 +1,13 @@
 //! One reconciliation pass.
 //!
-//! A pass reads the database clock and the hard-cap edge once, then runs two keyset-paged
-//! phases, each a loop of batch transactions:
+//! A pass reads the database clock and the hard-cap edge once, then runs three keyset-paged
+//! phases, each a loop of batch transactions, a batch of each in turn:
 //! 1. expired terminal df rows (with their engine trees and stray queue items);
 //! 2. orphan engine roots (with their trees), unless the open-transaction guard cannot see
-//!    every transaction that may still commit a df row (then no orphan goes this pass).
+//!    every transaction that may still commit a df row (then no orphan goes this pass);
+//! 3. old generations of the engine instances that stay (`retention.prune_executions`):
+//!    executions outside the newest `retention.keep_executions`, ended longer than
+//!    `retention.execution_min_age` ago, each with its history.
 //!
 //! Each batch is ONE transaction: select up to `batch_size` candidates after the watermark,
 //! lock them with FOR UPDATE SKIP LOCKED (df rows, then every instance of their engine
@@ -22,7 +25,7 @@
 //! - `pacing.rs`: the pause after a batch while other sessions are at work.
 //! - `batch_size.rs`: the batch size a statement timeout halves and clean batches regrow.
 //! - `candidates.rs`: the candidate selection and the watermark.
-//! - `expired.rs`, `orphans.rs`: a batch of phase 1 and of phase 2.
+//! - `expired.rs`, `orphans.rs`, `generations.rs`: a batch of phase 1, 2 and 3.
 //! - `trees.rs`: expanding, locking and clearing engine trees.
 //! - `leases.rs`: the lease-checked deletes, in a savepoint.
 //! - `deletes.rs`: the pipelined per-table deletes (or dry-run counts).
@@ -39,6 +42,7 @@ mod clock;
 mod deletes;
 mod drift;
 mod expired;
+mod generations;
 mod leases;
 mod orphans;
 mod pacing;
@@ -309,7 +313,12 @@ async fn run_phases_on(
         .as_ref()
         .map(|cell| cell.lock().map(|w| w.clone()).unwrap_or_default())
         .unwrap_or_default();
-    let mut cursors = Cursor::both(&start);
+    let mut cursors = Cursor::all(&start);
+    if !cfg.retention.prune_executions {
+        for cursor in cursors.iter_mut().filter(|c| c.phase == Phase::Generations) {
+            cursor.exhausted = true;
+        }
+    }
     if !pass.report.orphans_held.is_empty() {
         info!(held = ?pass.report.orphans_held, "no orphan reclaimed this pass: the open-transaction guard cannot see every transaction");
         for cursor in cursors.iter_mut().filter(|c| c.phase == Phase::Orphans) {

@@ -24,6 +24,8 @@ use crate::report::PassReport;
 pub(crate) enum Phase {
     Expired,
     Orphans,
+    /// Old generations of retained instances (`retention.prune_executions`).
+    Generations,
 }
 
 /// Where a phase stands after a batch.
@@ -65,6 +67,9 @@ pub struct Watermarks {
     pub expired: Option<String>,
     /// Phase 2, orphan engine roots: the last engine id seen.
     pub orphans: Option<String>,
+    /// Phase 3, old generations: the last (engine instance id, execution id) seen, as
+    /// [`GenerationMark`] text.
+    pub generations: Option<String>,
 }
 
 /// One phase's place in a pass.
@@ -76,13 +81,14 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
-    /// Both phases, each from where `resume` says (a pass that stopped early leaves its
+    /// Every phase, each from where `resume` says (a pass that stopped early leaves its
     /// watermarks for the next one, so a long run of skipped rows at the start of the
     /// keyset cannot eat every pass's budget).
-    pub(crate) fn both(resume: &Watermarks) -> [Cursor; 2] {
+    pub(crate) fn all(resume: &Watermarks) -> [Cursor; 3] {
         [
             Cursor::at(Phase::Expired, resume.expired.clone()),
             Cursor::at(Phase::Orphans, resume.orphans.clone()),
+            Cursor::at(Phase::Generations, resume.generations.clone()),
         ]
     }
 
@@ -106,7 +112,33 @@ impl Cursor {
         Watermarks {
             expired: of(Phase::Expired),
             orphans: of(Phase::Orphans),
+            generations: of(Phase::Generations),
         }
+    }
+}
+
+/// A place in the keyset of generations, (engine instance id, execution id), kept in a
+/// [`Cursor`]'s text watermark as `{execution id}:{instance id}` (the number first, so
+/// any instance id reads back whole). An execution id of `i64::MAX` stands for "past
+/// every generation of the instance".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GenerationMark {
+    pub(crate) instance_id: String,
+    pub(crate) execution_id: i64,
+}
+
+impl GenerationMark {
+    pub(crate) fn to_text(&self) -> String {
+        format!("{}:{}", self.execution_id, self.instance_id)
+    }
+
+    /// None for text no mark wrote (then the phase starts over from the beginning).
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let (execution_id, instance_id) = text.split_once(':')?;
+        Some(Self {
+            instance_id: instance_id.to_owned(),
+            execution_id: execution_id.parse().ok()?,
+        })
     }
 }
 
@@ -120,7 +152,7 @@ pub(crate) fn next_round(cursors: &[Cursor]) -> Vec<usize> {
 }
 
 impl Pass<'_> {
-    /// Runs both phases' batches in turn until each found its end. Returns false when the
+    /// Runs every phase's batches in turn until each found its end. Returns false when the
     /// pass stopped early (shutdown, budget, fence). The first round always runs, so even
     /// the smallest `pass.max_duration` gives each phase a batch per pass.
     pub(crate) async fn run_phases(&mut self, cursors: &mut [Cursor]) -> Result<bool, Error> {
@@ -255,11 +287,12 @@ mod tests {
 
     #[test]
     fn every_phase_not_yet_exhausted_gets_a_batch_in_each_round() {
-        let mut cursors = Cursor::both(&Watermarks::default());
-        assert_eq!(next_round(&cursors), vec![0, 1]);
+        let mut cursors = Cursor::all(&Watermarks::default());
+        assert_eq!(next_round(&cursors), vec![0, 1, 2]);
         cursors[0].exhausted = true;
-        assert_eq!(next_round(&cursors), vec![1]);
+        assert_eq!(next_round(&cursors), vec![1, 2]);
         cursors[1].exhausted = true;
+        cursors[2].exhausted = true;
         assert!(next_round(&cursors).is_empty());
     }
 
@@ -268,8 +301,11 @@ mod tests {
         let resume = Watermarks {
             expired: Some("0000a000".to_owned()),
             orphans: None,
+            generations: Some("7:0000c000".to_owned()),
         };
-        let mut cursors = Cursor::both(&resume);
+        let mut cursors = Cursor::all(&resume);
+        assert_eq!(cursors[2].phase, Phase::Generations);
+        assert_eq!(cursors[2].watermark.as_deref(), Some("7:0000c000"));
         assert_eq!(cursors[0].phase, Phase::Expired);
         assert_eq!(cursors[0].watermark.as_deref(), Some("0000a000"));
         assert_eq!(cursors[1].watermark, None);
@@ -281,8 +317,22 @@ mod tests {
             Watermarks {
                 expired: Some("0000b000".to_owned()),
                 orphans: None,
+                generations: Some("7:0000c000".to_owned()),
             }
         );
+    }
+
+    #[test]
+    fn a_generation_mark_reads_back_whatever_the_instance_id_holds() {
+        for id in ["0000c000", "a::1::b", "odd:id:", ""] {
+            let mark = GenerationMark {
+                instance_id: id.to_owned(),
+                execution_id: 42,
+            };
+            assert_eq!(GenerationMark::parse(&mark.to_text()), Some(mark));
+        }
+        assert_eq!(GenerationMark::parse("0000c000"), None);
+        assert_eq!(GenerationMark::parse("x:0000c000"), None);
     }
 
     fn read(candidates: u64) -> Option<Progress> {

@@ -69,6 +69,16 @@ pub(crate) struct Statements {
     pub(crate) lock_trees: Stmt,
     pub(crate) orphans_with_df_row: Stmt,
     pub(crate) drift: Stmt,
+    /// Phase 3: the next prunable generations, their lock (a read in a dry run), their
+    /// deletes (counts in a dry run) and the backlog count.
+    pub(crate) generation_candidates: Stmt,
+    pub(crate) lock_generations: Stmt,
+    pub(crate) delete_generation_history: Stmt,
+    /// None in a dry run: the executions are counted as the rows the lock read.
+    pub(crate) delete_generation_executions: Option<Stmt>,
+    pub(crate) generations_waiting: Stmt,
+    /// `schema.table` of the history and executions tables, for the report.
+    pub(crate) generation_tables: [String; 2],
     /// For df rows, then engine rows, in deletion order. In a dry run each one counts the
     /// rows instead.
     pub(crate) delete_df: TableStatements,
@@ -140,6 +150,27 @@ impl Statements {
             .await?,
             orphans_with_df_row: prepare(reconcile::ORPHANS_WITH_DF_ROW).await?,
             drift: prepare(reconcile::DRIFT).await?,
+            generation_candidates: prepare(engine::GENERATION_CANDIDATES).await?,
+            lock_generations: prepare(if dry_run {
+                engine::READ_GENERATIONS
+            } else {
+                engine::LOCK_GENERATIONS
+            })
+            .await?,
+            delete_generation_history: prepare(if dry_run {
+                engine::COUNT_GENERATION_HISTORY
+            } else {
+                engine::DELETE_GENERATION_HISTORY
+            })
+            .await?,
+            delete_generation_executions: if dry_run {
+                None
+            } else {
+                Some(prepare(engine::DELETE_GENERATION_EXECUTIONS).await?)
+            },
+            generations_waiting: prepare(engine::GENERATIONS_WAITING).await?,
+            generation_tables: engine::GENERATION_TABLES
+                .map(|table| format!("{}.{table}", schemas.engine)),
             delete_df: deletes(
                 &schemas.control,
                 "{control}",

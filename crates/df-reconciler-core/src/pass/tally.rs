@@ -8,7 +8,7 @@ use super::deletes::Rows;
 use super::phase::Phase;
 use crate::audit::DeletedRoot;
 use crate::policy::{EngineStatus, TerminalStatus};
-use crate::report::PassReport;
+use crate::report::{PassReport, RowReason};
 
 /// What a batch found, applied to the report only once its transaction committed.
 #[derive(Debug, Default)]
@@ -16,6 +16,10 @@ pub(crate) struct BatchTally {
     pub(crate) expired: Vec<(TerminalStatus, bool)>,
     pub(crate) orphans: Vec<EngineStatus>,
     pub(crate) children: u64,
+    /// Generations pruned (phase 3).
+    pub(crate) generations: u64,
+    /// Prunable generations left in place: locked elsewhere or their instance leased.
+    pub(crate) generations_skipped: u64,
     pub(crate) rows: Vec<(String, u64)>,
     pub(crate) skipped_unsettled: u64,
     pub(crate) skipped_locked: u64,
@@ -72,8 +76,15 @@ impl BatchTally {
             }
         }
         r.engine_children_removed += self.children;
+        r.generations_pruned += self.generations;
+        r.generations_skipped += self.generations_skipped;
+        let reason = match phase {
+            Phase::Expired => RowReason::Expired,
+            Phase::Orphans => RowReason::Orphan,
+            Phase::Generations => RowReason::Pruned,
+        };
         for (table, n) in self.rows {
-            r.add_rows(&table, phase == Phase::Orphans, n);
+            r.add_rows(&table, reason, n);
         }
         r.skipped_unsettled += self.skipped_unsettled;
         r.skipped_locked += self.skipped_locked;
@@ -147,7 +158,7 @@ mod tests {
             ..BatchTally::default()
         };
         let mut report = PassReport::default();
-        report.add_rows("duroxide.history", false, 10);
+        report.add_rows("duroxide.history", RowReason::Expired, 10);
         tally.apply(Phase::Orphans, &mut None, &mut report);
         assert_eq!(report.orphans_reclaimed, 4);
         assert_eq!(report.orphans_by_status.failed, 2);

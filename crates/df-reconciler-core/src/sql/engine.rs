@@ -206,6 +206,188 @@ pub(crate) const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 /// of a deletable tree counts as locked.
 pub(crate) const READ_TREES: &str = trees_then!(" OFFSET 0");
 
+/// The prunable generations of the engine instance `s` (columns `s.instance_id`,
+/// `s.current_execution_id`), oldest first, as a lateral subquery `x(execution_id,
+/// ended_at)` that reads only that instance's executions (primary-key range scans). `$after`
+/// is an extra condition on `x.execution_id` (the keyset), `$limit` bounds the rows.
+///
+/// A generation is prunable when all of these hold:
+/// - it is not among the newest `keep_last` executions of its instance (the current one
+///   counts among them), and it is not the current execution (not even with gaps);
+/// - it ended: its status is ContinuedAsNew, Completed or Failed (never Running, never a
+///   status we do not know);
+/// - it ended before `ended_before`: its completed_at, else when its successor started
+///   (a ContinuedAsNew generation has no completed_at; it ended when the next began, and
+///   any non-current generation ended at the latest then);
+/// - no worker queue item references it: an activity of an old generation is cancelled by
+///   the engine when the generation ends and its completion, should one still come, is
+///   dropped by the engine as stale; until the item is gone the generation stays, so
+///   pruning never removes the execution of work still in flight.
+///
+/// `keep_last` and `ended_before` come from the lateral `policy`, one row per instance:
+/// today the configured `retention.keep_executions` (`$keep`) and `now -
+/// retention.execution_min_age` (`$ended_before`) for every instance; a per-workload rule
+/// replaces that subquery alone.
+macro_rules! prunable_generations {
+    ($keep:literal, $ended_before:literal, $after:literal, $limit:literal) => {
+        concat!(
+            "
+    CROSS JOIN LATERAL (SELECT ",
+            $keep,
+            "::bigint AS keep_last, ",
+            $ended_before,
+            "::timestamptz AS ended_before) policy
+    -- The oldest execution kept for its rank: the keep_last-th newest.
+    CROSS JOIN LATERAL (
+        SELECT k.execution_id FROM {engine}.executions k
+        WHERE k.instance_id = s.instance_id
+        ORDER BY k.execution_id DESC OFFSET policy.keep_last - 1 LIMIT 1) kept_from
+    CROSS JOIN LATERAL (
+        SELECT g.execution_id, coalesce(g.completed_at, next.started_at) AS ended_at
+        FROM {engine}.executions g
+        LEFT JOIN LATERAL (
+            SELECT n.started_at FROM {engine}.executions n
+            WHERE n.instance_id = g.instance_id AND n.execution_id > g.execution_id
+            ORDER BY n.execution_id LIMIT 1) next ON true
+        WHERE g.instance_id = s.instance_id
+          AND g.execution_id < kept_from.execution_id
+          AND g.execution_id < s.current_execution_id
+          AND g.status IN ('ContinuedAsNew', 'Completed', 'Failed')
+          AND coalesce(g.completed_at, next.started_at) < policy.ended_before
+          AND NOT EXISTS (SELECT 1 FROM {engine}.worker_queue wq
+                           WHERE wq.instance_id = g.instance_id
+                             AND wq.execution_id = g.execution_id)
+          AND ",
+            $after,
+            "
+        ORDER BY g.execution_id
+        LIMIT ",
+            $limit,
+            ") x"
+        )
+    };
+}
+
+/// The next prunable generations after the keyset position (`$1` instance id, `$2`
+/// execution id; `$1` NULL: from the start), at most `$3` of them, over a window of at
+/// most `$3` engine instances (roots and children alike) from `$1` on, so a batch reads a
+/// bounded number of instances however few of them have anything to prune. `$4`:
+/// `retention.keep_executions`; `$5`: now - `retention.execution_min_age` (NULL: nothing
+/// is that old). Rows: (instance id, execution id, ended_at, window_end) in keyset order,
+/// then one last row with a NULL execution id whose instance id is the window's last
+/// instance (NULL when the window is empty): where the keyset goes on when the window
+/// held fewer than `$3` prunable generations.
+pub(crate) const GENERATION_CANDIDATES: &str = concat!(
+    "
+    WITH scan AS MATERIALIZED (
+        SELECT i.instance_id, i.current_execution_id FROM {engine}.instances i
+        WHERE $1::text IS NULL
+           -- The watermark's instance again only while it may have generations after $2.
+           OR (i.instance_id >= $1::text
+               AND NOT (i.instance_id = $1::text AND $2::bigint >= i.current_execution_id))
+        ORDER BY i.instance_id
+        LIMIT $3::bigint
+    ),
+    found AS (
+        SELECT s.instance_id, x.execution_id, x.ended_at
+        FROM scan s",
+    prunable_generations!(
+        "$4",
+        "$5",
+        "($1::text IS NULL OR s.instance_id > $1::text OR g.execution_id > $2::bigint)",
+        "$3::bigint"
+    ),
+    "
+        ORDER BY s.instance_id, x.execution_id
+        LIMIT $3::bigint
+    )
+    SELECT f.instance_id, f.execution_id, f.ended_at, 0 AS part FROM found f
+    UNION ALL
+    SELECT pg_catalog.max(s.instance_id), NULL::bigint, NULL::timestamptz, 1 FROM scan s
+    ORDER BY 4, 1, 2"
+);
+
+/// How many generations are prunable right now, over every engine instance (the backlog
+/// figure of the drift report). `$1`, `$2`: as `$4`, `$5` of [`GENERATION_CANDIDATES`].
+pub(crate) const GENERATIONS_WAITING: &str = concat!(
+    "
+    SELECT pg_catalog.count(*) FROM {engine}.instances s",
+    prunable_generations!("$1", "$2", "true", "ALL")
+);
+
+/// Locks the candidate generations (`$1` instance ids, `$2` execution ids, pairwise) that
+/// are still prunable, skipping rows another session holds, and returns (instance id,
+/// execution id, row address). Rechecked under the lock: still ended and not the current
+/// execution, no worker queue item references it, and its instance is not leased (an
+/// instance lock whose `locked_until` is ahead of the database clock: a dispatcher is
+/// running a turn of it; its generations wait for a later pass). The age needs no recheck:
+/// an ended generation's end never moves, and the keep-count only grows more permissive
+/// as new generations start.
+macro_rules! generations_then {
+    ($lock:literal) => {
+        concat!(
+            "
+    SELECT x.instance_id, x.execution_id, x.ctid::text
+    FROM {engine}.executions x
+    WHERE (x.instance_id, x.execution_id) IN (
+            SELECT c.instance_id, c.execution_id
+            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bigint[]))
+                AS c(instance_id, execution_id))
+      AND x.status IN ('ContinuedAsNew', 'Completed', 'Failed')
+      AND x.execution_id < (SELECT i.current_execution_id FROM {engine}.instances i
+                             WHERE i.instance_id = x.instance_id)
+      AND NOT EXISTS (SELECT 1 FROM {engine}.worker_queue wq
+                       WHERE wq.instance_id = x.instance_id AND wq.execution_id = x.execution_id)
+      AND NOT EXISTS (SELECT 1 FROM {engine}.instance_locks il
+                       WHERE il.instance_id = x.instance_id AND il.locked_until > ",
+            now_epoch_ms!(),
+            ")",
+            $lock
+        )
+    };
+}
+
+pub(crate) const LOCK_GENERATIONS: &str = generations_then!(" FOR UPDATE OF x SKIP LOCKED");
+
+/// The dry-run twin of [`LOCK_GENERATIONS`]: the same rows, read without locking.
+pub(crate) const READ_GENERATIONS: &str = generations_then!("");
+
+/// The tables whose rows belong to one execution, deleted with it, in this order: its
+/// history, then the execution itself (by the address its lock returned). The engine keeps
+/// no other per-execution rows: kv_store's `execution_id` names the execution that last
+/// wrote an instance-scoped key (the engine's own pruning keeps those rows too), and a
+/// worker queue item of a generation keeps that generation (see `prunable_generations!`).
+pub(crate) const GENERATION_TABLES: [&str; 2] = ["history", "executions"];
+
+/// History rows of the generations `$1` (instance ids), `$2` (execution ids), pairwise.
+macro_rules! generation_history {
+    ($verb:literal, $using:literal) => {
+        concat!(
+            $verb,
+            " {engine}.history h ",
+            $using,
+            " ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bigint[]))
+                AS c(instance_id, execution_id)
+             WHERE h.instance_id = c.instance_id AND h.execution_id = c.execution_id"
+        )
+    };
+}
+
+pub(crate) const DELETE_GENERATION_HISTORY: &str = generation_history!("DELETE FROM", "USING");
+
+/// The dry-run twin of [`DELETE_GENERATION_HISTORY`]: the same rows, counted.
+pub(crate) const COUNT_GENERATION_HISTORY: &str =
+    generation_history!("SELECT pg_catalog.count(*) FROM", ", ");
+
+/// The locked executions `$1` (instance ids), `$2` (execution ids) at the addresses `$3`
+/// their lock returned, triple-wise; the caller checks every one matched.
+pub(crate) const DELETE_GENERATION_EXECUTIONS: &str = "
+    DELETE FROM {engine}.executions x
+    USING ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bigint[]),
+                     pg_catalog.unnest($3::text[])) AS c(instance_id, execution_id, address)
+    WHERE x.ctid = c.address::tid AND x.instance_id = c.instance_id
+      AND x.execution_id = c.execution_id";
+
 /// The orphan walk reads terminal executions only (Completed, Failed) and rules out young
 /// ones by their completed_at from the index alone, instead of reading every execution of
 /// every instance. Named apart from its predecessor `df_reconciler_terminal_executions`,
