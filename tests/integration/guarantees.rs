@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use crate::support::db::{count, df_ids, engine_ids, violations};
 use crate::support::harness::{wait_until, TestDb};
-use crate::support::passes::{comparable, config_for, pass, try_pass};
+use crate::support::passes::{comparable, config_for, config_without_pruning, pass, try_pass};
 use crate::support::seed::{backlog, orphan, workflow, DAY};
 
 async fn mixed_population(c: &Client) {
@@ -522,7 +522,7 @@ async fn a_timed_out_batch_halves_the_batch_size_and_clean_batches_restore_it() 
     )
     .await
     .unwrap();
-    let mut cfg = config_for(&db);
+    let mut cfg = config_without_pruning(&db);
     cfg.pass.batch_size = 40;
     cfg.pass.statement_timeout = Duration::from_secs(1);
 

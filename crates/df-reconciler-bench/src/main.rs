@@ -12,6 +12,8 @@
 //! - idle: a pass that finds nothing to delete on a 1M-row df table;
 //! - impact: p99 latency of an engine-like workload without and during a pass, in rounds
 //!   (fresh copy each); the verdict is on the median round;
+//! - prune: a 100k-generation backlog of live loops pruned by a pass, next to its floor
+//!   (one set-wise delete of the same rows);
 //! - real-impact: where pg_durable is installed, start-to-completion latency of real
 //!   workflows without and during a pass over a backlog, with the real engine running.
 //!
@@ -27,6 +29,7 @@ mod idle;
 mod impact;
 mod latency;
 mod pass_runs;
+mod prune;
 mod ratio;
 mod real_impact;
 mod results;
@@ -123,6 +126,7 @@ enum Measure {
     Rss,
     Idle,
     Impact,
+    Prune,
     RealImpact,
 }
 
@@ -158,7 +162,7 @@ fn start(args: &Args) -> Result<()> {
     result
 }
 
-/// Runs the chosen measures in a fixed order (floor and pass, rss, idle, impact,
+/// Runs the chosen measures in a fixed order (floor and pass, rss, idle, impact, prune,
 /// real-impact) and
 /// prints the environment, the table and the notes to stdout.
 async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
@@ -186,6 +190,9 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     }
     if measures.contains(&Measure::Impact) {
         impact::measure(server, daemon, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::Prune) {
+        prune::measure(server, daemon, args, &mut results).await?;
     }
     if measures.contains(&Measure::RealImpact) {
         real_impact::measure(daemon, args, &mut results).await?;

@@ -739,6 +739,31 @@ mod tests {
     }
 
     #[test]
+    fn pruning_defaults_and_guards() {
+        let c = load("", &[], &[]).unwrap();
+        assert!(c.retention.prune_executions);
+        assert_eq!(c.retention.keep_executions, 10);
+        assert_eq!(c.retention.execution_min_age, Duration::from_secs(3600));
+        let err = load("[retention]\nkeep_executions = 0\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.keep_executions"), "{err}");
+        let err = load("[retention]\nexecution_min_age = \"5m\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.execution_min_age"), "{err}");
+        let c = load(
+            "[retention]\nexecution_min_age = \"5s\"\nallow_short_retention = true\nkeep_executions = 1\nprune_executions = false\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.retention.execution_min_age, Duration::from_secs(5));
+        assert_eq!(c.retention.keep_executions, 1);
+        assert!(!c.retention.prune_executions);
+    }
+
+    #[test]
     fn bad_values_are_named() {
         for (toml, key) in [
             ("[pass]\nbatch_size = 0\n", "pass.batch_size"),

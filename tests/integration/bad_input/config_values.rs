@@ -131,6 +131,26 @@ const KEYS: &[KeyCases] = &[
         "\"2h\"",
     ),
     (
+        "retention.prune_executions",
+        &[("\"maybe\"", Some("maybe")), ("[true]", None)],
+        "false",
+    ),
+    (
+        "retention.keep_executions",
+        &[
+            ("0", Some("0")),
+            ("-1", Some("-1")),
+            ("4294967296", Some("4294967296")),
+            ("\"x\"", Some("x")),
+        ],
+        "5",
+    ),
+    (
+        "retention.execution_min_age",
+        &[("\"5m\"", Some("5m")), ("\"x\"", Some("x"))],
+        "\"2h\"",
+    ),
+    (
         "retention.allow_short_retention",
         &[
             ("\"maybe\"", Some("maybe")),
@@ -391,6 +411,7 @@ async fn durations_the_daemon_cannot_use_are_configuration_errors() {
         ("pass.lock_timeout", "25d", "once"),      // SET LOCAL lock_timeout rejected
         ("retention.window", "10000y", "once"),    // cutoff before 4713 BC
         ("retention.orphan_min_age", "10000y", "once"),
+        ("retention.execution_min_age", "10000y", "once"),
         ("pass.max_duration", "500000000000y", "once"), // Instant overflow: panic
         ("pass.interval", "500000000000y", "run"),      // Instant overflow: panic
     ] {

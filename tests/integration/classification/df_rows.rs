@@ -6,7 +6,7 @@
 
 use crate::support::db::{count, df_ids, engine_ids, engine_statuses, exec, rows_of};
 use crate::support::harness::TestDb;
-use crate::support::passes::{config_for, pass};
+use crate::support::passes::{config_for, config_without_pruning, pass};
 use crate::support::process::{binary, run, text};
 use crate::support::seed::{finish_instance, request_cancel, workflow, DAY, HOUR};
 
@@ -150,7 +150,7 @@ async fn a_loop_between_generations_cancelled_long_ago_is_kept_unsettled() {
     let before = rows_of(&c, "c1000001").await;
 
     for dry_run in [true, false] {
-        let report = pass(&config_for(&db), dry_run).await;
+        let report = pass(&config_without_pruning(&db), dry_run).await;
         assert_eq!(report.skipped_unsettled, 1, "dry run: {dry_run}\n{report}");
         assert_eq!(
             report.instances_removed(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::db::{count, engine_ids, engine_statuses, exec, rows_of};
 use crate::support::harness::TestDb;
-use crate::support::passes::{config_for, pass};
+use crate::support::passes::{config_for, config_without_pruning, pass};
 use crate::support::seed::{orphan, workflow, DAY, HOUR};
 
 #[tokio::test]
@@ -146,7 +146,7 @@ async fn a_loop_between_generations_without_df_row_is_kept_and_counted_running()
     let before = rows_of(&c, "0c000002").await;
 
     for dry_run in [true, false] {
-        let report = pass(&config_for(&db), dry_run).await;
+        let report = pass(&config_without_pruning(&db), dry_run).await;
         assert_eq!(report.orphans_reclaimed, 0, "dry run: {dry_run}\n{report}");
         assert_eq!(
             report.running_without_df_row, 1,

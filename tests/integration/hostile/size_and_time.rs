@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use super::{bounded_pass, engine_set, rows_exactly, tree_of, YEAR};
 use crate::support::db::{count, df_ids, engine_ids, exec, violations};
 use crate::support::harness::TestDb;
-use crate::support::passes::config_for;
+use crate::support::passes::{config_for, config_without_pruning};
 use crate::support::seed::{orphan, workflow, DAY};
 
 #[tokio::test]
@@ -38,7 +38,7 @@ async fn a_huge_tree_goes_whole_in_one_batch() {
     assert!(violations(&c).await.is_empty());
 
     // One root per batch: each tree is still one transaction, whatever its size.
-    let mut cfg = config_for(&db);
+    let mut cfg = config_without_pruning(&db);
     cfg.pass.batch_size = 1;
     let began = Instant::now();
     let report = bounded_pass(&cfg).await;

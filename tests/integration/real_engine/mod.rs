@@ -21,6 +21,8 @@
 //!   signal and a sleep kept while live;
 //! - `loops`: a running root LOOP never touched; a cancelled loop kept while it is between
 //!   generations or a child still runs, removed once ended and aged;
+//! - `generations`: ticking root and child loops under `run` with a small
+//!   `retention.keep_executions`: their generations stay bounded, they keep iterating;
 //! - `rollbacks`: a rolled-back `df.cancel()` (live df row, ended engine: drift) and a
 //!   rolled-back `df.start()` (an orphan, reclaimed once old enough);
 //! - `churn`: a minute of mixed workflows under the daemon's `run`, with its invariants;
@@ -33,6 +35,7 @@
 mod churn;
 mod fidelity;
 mod fresh_install;
+mod generations;
 mod lifecycle;
 mod loops;
 mod rollbacks;

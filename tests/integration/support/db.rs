@@ -116,11 +116,6 @@ pub async fn violations(client: &Client) -> Vec<String> {
                WHERE e.instance_id = h.instance_id AND e.execution_id = h.execution_id)",
         ),
         (
-            "engine instance without its current execution",
-            "SELECT count(*) FROM _duroxide.instances i WHERE NOT EXISTS (SELECT 1 FROM _duroxide.executions e
-               WHERE e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id)",
-        ),
-        (
             "engine instance without execution",
             "SELECT count(*) FROM _duroxide.instances i WHERE NOT EXISTS (SELECT 1 FROM _duroxide.executions e WHERE e.instance_id = i.instance_id)",
         ),

@@ -15,6 +15,15 @@ pub fn config_for(db: &TestDb) -> Config {
     cfg
 }
 
+/// [`config_for`] with old generations left alone, for tests of the other phases that
+/// assert on every row of a looping instance or on batch counts (pruning has its own tests,
+/// classification::generations).
+pub fn config_without_pruning(db: &TestDb) -> Config {
+    let mut cfg = config_for(db);
+    cfg.retention.prune_executions = false;
+    cfg
+}
+
 /// Runs one pass with `cfg`, returning the report or the failure.
 pub async fn try_pass(cfg: &Config, dry_run: bool) -> Result<PassReport, PassFailed> {
     let pool = df_reconciler_core::db::build_pool(cfg).expect("pool builds");
