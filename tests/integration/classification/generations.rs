@@ -275,3 +275,37 @@ async fn an_expired_loop_goes_whole_not_pruned() {
     assert_eq!(report.generations_pruned, 0);
     assert!(engine_ids(&c).await.is_empty());
 }
+
+/// A generation whose execution row another session holds is skipped, never waited for;
+/// the rest of the batch goes, and the held one goes once released.
+#[tokio::test]
+async fn held_generations_are_skipped_without_waiting() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    looping(&c, "0a000051", "Running", 2.0 * DAY, 13).await;
+    let holder = db.client().await;
+    exec(
+        &holder,
+        "BEGIN;
+         SELECT 1 FROM _duroxide.executions
+          WHERE instance_id = '0a000051' AND execution_id = 2 FOR UPDATE;",
+    )
+    .await;
+    let mut cfg = config_for(&db);
+    // A pass that waited would hit this and fail; skipping must make it succeed.
+    cfg.pass.lock_timeout = Duration::from_secs(30);
+
+    let report = tokio::time::timeout(Duration::from_secs(20), pass(&cfg, false))
+        .await
+        .expect("the pass never waits on a held generation");
+    assert_eq!(report.generations_skipped, 1);
+    assert_eq!(report.generations_pruned, 2);
+    assert_eq!(generations(&c, "0a000051").await, {
+        let mut kept = vec![2];
+        kept.extend(range(4, 13));
+        kept
+    });
+    exec(&holder, "COMMIT").await;
+    assert_eq!(pass(&cfg, false).await.generations_pruned, 1);
+    assert_eq!(generations(&c, "0a000051").await, range(4, 13));
+}
