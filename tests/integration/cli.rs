@@ -310,6 +310,7 @@ async fn check_reports_missing_supporting_indexes_and_migrate_creates_them() {
         "df.nodes (instance_id, left_node):",
         "df.instances (id) INCLUDE (status, created_at, completed_at) WHERE status IN",
         "_duroxide.executions (instance_id) INCLUDE (execution_id, completed_at) WHERE status IN ('Completed', 'Failed'):",
+        "_duroxide.executions (instance_id, execution_id) WHERE status = 'ContinuedAsNew':",
     ] {
         assert!(
             text(&out.stdout).contains(&format!("missing supporting index on {index}")),
@@ -329,11 +330,12 @@ async fn check_reports_missing_supporting_indexes_and_migrate_creates_them() {
         "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
           WHERE c.relname IN ('df_reconciler_nodes_left_node', 'df_reconciler_nodes_right_node',
                               'df_reconciler_terminal_instances',
-                              'df_reconciler_completed_failed_executions')
+                              'df_reconciler_completed_failed_executions',
+                              'df_reconciler_continued_executions')
             AND i.indisvalid",
     )
     .await;
-    assert_eq!(valid, 4);
+    assert_eq!(valid, 5);
     let out = run(check()).await;
     assert!(
         !text(&out.stdout).contains("missing supporting index"),

@@ -61,6 +61,8 @@ pub(crate) async fn generation_batch(
     let after = watermark.and_then(GenerationMark::parse);
     let after_instance = after.as_ref().map(|m| m.instance_id.clone());
     let after_execution = after.as_ref().map_or(0, |m| m.execution_id);
+    // Past every generation of the watermark's instance: the walk starts after it.
+    let inclusive = after_execution != i64::MAX;
     let keep = i64::from(cfg.retention.keep_executions);
     let cutoff: Option<Timestamp<SystemTime>> = clock.generation_cutoff.map(Timestamp::Value);
     let rows = select_candidates(
@@ -72,6 +74,7 @@ pub(crate) async fn generation_batch(
             &limit(batch_size),
             &keep,
             &cutoff,
+            &inclusive,
         ],
         "selecting old generations",
     )

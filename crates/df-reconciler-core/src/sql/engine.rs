@@ -207,8 +207,8 @@ pub(crate) const LOCK_TREES: &str = trees_then!(" FOR UPDATE SKIP LOCKED");
 pub(crate) const READ_TREES: &str = trees_then!(" OFFSET 0");
 
 /// The prunable generations of the engine instance `s` (columns `s.instance_id`,
-/// `s.current_execution_id`), oldest first, as a lateral subquery `x(execution_id,
-/// ended_at)` that reads only that instance's executions (primary-key range scans). `$after`
+/// `s.current_execution_id`), oldest first, as a lateral subquery `x(execution_id)` that
+/// reads only that instance's executions (primary-key range scans). `$after`
 /// is an extra condition on `x.execution_id` (the keyset), `$limit` bounds the rows.
 ///
 /// A generation is prunable when all of these hold:
@@ -243,7 +243,7 @@ macro_rules! prunable_generations {
         WHERE k.instance_id = s.instance_id
         ORDER BY k.execution_id DESC OFFSET policy.keep_last - 1 LIMIT 1) kept_from
     CROSS JOIN LATERAL (
-        SELECT g.execution_id, coalesce(g.completed_at, next.started_at) AS ended_at
+        SELECT g.execution_id
         FROM {engine}.executions g
         LEFT JOIN LATERAL (
             SELECT n.started_at FROM {engine}.executions n
@@ -269,27 +269,48 @@ macro_rules! prunable_generations {
 }
 
 /// The next prunable generations after the keyset position (`$1` instance id, `$2`
-/// execution id; `$1` NULL: from the start), at most `$3` of them, over a window of at
-/// most `$3` engine instances (roots and children alike) from `$1` on, so a batch reads a
-/// bounded number of instances however few of them have anything to prune. `$4`:
-/// `retention.keep_executions`; `$5`: now - `retention.execution_min_age` (NULL: nothing
-/// is that old). Rows: (instance id, execution id, ended_at, window_end) in keyset order,
-/// then one last row with a NULL execution id whose instance id is the window's last
-/// instance (NULL when the window is empty): where the keyset goes on when the window
-/// held fewer than `$3` prunable generations.
+/// execution id; `$1` NULL: from the start; `$6` false: past every generation of `$1`), at
+/// most `$3` of them, over a window of at most `$3` engine instances (roots and children
+/// alike) from `$1` on, so a batch reads a bounded number of instances however few of them
+/// have anything to prune. `$4`: `retention.keep_executions`; `$5`: now -
+/// `retention.execution_min_age` (NULL: nothing is that old).
+///
+/// The window holds only instances with a ContinuedAsNew execution: the engine starts a new
+/// execution of an instance only by continuing it as new, so an instance without one has a
+/// single generation. The walk goes from one such instance to the next, a probe of
+/// `df_reconciler_continued_executions` each (an instance running no loop costs nothing);
+/// without that index each probe reads the executions in between, every execution once per
+/// pass.
+///
+/// Rows: (instance id, execution id) in keyset order, then one last row with a NULL
+/// execution id whose instance id is the window's last instance (NULL when the window is
+/// empty): where the keyset goes on when the window held fewer than `$3` prunable
+/// generations.
 pub(crate) const GENERATION_CANDIDATES: &str = concat!(
     "
-    WITH scan AS MATERIALIZED (
-        SELECT i.instance_id, i.current_execution_id FROM {engine}.instances i
-        WHERE $1::text IS NULL
-           -- The watermark's instance again only while it may have generations after $2.
-           OR (i.instance_id >= $1::text
-               AND NOT (i.instance_id = $1::text AND $2::bigint >= i.current_execution_id))
-        ORDER BY i.instance_id
-        LIMIT $3::bigint
+    WITH RECURSIVE walk(instance_id, n) AS (
+        (SELECT x.instance_id, 1 FROM {engine}.executions x
+          WHERE x.status = 'ContinuedAsNew'
+            AND ($1::text IS NULL
+                 OR (x.instance_id >= $1::text AND (x.instance_id > $1::text OR $6::boolean)))
+          ORDER BY x.instance_id LIMIT 1)
+      UNION ALL
+        SELECT nx.instance_id, walk.n + 1 FROM walk
+        CROSS JOIN LATERAL (
+            SELECT x.instance_id FROM {engine}.executions x
+            WHERE x.status = 'ContinuedAsNew' AND x.instance_id > walk.instance_id
+            ORDER BY x.instance_id LIMIT 1) nx
+        WHERE walk.n < $3::bigint
+    ),
+    scan AS MATERIALIZED (
+        SELECT i.instance_id, i.current_execution_id
+        FROM walk
+        CROSS JOIN LATERAL (
+            SELECT ei.instance_id, ei.current_execution_id FROM {engine}.instances ei
+            WHERE ei.instance_id = walk.instance_id OFFSET 0) i
     ),
     found AS (
-        SELECT s.instance_id, x.execution_id, x.ended_at
+        SELECT s.instance_id, x.execution_id
         FROM scan s",
     prunable_generations!(
         "$4",
@@ -301,17 +322,21 @@ pub(crate) const GENERATION_CANDIDATES: &str = concat!(
         ORDER BY s.instance_id, x.execution_id
         LIMIT $3::bigint
     )
-    SELECT f.instance_id, f.execution_id, f.ended_at, 0 AS part FROM found f
+    SELECT f.instance_id, f.execution_id, 0 AS part FROM found f
     UNION ALL
-    SELECT pg_catalog.max(s.instance_id), NULL::bigint, NULL::timestamptz, 1 FROM scan s
-    ORDER BY 4, 1, 2"
+    SELECT pg_catalog.max(w.instance_id), NULL::bigint, 1 FROM walk w
+    ORDER BY 3, 1, 2"
 );
 
-/// How many generations are prunable right now, over every engine instance (the backlog
-/// figure of the drift report). `$1`, `$2`: as `$4`, `$5` of [`GENERATION_CANDIDATES`].
+/// How many generations are prunable right now, over every engine instance with a
+/// ContinuedAsNew execution (the backlog figure of the drift report). `$1`, `$2`: as `$4`,
+/// `$5` of [`GENERATION_CANDIDATES`].
 pub(crate) const GENERATIONS_WAITING: &str = concat!(
     "
-    SELECT pg_catalog.count(*) FROM {engine}.instances s",
+    SELECT pg_catalog.count(*)
+    FROM (SELECT DISTINCT x.instance_id FROM {engine}.executions x
+           WHERE x.status = 'ContinuedAsNew') looping
+    JOIN {engine}.instances s ON s.instance_id = looping.instance_id",
     prunable_generations!("$1", "$2", "true", "ALL")
 );
 
@@ -394,16 +419,30 @@ pub(crate) const DELETE_GENERATION_EXECUTIONS: &str = "
 /// which also covered ContinuedAsNew (the bulk of a looping instance's executions): `check`
 /// finds indexes by name, so it asks for this one and `migrate --indexes` creates it; the
 /// predecessor still serves the walk until an operator drops it.
-pub(crate) const SUPPORTING_INDEXES: [SupportingIndex; 1] = [SupportingIndex {
-    name: "df_reconciler_completed_failed_executions",
-    store: Store::Engine,
-    table: "executions",
-    columns: &["instance_id"],
-    include: &["execution_id", "completed_at"],
-    predicate: "status IN ('Completed', 'Failed')",
-    why:
-        "every pass reads all engine executions to find orphans instead of the terminal ones alone",
-}];
+///
+/// The pruning walk goes from one instance with a ContinuedAsNew execution to the next
+/// ([`GENERATION_CANDIDATES`]): with `df_reconciler_continued_executions` a probe each,
+/// so instances that run no loop cost nothing.
+pub(crate) const SUPPORTING_INDEXES: [SupportingIndex; 2] = [
+    SupportingIndex {
+        name: "df_reconciler_completed_failed_executions",
+        store: Store::Engine,
+        table: "executions",
+        columns: &["instance_id"],
+        include: &["execution_id", "completed_at"],
+        predicate: "status IN ('Completed', 'Failed')",
+        why: "every pass reads all engine executions to find orphans instead of the terminal ones alone",
+    },
+    SupportingIndex {
+        name: "df_reconciler_continued_executions",
+        store: Store::Engine,
+        table: "executions",
+        columns: &["instance_id", "execution_id"],
+        include: &[],
+        predicate: "status = 'ContinuedAsNew'",
+        why: "every pass reads all engine executions to find the looping instances whose old generations it prunes",
+    },
+];
 
 #[cfg(test)]
 mod tests {
