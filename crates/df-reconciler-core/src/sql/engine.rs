@@ -268,6 +268,35 @@ macro_rules! prunable_generations {
     };
 }
 
+/// One step of the walk of [`GENERATION_CANDIDATES`] at the instance `$at.instance_id`:
+/// its instances row (`i`, absent for hostile leftovers: nothing of it is prunable) and how
+/// many of its generations are prunable, counting at most `$limit` (`c.k`), so the walk
+/// stops once it has found a batch.
+macro_rules! generation_walk_step {
+    ($at:literal, $limit:literal) => {
+        concat!(
+            "
+        LEFT JOIN LATERAL (
+            SELECT ei.current_execution_id FROM {engine}.instances ei
+            WHERE ei.instance_id = ",
+            $at,
+            ".instance_id OFFSET 0) i ON true
+        CROSS JOIN LATERAL (
+            SELECT pg_catalog.count(*) AS k
+            FROM (SELECT ",
+            $at,
+            ".instance_id, i.current_execution_id) s",
+            prunable_generations!(
+                "$4",
+                "$5",
+                "($1::text IS NULL OR s.instance_id > $1::text OR g.execution_id > $2::bigint)",
+                $limit
+            ),
+            ") c"
+        )
+    };
+}
+
 /// The next prunable generations after the keyset position (`$1` instance id, `$2`
 /// execution id; `$1` NULL: from the start; `$6` false: past every generation of `$1`), at
 /// most `$3` of them, over a window of at most `$3` engine instances (roots and children
@@ -282,36 +311,38 @@ macro_rules! prunable_generations {
 /// without that index each probe reads the executions in between, every execution once per
 /// pass.
 ///
+/// The walk counts each instance's prunable generations as it goes and stops once it has
+/// `$3` (or has walked `$3` instances), so a batch reads about `$3` generations twice (count,
+/// then rows), never every generation of its window.
+///
 /// Rows: (instance id, execution id) in keyset order, then one last row with a NULL
-/// execution id whose instance id is the window's last instance (NULL when the window is
-/// empty): where the keyset goes on when the window held fewer than `$3` prunable
+/// execution id whose instance id is the walk's last instance (NULL when the walk is
+/// empty): where the keyset goes on when the walk held fewer than `$3` prunable
 /// generations.
 pub(crate) const GENERATION_CANDIDATES: &str = concat!(
     "
-    WITH RECURSIVE walk(instance_id, n) AS (
-        (SELECT x.instance_id, 1 FROM {engine}.executions x
-          WHERE x.status = 'ContinuedAsNew'
-            AND ($1::text IS NULL
-                 OR (x.instance_id >= $1::text AND (x.instance_id > $1::text OR $6::boolean)))
-          ORDER BY x.instance_id LIMIT 1)
+    WITH RECURSIVE walk(instance_id, current_execution_id, n, taken) AS (
+        (SELECT first.instance_id, i.current_execution_id, 1::bigint, c.k
+           FROM (SELECT x.instance_id FROM {engine}.executions x
+                  WHERE x.status = 'ContinuedAsNew'
+                    AND ($1::text IS NULL
+                         OR (x.instance_id >= $1::text AND (x.instance_id > $1::text OR $6::boolean)))
+                  ORDER BY x.instance_id LIMIT 1) first",
+    generation_walk_step!("first", "$3::bigint"),
+    ")
       UNION ALL
-        SELECT nx.instance_id, walk.n + 1 FROM walk
+        SELECT nx.instance_id, i.current_execution_id, walk.n + 1, walk.taken + c.k
+        FROM walk
         CROSS JOIN LATERAL (
             SELECT x.instance_id FROM {engine}.executions x
             WHERE x.status = 'ContinuedAsNew' AND x.instance_id > walk.instance_id
-            ORDER BY x.instance_id LIMIT 1) nx
-        WHERE walk.n < $3::bigint
-    ),
-    scan AS MATERIALIZED (
-        SELECT i.instance_id, i.current_execution_id
-        FROM walk
-        CROSS JOIN LATERAL (
-            SELECT ei.instance_id, ei.current_execution_id FROM {engine}.instances ei
-            WHERE ei.instance_id = walk.instance_id OFFSET 0) i
-    ),
-    found AS (
-        SELECT s.instance_id, x.execution_id
-        FROM scan s",
+            ORDER BY x.instance_id LIMIT 1) nx",
+    generation_walk_step!("nx", "$3::bigint - walk.taken"),
+    "
+        WHERE walk.n < $3::bigint AND walk.taken < $3::bigint
+    )
+    SELECT s.instance_id, x.execution_id, 0 AS part
+    FROM walk s",
     prunable_generations!(
         "$4",
         "$5",
@@ -319,13 +350,10 @@ pub(crate) const GENERATION_CANDIDATES: &str = concat!(
         "$3::bigint"
     ),
     "
-        ORDER BY s.instance_id, x.execution_id
-        LIMIT $3::bigint
-    )
-    SELECT f.instance_id, f.execution_id, 0 AS part FROM found f
     UNION ALL
     SELECT pg_catalog.max(w.instance_id), NULL::bigint, 1 FROM walk w
-    ORDER BY 3, 1, 2"
+    ORDER BY 3, 1, 2
+    LIMIT $3::bigint + 1"
 );
 
 /// How many generations are prunable right now, over every engine instance with a
