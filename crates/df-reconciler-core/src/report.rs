@@ -230,13 +230,14 @@ impl PassReport {
     /// One line for `systemctl status` and the log.
     pub fn summary(&self) -> String {
         format!(
-            "last pass {}: removed {} (expired {}, capped {}, orphans {}), skipped {}, {} ms",
+            "last pass {}: removed {} (expired {}, capped {}, orphans {}), skipped {}, pruned {} generations, {} ms",
             self.started_at,
             self.instances_removed(),
             self.expired_removed.total(),
             self.capped_removed,
             self.orphans_reclaimed,
             self.instances_skipped(),
+            self.generations_pruned,
             self.duration_ms
         )
     }

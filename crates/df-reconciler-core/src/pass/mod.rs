@@ -157,6 +157,7 @@ pub async fn run_pass_with(
                     orphans_reclaimed = report.orphans_reclaimed,
                     orphans_held = ?report.orphans_held,
                     engine_children_removed = report.engine_children_removed,
+                    generations_pruned = report.generations_pruned,
                     skipped_unsettled = report.skipped_unsettled,
                     skipped_locked = report.skipped_locked,
                     df_live_engine_ended = report.df_live_engine_ended,
