@@ -269,9 +269,9 @@ macro_rules! prunable_generations {
 }
 
 /// One step of the walk of [`GENERATION_CANDIDATES`] at the instance `$at.instance_id`:
-/// its instances row (`i`, absent for hostile leftovers: nothing of it is prunable) and how
-/// many of its generations are prunable, counting at most `$limit` (`c.k`), so the walk
-/// stops once it has found a batch.
+/// its instances row (`i`, absent for hostile leftovers: nothing of it is prunable) and its
+/// prunable generations, at most `$limit` of them (`c.ids`, oldest first, and how many,
+/// `c.k`), so the walk stops once it has found a batch.
 macro_rules! generation_walk_step {
     ($at:literal, $limit:literal) => {
         concat!(
@@ -282,7 +282,8 @@ macro_rules! generation_walk_step {
             $at,
             ".instance_id OFFSET 0) i ON true
         CROSS JOIN LATERAL (
-            SELECT pg_catalog.count(*) AS k
+            SELECT pg_catalog.count(*) AS k,
+                   pg_catalog.array_agg(x.execution_id ORDER BY x.execution_id) AS ids
             FROM (SELECT ",
             $at,
             ".instance_id, i.current_execution_id) s",
@@ -311,9 +312,9 @@ macro_rules! generation_walk_step {
 /// without that index each probe reads the executions in between, every execution once per
 /// pass.
 ///
-/// The walk counts each instance's prunable generations as it goes and stops once it has
-/// `$3` (or has walked `$3` instances), so a batch reads about `$3` generations twice (count,
-/// then rows), never every generation of its window.
+/// The walk collects each instance's prunable generations as it goes and stops once it has
+/// `$3` (or has walked `$3` instances), so a batch reads about `$3` generations, never
+/// every generation of its window.
 ///
 /// Rows: (instance id, execution id) in keyset order, then one last row with a NULL
 /// execution id whose instance id is the walk's last instance (NULL when the walk is
@@ -321,8 +322,8 @@ macro_rules! generation_walk_step {
 /// generations.
 pub(crate) const GENERATION_CANDIDATES: &str = concat!(
     "
-    WITH RECURSIVE walk(instance_id, current_execution_id, n, taken) AS (
-        (SELECT first.instance_id, i.current_execution_id, 1::bigint, c.k
+    WITH RECURSIVE walk(instance_id, n, taken, ids) AS (
+        (SELECT first.instance_id, 1::bigint, c.k, c.ids
            FROM (SELECT x.instance_id FROM {engine}.executions x
                   WHERE x.status = 'ContinuedAsNew'
                     AND ($1::text IS NULL
@@ -331,7 +332,7 @@ pub(crate) const GENERATION_CANDIDATES: &str = concat!(
     generation_walk_step!("first", "$3::bigint"),
     ")
       UNION ALL
-        SELECT nx.instance_id, i.current_execution_id, walk.n + 1, walk.taken + c.k
+        SELECT nx.instance_id, walk.n + 1, walk.taken + c.k, c.ids
         FROM walk
         CROSS JOIN LATERAL (
             SELECT x.instance_id FROM {engine}.executions x
@@ -341,15 +342,8 @@ pub(crate) const GENERATION_CANDIDATES: &str = concat!(
     "
         WHERE walk.n < $3::bigint AND walk.taken < $3::bigint
     )
-    SELECT s.instance_id, x.execution_id, 0 AS part
-    FROM walk s",
-    prunable_generations!(
-        "$4",
-        "$5",
-        "($1::text IS NULL OR s.instance_id > $1::text OR g.execution_id > $2::bigint)",
-        "$3::bigint"
-    ),
-    "
+    SELECT w.instance_id, g.execution_id, 0 AS part
+    FROM walk w CROSS JOIN LATERAL pg_catalog.unnest(w.ids) AS g(execution_id)
     UNION ALL
     SELECT pg_catalog.max(w.instance_id), NULL::bigint, 1 FROM walk w
     ORDER BY 3, 1, 2
