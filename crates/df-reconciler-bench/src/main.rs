@@ -12,6 +12,7 @@
 //! - idle: a pass that finds nothing to delete on a 1M-row df table;
 //! - impact: p99 latency of an engine-like workload without and during a pass, in rounds
 //!   (fresh copy each); the verdict is on the median round;
+//! - rules: a pass with ten `[[retention.rules]]` against one with none, same removals;
 //! - real-impact: where pg_durable is installed, start-to-completion latency of real
 //!   workflows without and during a pass over a backlog, with the real engine running.
 //!
@@ -31,6 +32,7 @@ mod ratio;
 mod real_impact;
 mod results;
 mod rss;
+mod rules;
 mod server;
 mod stats;
 mod workload;
@@ -124,6 +126,7 @@ enum Measure {
     Idle,
     Impact,
     RealImpact,
+    Rules,
 }
 
 const BIG_N: u32 = 1_000_000;
@@ -189,6 +192,9 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     }
     if measures.contains(&Measure::RealImpact) {
         real_impact::measure(daemon, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::Rules) {
+        rules::measure(server, args, &mut results).await?;
     }
 
     print!(

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use df_reconciler_core::config::{Config, LogFormat};
 use df_reconciler_core::error::{exit_code, Error};
+use df_reconciler_core::rules::RuleSet;
 use df_reconciler_core::{audit, daemon, db, pass, preflight};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -151,6 +152,7 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
     match command {
         Command::Check { offline: true } => {
             println!("configuration OK");
+            print_policy(&cfg);
             exit_code::OK
         }
         Command::Check { offline: false } => check(&cfg).await,
@@ -164,6 +166,19 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
         Command::Migrate { indexes: true } => create_indexes(&cfg).await,
         Command::History { limit, json } => history(&cfg, *limit, *json).await,
         Command::Demo => unreachable!("demo needs no configuration"),
+    }
+}
+
+/// The effective retention policy, a line per rule then the default, and the rules'
+/// warnings (a status kept forever with no cap of its own).
+fn print_policy(cfg: &Config) {
+    let rules = RuleSet::new(&cfg.retention);
+    println!("effective retention policy (first matching rule wins):");
+    for line in rules.table().lines() {
+        println!("  {line}");
+    }
+    for w in rules.warnings() {
+        println!("warning: {w}");
     }
 }
 
@@ -247,6 +262,7 @@ async fn check(cfg: &Config) -> i32 {
             for mode in cfg.connection_modes() {
                 println!("mode: {mode}");
             }
+            print_policy(cfg);
             println!(
                 "ok: {target}, control schema {:?}, engine schema {:?}, engine migration {}",
                 verified.schemas.control,

@@ -8,6 +8,7 @@
 //!   queue items nobody owns;
 //! - [`leases`]: dispatcher leases and what a lease puts back;
 //! - [`age_and_cap`]: where terminal_at comes from, per-status windows, the hard cap;
+//! - [`rules`]: `[[retention.rules]]`: first match wins, own caps, roles, bound globs;
 //! - [`trees`]: an ended root whose descendants still run keeps its whole tree (df rows'
 //!   and orphans') until every member has ended.
 
@@ -15,4 +16,5 @@ mod age_and_cap;
 mod df_rows;
 mod leases;
 mod orphans;
+mod rules;
 mod trees;

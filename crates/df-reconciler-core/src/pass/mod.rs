@@ -64,6 +64,7 @@ use crate::preflight::{self, Intent};
 use crate::report::PassReport;
 
 use batch_size::BatchSize;
+pub(crate) use clock::missing_roles;
 use clock::PassClock;
 use pacing::Pacing;
 pub use phase::Watermarks;
@@ -260,6 +261,7 @@ async fn run_phases_on(
         Statements::prepare(
             client,
             &verified.schemas,
+            &crate::rules::RuleSet::new(&cfg.retention),
             dry_run,
             cfg.database.pooler.statement_mode(),
         ),
@@ -290,6 +292,16 @@ async fn run_phases_on(
     } else {
         None
     };
+    let deletions_have_rule = match &deletions_schema {
+        Some(_) => audit::deletions_have_rule(&***client, &cfg.audit).await?,
+        None => false,
+    };
+    if deletions_schema.is_some() && !deletions_have_rule {
+        report.warnings.push(format!(
+            "the audit deletions table in schema {:?} has no rule column yet; run `df-reconciler migrate`",
+            cfg.audit.schema
+        ));
+    }
     let mut pass = Pass {
         client,
         cfg,
@@ -300,6 +312,7 @@ async fn run_phases_on(
         deadline: cfg.pass.max_duration.map(|d| Instant::now() + d),
         shutdown,
         deletions_schema,
+        deletions_have_rule,
         oldest_skipped: None,
         pacing: Pacing::new(cfg.pass.busy_duty_percent),
         report,
