@@ -505,7 +505,7 @@ impl<'a> RuleSet<'a> {
 }
 
 /// `d` in the largest whole unit that divides it (`365d`, `36h`), as an operator writes it.
-fn short_duration(d: Duration) -> String {
+pub(crate) fn short_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if d.subsec_nanos() != 0 || secs == 0 {
         return humantime::format_duration(d).to_string();

@@ -75,6 +75,15 @@ enum Command {
         #[arg(long)]
         indexes: bool,
     },
+    /// Why one df instance or engine root is still here, and whether the next pass removes
+    /// it (read-only). Exit 0 when found, 1 when the id is in neither store.
+    Explain {
+        /// The df instance id or engine instance id.
+        instance_id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the most recent passes from the audit trail.
     History {
         /// How many passes.
@@ -165,6 +174,7 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
         Command::Migrate { indexes: false } => migrate(&cfg).await,
         Command::Migrate { indexes: true } => create_indexes(&cfg).await,
         Command::History { limit, json } => history(&cfg, *limit, *json).await,
+        Command::Explain { instance_id, json } => explain(&cfg, instance_id, *json).await,
         Command::Demo => unreachable!("demo needs no configuration"),
     }
 }
@@ -409,6 +419,34 @@ async fn create_indexes(cfg: &Config) -> i32 {
             exit_code::OK
         }
         Err(e) => fail(e),
+    }
+}
+
+async fn explain(cfg: &Config, instance_id: &str, json: bool) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match pass::explain::explain(&pool, cfg, instance_id).await {
+        Ok(Some(explanation)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&explanation).expect("an explanation serializes")
+                );
+            } else {
+                print!("{explanation}");
+            }
+            exit_code::OK
+        }
+        Ok(None) => {
+            eprintln!("df-reconciler: {instance_id:?} is in neither the df nor the engine store");
+            exit_code::FAILED
+        }
+        Err(e) => {
+            eprintln!("df-reconciler: {e}");
+            e.exit_code()
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //!   engine record; terminal ones within their window; live ones;
 //! - [`orphans`]: engine roots without a df row (old, young, running), engine children,
 //!   queue items nobody owns;
+//! - [`explain`]: `explain`'s verdict for every row is what the pass then does;
 //! - [`leases`]: dispatcher leases and what a lease puts back;
 //! - [`age_and_cap`]: where terminal_at comes from, per-status windows, the hard cap;
 //! - [`rules`]: `[[retention.rules]]`: first match wins, own caps, roles, bound globs;
@@ -14,6 +15,7 @@
 
 mod age_and_cap;
 mod df_rows;
+mod explain;
 mod leases;
 mod orphans;
 mod rules;

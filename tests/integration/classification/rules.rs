@@ -239,3 +239,24 @@ async fn orphans_stay_under_the_top_level_keys() {
     assert_eq!(report.orphans_reclaimed, 1);
     assert_eq!(report.removed_by_rule["default"].orphans, 1);
 }
+
+#[tokio::test]
+async fn check_reports_a_rule_naming_no_role_as_a_problem() {
+    use crate::support::process::{daemon, text, toml_file};
+    let db = TestDb::new().await;
+    let file = toml_file(
+        "[[retention.rules]]\nname = \"billing\"\nsubmitted_by = \"no_such_role_anywhere\"\n",
+    );
+    let out = daemon(&db.dsn)
+        .arg("check")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("retention.rules \"billing\": submitted_by role \"no_such_role_anywhere\" does not exist"),
+        "{stdout}"
+    );
+}

@@ -1,8 +1,11 @@
 //! `[[retention.rules]]` on real instances: a rule keeps one label's failed workflow for a
-//! year while the default window removes another label's of the same age.
+//! year while the default window removes another label's of the same age; `explain`
+//! says so of each before the pass, and the pass then does what it said.
 
 use std::time::Duration;
 
+use df_reconciler_core::db;
+use df_reconciler_core::pass::explain::explain;
 use df_reconciler_core::rules::{Keep, RetentionRule};
 
 use super::{age, engine_or_skip, live_deletions, pass, start, status, wait_ended};
@@ -31,6 +34,31 @@ async fn a_rule_keeps_one_labels_failure_while_the_default_removes_anothers() {
         failed: Some(Keep::For(Duration::from_secs(365 * 86_400))),
         ..RetentionRule::default()
     }];
+    let pool = db::build_pool(&cfg).unwrap();
+    let kept = explain(&pool, &cfg, &billing).await.unwrap().unwrap();
+    let removed = explain(&pool, &cfg, &etl).await.unwrap().unwrap();
+    pool.close();
+    assert_eq!(
+        (
+            kept.rule.as_str(),
+            kept.verdict.removed,
+            kept.verdict.reason
+        ),
+        ("billing", false, "young"),
+        "{kept}"
+    );
+    assert_eq!(kept.window.as_deref(), Some("365d"));
+    assert_eq!(
+        (
+            removed.rule.as_str(),
+            removed.verdict.removed,
+            removed.verdict.reason
+        ),
+        ("default", true, "expired"),
+        "{removed}"
+    );
+    assert_eq!(removed.engine_tree[0].status.as_deref(), Some("Failed"));
+
     let report = pass(&cfg).await;
 
     assert_eq!(report.expired_removed.failed, 1, "{report}");

@@ -20,7 +20,7 @@ use crate::policy::{EngineStatus, TerminalStatus};
 
 /// What the selection's look at the engine says of an expired df row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     /// Its engine record is not a root (hostile or corrupt data): kept.
     Inconsistent,
     /// Its engine root is not a terminal engine instance (Running, ContinuedAsNew between
@@ -31,7 +31,11 @@ enum Verdict {
     Lock,
 }
 
-fn classify(has_engine_record: bool, engine_is_root: bool, engine_status: Option<&str>) -> Verdict {
+pub(crate) fn classify(
+    has_engine_record: bool,
+    engine_is_root: bool,
+    engine_status: Option<&str>,
+) -> Verdict {
     if has_engine_record && !engine_is_root {
         Verdict::Inconsistent
     } else if has_engine_record && !engine_status.is_some_and(EngineStatus::is_terminal) {

@@ -29,6 +29,7 @@
 //! - `tally.rs`: what a batch did, added to the report once it committed.
 //! - `vacuum.rs`: VACUUM hints after a large pass.
 //! - `drift.rs`: the drift counts between the stores.
+//! - `explain.rs`: `df-reconciler explain`: one instance through the same predicates.
 
 #![warn(missing_docs)]
 
@@ -39,6 +40,7 @@ mod clock;
 mod deletes;
 mod drift;
 mod expired;
+pub mod explain;
 mod leases;
 mod orphans;
 mod pacing;

@@ -146,7 +146,7 @@ macro_rules! terminal_at_lower_bound {
     };
 }
 
-/// What [`EXPIRED_CANDIDATES`] is made of: `d`'s rule `r`, its cutoff
+/// What [`EXPIRED_CANDIDATES`] and [`EXPLAIN_EXPIRED`] share: `d`'s rule `r`, its cutoff
 /// and cap edge `m`, the engine probe `e` and terminal_at `t`. `$5`, `$6`, `$7`: cutoff per
 /// rule of completed, failed, cancelled rows (NULL = nothing expires); `$8`, `$9`: cap edge
 /// per rule (terminal_at, id; NULL id = cap not reached).
@@ -246,6 +246,23 @@ pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
     LIMIT $4"
 );
 
+/// [`EXPIRED_CANDIDATES`] for the one df row `$3` (`$4` = 1), whether selected or not:
+/// `explain`'s view of it, with the same predicates, as a last column `selected`.
+pub(crate) const EXPLAIN_EXPIRED: &str = concat!(
+    expired_columns!(),
+    ",
+           d.status IN ('completed', 'failed', 'cancelled') AND ",
+    may_be_expired!(),
+    " AND ",
+    is_expired!(),
+    " AS selected,
+           m.cutoff, m.edge_at, m.edge_id",
+    expired_from!(),
+    "
+    WHERE d.id::text = $3::text
+    LIMIT $4"
+);
+
 /// The OID of each role named in `$1` (NULL elements stay NULL; a name that is no role
 /// gives NULL), in order: the rules' `submitted_by`, resolved once per pass.
 pub(crate) const RULE_ROLES: &str = "
@@ -253,6 +270,27 @@ pub(crate) const RULE_ROLES: &str = "
     FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS r(name, i)
     LEFT JOIN pg_catalog.pg_roles ro ON ro.rolname = r.name::name
     ORDER BY r.i";
+
+/// An orphan root's instance row `ei` (with its current execution `ex`): a root, created
+/// before the oldest open transaction `$4`, aged (completed_at, else updated_at) before
+/// `$3`, and without a df row.
+macro_rules! orphan_instance {
+    () => {
+        "ei.parent_instance_id IS NULL
+          AND NOT {ei_is_child}
+          AND ei.created_at < $4::timestamptz
+          AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
+          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)"
+    };
+}
+
+/// An orphan root's current execution `ex`: terminal, and not completed after `$3`.
+macro_rules! orphan_execution {
+    () => {
+        "ex.status IN ('Completed', 'Failed')
+      AND (ex.completed_at < $3::timestamptz OR ex.completed_at IS NULL)"
+    };
+}
 
 /// The next keyset batch of orphan engine roots after the watermark `$1`, at most `$2`:
 /// roots (no parent AND not child-shaped) with no df row, current execution terminal
@@ -265,7 +303,8 @@ pub(crate) const RULE_ROLES: &str = "
 /// `df_reconciler_completed_failed_executions` when present; its predicate is this
 /// statement's status filter) and rules out young ones by their completed_at before
 /// looking at the instance and the df row, one probe each.
-pub(crate) const ORPHAN_CANDIDATES: &str = "
+pub(crate) const ORPHAN_CANDIDATES: &str = concat!(
+    "
     SELECT ex.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
     FROM {engine}.executions ex
     CROSS JOIN LATERAL (
@@ -273,17 +312,123 @@ pub(crate) const ORPHAN_CANDIDATES: &str = "
         FROM {engine}.instances ei
         WHERE ei.instance_id = ex.instance_id
           AND ei.current_execution_id = ex.execution_id
-          AND ei.parent_instance_id IS NULL
-          AND NOT {ei_is_child}
-          AND ei.created_at < $4::timestamptz
-          AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
-          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
+          AND ",
+    orphan_instance!(),
+    "
         OFFSET 0) ei
     WHERE ($1::text IS NULL OR ex.instance_id > $1::text)
-      AND ex.status IN ('Completed', 'Failed')
-      AND (ex.completed_at < $3::timestamptz OR ex.completed_at IS NULL)
+      AND ",
+    orphan_execution!(),
+    "
     ORDER BY ex.instance_id
-    LIMIT $2";
+    LIMIT $2"
+);
+
+/// [`ORPHAN_CANDIDATES`]'s predicates for the one engine instance `$1` (`$2` = 1), whether
+/// selected or not, with each part apart for `explain`: its current execution's status,
+/// aged_from, created_at, whether it is a root, has a df row, is old enough (`$3`), predates
+/// the oldest open transaction (`$4`), and `selected`, as the walk would decide.
+pub(crate) const EXPLAIN_ORPHAN: &str = concat!(
+    "
+    SELECT ei.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from,
+           ei.created_at,
+           ei.parent_instance_id IS NULL AND NOT {ei_is_child} AS is_root,
+           EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id) AS has_df_row,
+           coalesce(coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz, false) AS aged,
+           coalesce(ei.created_at < $4::timestamptz, false) AS predates_open_transactions,
+           coalesce(",
+    orphan_instance!(),
+    "
+           AND ",
+    orphan_execution!(),
+    ", false) AS selected
+    FROM {engine}.instances ei
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    WHERE ei.instance_id = $1::text
+    LIMIT $2"
+);
+
+/// Every member of the engine tree of `$1` (the root, then descendants by parent link),
+/// for `explain`: parent, created_at, current execution (id, status, completed_at), how
+/// many executions it has and how many of them are earlier generations that ended
+/// (neither current nor Running).
+pub(crate) const EXPLAIN_TREE: &str = "
+    WITH RECURSIVE tree(instance_id) AS (
+        SELECT $1::text
+      UNION
+        SELECT c.instance_id
+        FROM tree JOIN {engine}.instances c ON c.parent_instance_id = tree.instance_id
+    )
+    SELECT ei.instance_id, ei.parent_instance_id, ei.created_at, ei.current_execution_id,
+           ex.status, ex.completed_at,
+           (SELECT pg_catalog.count(*) FROM {engine}.executions x
+             WHERE x.instance_id = ei.instance_id) AS executions,
+           (SELECT pg_catalog.count(*) FROM {engine}.executions x
+             WHERE x.instance_id = ei.instance_id
+               AND x.execution_id <> ei.current_execution_id
+               AND x.status <> 'Running') AS ended_generations
+    FROM tree
+    JOIN {engine}.instances ei ON ei.instance_id = tree.instance_id
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    ORDER BY ei.instance_id <> $1::text, ei.instance_id";
+
+/// The top of the parent chain above engine instance `$1` (no parent), for `explain` of
+/// a child; none when the chain is broken or loops (then no root takes the child along).
+pub(crate) const EXPLAIN_ROOT_OF: &str = "
+    WITH RECURSIVE up(instance_id, parent_instance_id, depth) AS (
+        SELECT ei.instance_id, ei.parent_instance_id, 0
+        FROM {engine}.instances ei WHERE ei.instance_id = $1::text
+      UNION ALL
+        SELECT p.instance_id, p.parent_instance_id, up.depth + 1
+        FROM up JOIN {engine}.instances p ON p.instance_id = up.parent_instance_id
+        WHERE up.depth < 1000
+    )
+    SELECT up.instance_id FROM up WHERE up.parent_instance_id IS NULL LIMIT 1";
+
+/// The rank of df row `$3` among the terminal rows of the rules `$4` (its cap group),
+/// newest first, by the order [`CAP_EDGE`] uses: `$5` its terminal_at (NULL: unknown,
+/// counted as newest). `$1`, `$2`: see `rule_of_d`.
+pub(crate) const EXPLAIN_CAP_RANK: &str = concat!(
+    "
+    SELECT pg_catalog.count(*) + 1",
+    df_with_engine!(),
+    rule_of_d!(),
+    "
+    WHERE d.status IN ('completed', 'failed', 'cancelled')
+      AND r.rule = ANY ($4::integer[])
+      AND d.id::text <> $3::text
+      AND CASE WHEN $5::timestamptz IS NULL
+               THEN t.terminal_at IS NULL AND d.id::text > $3::text
+               ELSE t.terminal_at IS NULL OR t.terminal_at > $5::timestamptz
+                    OR (t.terminal_at = $5::timestamptz AND d.id::text > $3::text) END"
+);
+
+/// The df row `$1` as `explain` shows it.
+pub(crate) const EXPLAIN_DF_ROW: &str = "
+    SELECT d.status, d.label, d.submitted_by::text, d.created_at, d.completed_at, d.updated_at
+    FROM {control}.instances d WHERE d.id::text = $1::text";
+
+/// Live leases on `$1` (the members of a tree): dispatcher and worker queue items and
+/// instance locks whose `locked_until` (epoch milliseconds, database clock) is ahead.
+pub(crate) const EXPLAIN_LEASES: &str = concat!(
+    "
+    WITH now_ms(ms) AS (SELECT ",
+    now_epoch_ms!(),
+    ")
+    SELECT 'instance_locks' AS source, il.instance_id, il.locked_until - now_ms.ms AS ms_left
+      FROM {engine}.instance_locks il, now_ms
+     WHERE il.instance_id = ANY ($1::text[]) AND il.locked_until > now_ms.ms
+    UNION ALL
+    SELECT 'orchestrator_queue', oq.instance_id, oq.locked_until - now_ms.ms
+      FROM {engine}.orchestrator_queue oq, now_ms
+     WHERE oq.instance_id = ANY ($1::text[]) AND oq.locked_until > now_ms.ms
+    UNION ALL
+    SELECT 'worker_queue', wq.instance_id, wq.locked_until - now_ms.ms
+      FROM {engine}.worker_queue wq, now_ms
+     WHERE wq.instance_id = ANY ($1::text[]) AND wq.locked_until > now_ms.ms"
+);
 
 /// Orphan roots among `$1` that have a df row, read AFTER their trees were locked: an
 /// orphan whose df row appeared meanwhile (a df.start() that committed late) is no orphan.
