@@ -51,6 +51,7 @@ pub async fn measure(server: &Server, args: &Args, results: &mut Results) -> Res
     let rules = ten_rules(&role);
 
     let postmaster = server.postmaster_pid();
+    dry_runs(server, &template, &rules, postmaster, args, results).await?;
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut cpu_without = Vec::new();
@@ -64,7 +65,7 @@ pub async fn measure(server: &Server, args: &Args, results: &mut Results) -> Res
             if with_rules {
                 cfg.retention.rules = rules.clone();
             }
-            let (wall, cpu, n) = timed_pass(&cfg, postmaster).await?;
+            let (wall, cpu, n) = timed(&cfg, postmaster, false).await?;
             server.drop_db(&db).await?;
             eprintln!(
                 "  pair {pair}: {} rules: {} wall, {} CPU ({n} removed)",
@@ -122,6 +123,64 @@ pub async fn measure(server: &Server, args: &Args, results: &mut Results) -> Res
     Ok(())
 }
 
+/// Dry runs, alternating without and with the rules on the same labelled copy (a dry run
+/// deletes nothing): the same selections over every row, without the deletes whose cost
+/// dwarfs the rules', so the rules' own cost shows most plainly.
+async fn dry_runs(
+    server: &Server,
+    template: &str,
+    rules: &[RetentionRule],
+    postmaster: Option<u32>,
+    args: &Args,
+    results: &mut Results,
+) -> Result<()> {
+    let db = format!("rules_dry_{}", args.n);
+    server.fresh_copy(template, &db).await?;
+    let (mut cpu_with, mut cpu_without, mut with, mut without) = (vec![], vec![], vec![], vec![]);
+    for pair in 0..args.repeat.max(1) + 2 {
+        for with_rules in [false, true] {
+            let mut cfg = server.config(&db);
+            if with_rules {
+                cfg.retention.rules = rules.to_vec();
+            }
+            let (wall, cpu, n) = timed(&cfg, postmaster, true).await?;
+            eprintln!(
+                "  dry run {pair}: {} rules: {} wall, {} CPU ({n} would go)",
+                if with_rules { "ten" } else { "no" },
+                secs(wall),
+                secs(cpu)
+            );
+            if with_rules { &mut with } else { &mut without }.push(wall.as_secs_f64());
+            if with_rules {
+                &mut cpu_with
+            } else {
+                &mut cpu_without
+            }
+            .push(cpu.as_secs_f64());
+        }
+    }
+    server.drop_db(&db).await?;
+    let ratio =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(w, o)| w / o).collect() };
+    let (pairs, cpu_pairs) = (ratio(&with, &without), ratio(&cpu_with, &cpu_without));
+    results.line(
+        "dry run with ten rules / none, same database (wall; CPU)",
+        &thousands(args.n.into()),
+        format!(
+            "{:.2} (pairs: {}); CPU {:.2} (pairs: {}; medians {:.2} s / {:.2} s)",
+            median(&pairs),
+            ratios(&pairs, ""),
+            median(&cpu_pairs),
+            ratios(&cpu_pairs, ""),
+            median(&cpu_with),
+            median(&cpu_without)
+        ),
+        "",
+        "",
+    );
+    Ok(())
+}
+
 /// Ten rules in front of the default, none changing a window or a cap.
 fn ten_rules(role: &str) -> Vec<RetentionRule> {
     (0..10)
@@ -134,12 +193,17 @@ fn ten_rules(role: &str) -> Vec<RetentionRule> {
         .collect()
 }
 
-/// One in-process pass: its wall time, its CPU time and the roots it removed.
-async fn timed_pass(cfg: &Config, postmaster: Option<u32>) -> Result<(Duration, Duration, u64)> {
+/// One in-process pass (a dry run when `dry_run`): its wall time, its CPU time and the
+/// roots it removed.
+async fn timed(
+    cfg: &Config,
+    postmaster: Option<u32>,
+    dry_run: bool,
+) -> Result<(Duration, Duration, u64)> {
     let pool = db::build_pool(cfg)?;
     let before = cpu_ticks(postmaster);
     let started = Instant::now();
-    let report = pass::run_pass(&pool, cfg, false, &CancellationToken::new())
+    let report = pass::run_pass(&pool, cfg, dry_run, &CancellationToken::new())
         .await
         .map_err(|f| anyhow::anyhow!("in-process pass failed: {}", f.error))?;
     let wall = started.elapsed();
