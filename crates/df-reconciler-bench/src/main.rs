@@ -14,6 +14,7 @@
 //!   (fresh copy each); the verdict is on the median round;
 //! - prune: a 100k-generation backlog of live loops pruned by a pass, next to its floor
 //!   (one set-wise delete of the same rows);
+//! - rules: a pass with ten `[[retention.rules]]` against one with none, same removals;
 //! - real-impact: where pg_durable is installed, start-to-completion latency of real
 //!   workflows without and during a pass over a backlog, with the real engine running.
 //!
@@ -34,6 +35,7 @@ mod ratio;
 mod real_impact;
 mod results;
 mod rss;
+mod rules;
 mod server;
 mod stats;
 mod workload;
@@ -128,6 +130,7 @@ enum Measure {
     Impact,
     Prune,
     RealImpact,
+    Rules,
 }
 
 const BIG_N: u32 = 1_000_000;
@@ -196,6 +199,9 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     }
     if measures.contains(&Measure::RealImpact) {
         real_impact::measure(daemon, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::Rules) {
+        rules::measure(server, args, &mut results).await?;
     }
 
     print!(

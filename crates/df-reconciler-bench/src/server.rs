@@ -91,6 +91,11 @@ impl Server {
         self.cluster.dsn(db)
     }
 
+    /// The postmaster's process id, whose children are the server's backends.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.cluster.postmaster_pid()
+    }
+
     /// The daemon's default configuration, pointed at `db`.
     pub fn config(&self, db: &str) -> Config {
         let mut cfg = Config::default();

@@ -24,6 +24,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "generations_pruned",
         include_str!("../../../migrations/0002_generations_pruned.sql"),
     ),
+    (
+        3,
+        "deletion_rule",
+        include_str!("../../../migrations/0003_deletion_rule.sql"),
+    ),
 ];
 
 /// Applies pending migrations in one transaction under `locks::MIGRATION`, so replicas
@@ -134,6 +139,27 @@ pub async fn is_installed(client: &impl GenericClient, cfg: &AuditConfig) -> Res
         .get(0))
 }
 
+/// Whether the deletions table has the `rule` column (migration 3): until `migrate` has
+/// run, deletions are recorded without it.
+pub(crate) async fn deletions_have_rule(
+    client: &impl GenericClient,
+    cfg: &AuditConfig,
+) -> Result<bool, Error> {
+    Ok(client
+        .fetch_one(
+            "SELECT EXISTS (
+                 SELECT 1 FROM pg_catalog.pg_attribute a
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1::text AND c.relname = 'deletions'::name
+                   AND a.attname = 'rule'::name AND NOT a.attisdropped)",
+            &[&cfg.schema],
+        )
+        .await
+        .context("looking for the audit deletions' rule column")?
+        .get(0))
+}
+
 /// Records a finished pass and applies the audit retention.
 pub(crate) async fn record_pass(
     client: &impl GenericClient,
@@ -201,13 +227,16 @@ pub struct DeletedRoot {
     pub status: String,
     /// When it became terminal (the age the retention was measured from), if known.
     pub terminal_at: Option<tokio_postgres::types::Timestamp<std::time::SystemTime>>,
+    /// The retention rule it fell under (`default` for the top-level keys and orphans).
+    pub rule: String,
 }
 
 /// Writes the batch's removed roots inside the batch transaction: the audit row exists
-/// exactly when the deletion committed.
+/// exactly when the deletion committed. `with_rule`: the table has the `rule` column.
 pub async fn record_deletions(
     tx: &Transaction<'_>,
     schema: &str,
+    with_rule: bool,
     pass_id: &str,
     roots: &[DeletedRoot],
 ) -> Result<(), Error> {
@@ -219,6 +248,23 @@ pub async fn record_deletions(
     let statuses: Vec<&str> = roots.iter().map(|r| r.status.as_str()).collect();
     let times: Vec<Option<tokio_postgres::types::Timestamp<std::time::SystemTime>>> =
         roots.iter().map(|r| r.terminal_at).collect();
+    if with_rule {
+        let rules: Vec<&str> = roots.iter().map(|r| r.rule.as_str()).collect();
+        tx.exec(
+            &format!(
+                "INSERT INTO {}.deletions (pass_id, instance_id, reason, status, terminal_at, rule)
+                 SELECT $1::text, * FROM ROWS FROM (
+                     pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]),
+                     pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::timestamptz[]),
+                     pg_catalog.unnest($6::text[]))",
+                quote_ident(schema)
+            ),
+            &[&pass_id, &ids, &reasons, &statuses, &times, &rules],
+        )
+        .await
+        .context("recording deletions in the audit trail")?;
+        return Ok(());
+    }
     tx.exec(
         &format!(
             "INSERT INTO {}.deletions (pass_id, instance_id, reason, status, terminal_at)

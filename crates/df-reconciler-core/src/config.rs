@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::TerminalStatus;
+use crate::rules::RetentionRule;
 
 /// Windows shorter than this need `allow_short_retention = true`: `30m` typed for `30M`
 /// (months) must not delete everything older than half an hour.
@@ -34,6 +35,22 @@ pub enum ConfigError {
         /// The offending key as `section.key`, so the operator knows what to fix.
         key: &'static str,
         /// The refused value as shown in the message (never a secret).
+        value: String,
+        /// Why the value is refused.
+        reason: String,
+    },
+    /// A `[[retention.rules]]` entry's key parsed but its value is refused.
+    #[error(
+        "invalid configuration: retention.rules[{index}] ({name:?}): {key} = {value}: {reason}"
+    )]
+    InvalidRule {
+        /// The rule's position in the file, from 0.
+        index: usize,
+        /// The rule's name as written (possibly the refused value itself).
+        name: String,
+        /// The offending key of the rule.
+        key: &'static str,
+        /// The refused value as shown in the message.
         value: String,
         /// Why the value is refused.
         reason: String,
@@ -267,6 +284,9 @@ pub struct RetentionConfig {
     /// generation ended when its successor started).
     #[serde(with = "humantime_serde")]
     pub execution_min_age: Duration,
+    /// `[[retention.rules]]`: per-workload overrides, first match in file order wins
+    /// (see [`crate::rules`]).
+    pub rules: Vec<RetentionRule>,
 }
 
 impl Default for RetentionConfig {
@@ -282,6 +302,7 @@ impl Default for RetentionConfig {
             prune_executions: true,
             keep_executions: 10,
             execution_min_age: Duration::from_secs(3600),
+            rules: Vec::new(),
         }
     }
 }
@@ -550,6 +571,7 @@ impl Config {
                 }
             }
         }
+        crate::rules::validate(r)?;
         let p = &self.pass;
         // PostgreSQL's timeouts are int milliseconds; tcp_user_timeout adds 30 s.
         let pg_max = Duration::from_millis(i32::MAX as u64 - 30_000);
@@ -800,6 +822,15 @@ mod tests {
             "host=localhost dbname=app"
         );
     }
+}
+
+/// [`strict`]'s integer, for the rule keys of [`crate::rules`].
+pub(crate) fn strict_integer<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    strict::integer(d)
 }
 
 /// Deserializers that refuse config-rs' own conversions between scalar types (a float

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the operator's configuration (TOML, environment, flags) and its guards.
 //! - [`policy`]: pure decisions (is this engine id a child? which retention window applies?).
+//! - [`rules`]: `[[retention.rules]]`: which instances a rule covers, its effective policy.
 //! - [`sql`]: every SQL statement, one module per store plus the cross-store selections.
 //! - [`preflight`]: engine-schema discovery and the fail-closed checks run before a pass.
 //! - [`pass`]: one reconciliation pass: keyset batches, locking, deletion, the report.
@@ -37,4 +38,5 @@ pub mod policy;
 pub mod preflight;
 pub mod readiness;
 pub mod report;
+pub mod rules;
 pub mod sql;

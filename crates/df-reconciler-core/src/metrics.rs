@@ -36,6 +36,16 @@ pub struct ReasonStatus {
     pub status: &'static str,
 }
 
+/// Labels of `df_reconciler_rule_instances_removed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleReason {
+    /// A `[[retention.rules]]` name, or `default` (top-level keys, orphans): bounded by
+    /// the configuration file.
+    pub rule: String,
+    /// `expired`, `capped` or `orphan`.
+    pub reason: &'static str,
+}
+
 /// Labels of `df_reconciler_skipped_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -94,6 +104,9 @@ pub struct Metrics {
     pub rows_deleted: Family<TableReason, Counter>,
     /// `df_reconciler_instances_removed_total`: roots removed per reason and status.
     pub instances_removed: Family<ReasonStatus, Counter>,
+    /// `df_reconciler_rule_instances_removed_total`: roots removed per retention rule and
+    /// reason.
+    pub rule_instances_removed: Family<RuleReason, Counter>,
     /// `df_reconciler_orphans_reclaimed_total`: orphan engine roots reclaimed with their trees.
     pub orphans_reclaimed: Counter,
     /// `df_reconciler_engine_children_removed_total`: sub-orchestrations removed with their root.
@@ -163,6 +176,7 @@ impl Metrics {
         let m = Metrics {
             rows_deleted: Family::default(),
             instances_removed: Family::default(),
+            rule_instances_removed: Family::default(),
             orphans_reclaimed: Counter::default(),
             engine_children_removed: Counter::default(),
             skipped: Family::default(),
@@ -197,6 +211,11 @@ impl Metrics {
             "instances_removed",
             "Instances removed per reason (expired, capped, orphan) and status",
             m.instances_removed.clone(),
+        );
+        r.register(
+            "rule_instances_removed",
+            "Instances removed per retention rule (a [[retention.rules]] name, or default) and reason",
+            m.rule_instances_removed.clone(),
         );
         r.register(
             "orphans_reclaimed",
@@ -381,6 +400,22 @@ impl Metrics {
             self.instances_removed
                 .get_or_create(&ReasonStatus { reason, status })
                 .inc_by(n);
+        }
+        for (rule, n) in &report.removed_by_rule {
+            for (reason, n) in [
+                ("expired", n.expired),
+                ("capped", n.capped),
+                ("orphan", n.orphans),
+            ] {
+                if n > 0 {
+                    self.rule_instances_removed
+                        .get_or_create(&RuleReason {
+                            rule: rule.clone(),
+                            reason,
+                        })
+                        .inc_by(n);
+                }
+            }
         }
         self.orphans_reclaimed.inc_by(report.orphans_reclaimed);
         self.engine_children_removed

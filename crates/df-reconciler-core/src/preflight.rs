@@ -229,6 +229,19 @@ pub async fn verify(
         ));
         None
     };
+    // A rule whose role does not exist would match nothing: its instances would fall
+    // under the rules after it, typically shorter ones.
+    let rules = crate::rules::RuleSet::new(&cfg.retention);
+    if !rules.rules().is_empty() {
+        let oids: Vec<Option<u32>> = client
+            .fetch_all(crate::sql::reconcile::RULE_ROLES, &[&rules.role_names()])
+            .await
+            .context("resolving the rules' roles")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        problems.extend(crate::pass::missing_roles(&rules, &oids));
+    }
     if !problems.is_empty() {
         return Err(Error::Refused(problems));
     }

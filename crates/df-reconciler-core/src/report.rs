@@ -83,6 +83,24 @@ impl OrphanHold {
     }
 }
 
+/// Roots one retention rule removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// Past the rule's window.
+    pub expired: u64,
+    /// Over the rule's cap (its own, or the global one it shares).
+    pub capped: u64,
+    /// Orphan engine roots (always under `default`: no df row, no label).
+    pub orphans: u64,
+}
+
+impl RuleCounts {
+    /// All reasons together.
+    pub fn total(&self) -> u64 {
+        self.expired + self.capped + self.orphans
+    }
+}
+
 /// Rows per `schema.table`, split by why their instance went.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct RowsByReason {
@@ -124,6 +142,9 @@ pub struct PassReport {
     pub orphans_reclaimed: u64,
     /// The same roots, by the engine status of their current execution.
     pub orphans_by_status: ByEngineStatus,
+    /// Roots removed per retention rule (`[[retention.rules]]` name, `default` for the
+    /// top-level keys and orphans); only rules that removed something appear.
+    pub removed_by_rule: BTreeMap<String, RuleCounts>,
     /// Sub-orchestrations removed as part of their root's tree.
     pub engine_children_removed: u64,
     /// Old generations (engine executions, with their history) pruned from instances
@@ -337,6 +358,12 @@ impl fmt::Display for PassReport {
         if !self.orphans_held.is_empty() {
             let reasons: Vec<&str> = self.orphans_held.iter().map(|h| h.as_str()).collect();
             writeln!(f, "  orphans held (none reclaimed): {}", reasons.join(", "))?;
+        }
+        if !self.removed_by_rule.is_empty() {
+            writeln!(f, "  {:<40} {:>10}", format!("by rule ({verb})"), "count")?;
+            for (rule, n) in &self.removed_by_rule {
+                writeln!(f, "  {:<40} {:>10}", format!("rule {rule}"), n.total())?;
+            }
         }
         writeln!(f, "  {:<40} {:>10}", format!("rows ({verb})"), "count")?;
         for (table, n) in &self.rows_deleted {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use df_reconciler_core::config::{Config, LogFormat};
 use df_reconciler_core::error::{exit_code, Error};
+use df_reconciler_core::rules::RuleSet;
 use df_reconciler_core::{audit, daemon, db, pass, preflight};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -73,6 +74,15 @@ enum Command {
         /// (run as the owner of the df and engine tables).
         #[arg(long)]
         indexes: bool,
+    },
+    /// Why one df instance or engine root is still here, and whether the next pass removes
+    /// it (read-only). Exit 0 when found, 1 when the id is in neither store.
+    Explain {
+        /// The df instance id or engine instance id.
+        instance_id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the most recent passes from the audit trail.
     History {
@@ -151,6 +161,7 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
     match command {
         Command::Check { offline: true } => {
             println!("configuration OK");
+            print_policy(&cfg);
             exit_code::OK
         }
         Command::Check { offline: false } => check(&cfg).await,
@@ -163,7 +174,21 @@ async fn dispatch(command: &Command, cfg: Config) -> i32 {
         Command::Migrate { indexes: false } => migrate(&cfg).await,
         Command::Migrate { indexes: true } => create_indexes(&cfg).await,
         Command::History { limit, json } => history(&cfg, *limit, *json).await,
+        Command::Explain { instance_id, json } => explain(&cfg, instance_id, *json).await,
         Command::Demo => unreachable!("demo needs no configuration"),
+    }
+}
+
+/// The effective retention policy, a line per rule then the default, and the rules'
+/// warnings (a status kept forever with no cap of its own).
+fn print_policy(cfg: &Config) {
+    let rules = RuleSet::new(&cfg.retention);
+    println!("effective retention policy (first matching rule wins):");
+    for line in rules.table().lines() {
+        println!("  {line}");
+    }
+    for w in rules.warnings() {
+        println!("warning: {w}");
     }
 }
 
@@ -247,6 +272,7 @@ async fn check(cfg: &Config) -> i32 {
             for mode in cfg.connection_modes() {
                 println!("mode: {mode}");
             }
+            print_policy(cfg);
             println!(
                 "ok: {target}, control schema {:?}, engine schema {:?}, engine migration {}",
                 verified.schemas.control,
@@ -393,6 +419,34 @@ async fn create_indexes(cfg: &Config) -> i32 {
             exit_code::OK
         }
         Err(e) => fail(e),
+    }
+}
+
+async fn explain(cfg: &Config, instance_id: &str, json: bool) -> i32 {
+    let pool = match pool_or_exit(cfg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match pass::explain::explain(&pool, cfg, instance_id).await {
+        Ok(Some(explanation)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&explanation).expect("an explanation serializes")
+                );
+            } else {
+                print!("{explanation}");
+            }
+            exit_code::OK
+        }
+        Ok(None) => {
+            eprintln!("df-reconciler: {instance_id:?} is in neither the df nor the engine store");
+            exit_code::FAILED
+        }
+        Err(e) => {
+            eprintln!("df-reconciler: {e}");
+            e.exit_code()
+        }
     }
 }
 

@@ -244,6 +244,16 @@ const KEYS: &[KeyCases] = &[
         "true",
     ),
     (
+        "retention.rules",
+        &[
+            ("\"billing\"", None),
+            ("[1]", None),
+            ("[{ name = \"a\" }]", None),
+            ("[{ name = \"a\", label = \"\" }]", None),
+        ],
+        "[{ name = \"billing\", label = \"billing-*\", failed = \"forever\" }]",
+    ),
+    (
         "audit.record_deletions",
         &[("\"maybe\"", Some("maybe"))],
         "true",
@@ -434,4 +444,91 @@ async fn durations_the_daemon_cannot_use_are_configuration_errors() {
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert_eq!(snapshot(&c).await, before, "nothing deleted");
+}
+
+/// Every key of a `[[retention.rules]]` entry, refused by name with the rule's position
+/// and name: nothing is attempted (exit 2).
+#[tokio::test]
+async fn every_rule_key_with_a_wrong_value_is_named() {
+    let rule = |body: &str| format!("[[retention.rules]]\nname = \"billing\"\n{body}\n");
+    let cases: Vec<(String, &str)> = vec![
+        ("[[retention.rules]]\nlabel = \"a\"\n".into(), "name"),
+        (
+            rule("label = \"a\"\n[[retention.rules]]\nname = \"billing\"\nlabel = \"b\""),
+            "names must be unique",
+        ),
+        (rule(""), "label and/or submitted_by"),
+        (rule("label = \"billing-?\""), "label = \"billing-?\""),
+        (rule("label = \"\""), "label = \"\""),
+        (rule("submitted_by = \"\""), "submitted_by"),
+        (rule("label = \"a\"\nlabl = \"b\""), "labl"),
+        (rule("label = \"a\"\nfailed = \"10m\""), "failed = 10m"),
+        (rule("label = \"a\"\nwindow = \"never\""), "window"),
+        (rule("label = \"a\"\nhard_cap = -1"), "hard_cap"),
+        (rule("label = \"a\"\nhard_cap = 1.5"), "hard_cap"),
+        (
+            rule("label = \"a\"\nkeep_executions = 0"),
+            "keep_executions",
+        ),
+        (
+            rule("label = \"a\"\nexecution_min_age = \"5m\""),
+            "execution_min_age",
+        ),
+        (
+            "[[retention.rules]]\nname = \"default\"\nlabel = \"a\"\n".into(),
+            "reserved",
+        ),
+        (
+            "[[retention.rules]]\nname = \"a b\"\nlabel = \"a\"\n".into(),
+            "name = \"a b\"",
+        ),
+    ];
+    let mut files = Vec::new();
+    for (toml, expected) in cases {
+        let file = toml_file(&toml);
+        let mut cmd = reconciler(&["check", "--offline", "--config"]);
+        cmd.arg(file.path());
+        files.push(file);
+        run(&toml, cmd)
+            .await
+            .expect(USAGE)
+            .mentions("retention.rules")
+            .mentions(expected);
+    }
+}
+
+/// `check --offline` prints the effective policy, a line per rule then the default, and
+/// warns of a rule keeping a status forever without a cap of its own.
+#[tokio::test]
+async fn check_offline_prints_the_effective_policy_and_warns_of_unbounded_rules() {
+    let file = toml_file(
+        "[retention]\nfailed = \"90d\"\nhard_cap = 5000\n\
+         [[retention.rules]]\nname = \"billing\"\nlabel = \"billing-*\"\nfailed = \"forever\"\n\
+         [[retention.rules]]\nname = \"health\"\nlabel = \"health-*\"\nwindow = \"1d\"\nhard_cap = 500\nkeep_executions = 2\n",
+    );
+    let mut cmd = reconciler(&["check", "--offline", "--config"]);
+    cmd.arg(file.path());
+    let out = run("policy table", cmd).await;
+    out.expect(OK);
+    let line = |start: &str| {
+        out.stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line for {start:?} in\n{}", out.stdout))
+    };
+    assert_eq!(
+        line("billing"),
+        "billing label \"billing-*\" 30d forever 30d global top-level top-level"
+    );
+    assert_eq!(
+        line("health"),
+        "health label \"health-*\" 1d 1d 1d 500 (own) 2 top-level"
+    );
+    assert_eq!(
+        line("default"),
+        "default no rule matched; orphans 30d 90d 30d 5000 (global) top-level top-level"
+    );
+    out.mentions("warning: retention.rules \"billing\" keeps failed instances forever");
+    assert!(!out.stdout.contains("\"health\" keeps"), "{}", out.stdout);
 }

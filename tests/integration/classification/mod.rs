@@ -6,15 +6,19 @@
 //!   engine record; terminal ones within their window; live ones;
 //! - [`orphans`]: engine roots without a df row (old, young, running), engine children,
 //!   queue items nobody owns;
+//! - [`explain`]: `explain`'s verdict for every row is what the pass then does;
 //! - [`leases`]: dispatcher leases and what a lease puts back;
 //! - [`age_and_cap`]: where terminal_at comes from, per-status windows, the hard cap;
 //! - [`generations`]: old generations of the instances that stay, pruned;
+//! - [`rules`]: `[[retention.rules]]`: first match wins, own caps, roles, bound globs;
 //! - [`trees`]: an ended root whose descendants still run keeps its whole tree (df rows'
 //!   and orphans') until every member has ended.
 
 mod age_and_cap;
 mod df_rows;
 mod generations;
+mod explain;
 mod leases;
 mod orphans;
+mod rules;
 mod trees;

@@ -204,6 +204,8 @@ async fn no_planted_function_or_operator_ever_runs_as_the_daemon() {
     for args in [
         &["check"][..],
         &["once", "--dry-run", "--json"],
+        &["explain", "17000003"],
+        &["explain", "17000004", "--json"],
         &["migrate"],
         &["once", "--json"],
         &["history"],

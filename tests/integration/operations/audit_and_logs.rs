@@ -6,8 +6,59 @@ use std::time::Duration;
 
 use crate::support::db::ids;
 use crate::support::harness::{wait_until, TestDb};
-use crate::support::process::{daemon, quiet, Running};
+use crate::support::process::{daemon, quiet, toml_file, Running};
 use crate::support::seed::{workflow, DAY};
+
+/// Each removed root's audit row names the retention rule it fell under, and the pass's
+/// report counts removals per rule.
+#[tokio::test]
+async fn the_audit_trail_names_the_rule_of_every_removed_root() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    for id in ["53200001", "53200002"] {
+        workflow(
+            &c,
+            id,
+            "failed",
+            Some("Failed"),
+            60.0 * DAY,
+            Some(60.0 * DAY),
+            0,
+        )
+        .await;
+    }
+    c.execute(
+        "UPDATE df.instances SET label = 'billing-eu' WHERE id = '53200001'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let config = toml_file(
+        "[audit]\nrecord_deletions = true\nauto_migrate = true\n\
+         [[retention.rules]]\nname = \"billing\"\nlabel = \"billing-*\"\nfailed = \"7d\"\n",
+    );
+    let mut once = daemon(&db.dsn);
+    once.args(["once", "--json", "--config"]).arg(config.path());
+    let out = once.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deletions = ids(
+        &c,
+        "SELECT instance_id || ':' || rule FROM df_reconciler.deletions ORDER BY 1",
+    )
+    .await;
+    assert_eq!(deletions, ["53200001:billing", "53200002:default"]);
+    let by_rule = ids(
+        &c,
+        "SELECT r.key || ':' || (r.value->>'expired')
+           FROM df_reconciler.passes p, jsonb_each(p.report->'removed_by_rule') r ORDER BY 1",
+    )
+    .await;
+    assert_eq!(by_rule, ["billing:1", "default:1"]);
+}
 
 #[tokio::test]
 async fn the_audit_trail_records_passes_and_optionally_every_removed_root() {

@@ -195,3 +195,108 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     wait_until("STOPPING=1", Duration::from_secs(10), heard("STOPPING=1")).await;
     reader.join().unwrap();
 }
+
+#[tokio::test]
+async fn sighup_applies_new_rules_and_keeps_the_old_ones_on_an_invalid_file() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let write = |toml: &str| std::fs::write(&file, toml).unwrap();
+    let rules = |failed: &str, second: &str| {
+        format!(
+            "[pass]\ninterval = \"1s\"\n[retention]\nwindow = \"30d\"\n\
+             [[retention.rules]]\nname = \"billing\"\nlabel = \"billing-*\"\nfailed = \"{failed}\"\n\
+             [[retention.rules]]\nname = \"{second}\"\nlabel = \"etl\"\n"
+        )
+    };
+    write(&rules("forever", "etl"));
+    workflow(
+        &c,
+        "52000001",
+        "failed",
+        Some("Failed"),
+        60.0 * DAY,
+        Some(60.0 * DAY),
+        0,
+    )
+    .await;
+    c.execute(
+        "UPDATE df.instances SET label = 'billing-eu' WHERE id = '52000001'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let port = free_port();
+    let mut cmd = daemon(&db.dsn);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&file)
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let d = Running::spawn(&mut cmd);
+    let passes = || async move {
+        metric_at(
+            port,
+            "df_reconciler_passes_total{outcome=\"ok\",dry_run=\"false\"}",
+        )
+        .await
+        .unwrap_or(0.0)
+    };
+    wait_until(
+        "two passes under the billing rule",
+        Duration::from_secs(30),
+        || async { passes().await >= 2.0 },
+    )
+    .await;
+    assert_eq!(df_ids(&c).await, ["52000001"], "kept forever by its rule");
+
+    // Duplicate rule names: rejected, the old rules stay in force.
+    write(&rules("7d", "billing"));
+    signal(&d.0, "HUP");
+    wait_until(
+        "the reload is rejected",
+        Duration::from_secs(10),
+        || async {
+            metric_at(
+                port,
+                "df_reconciler_config_reloads_total{outcome=\"rejected\"}",
+            )
+            .await
+                == Some(1.0)
+        },
+    )
+    .await;
+    let after_bad = passes().await;
+    wait_until(
+        "more passes after the bad reload",
+        Duration::from_secs(30),
+        || async { passes().await >= after_bad + 2.0 },
+    )
+    .await;
+    assert_eq!(df_ids(&c).await, ["52000001"], "still under the old rule");
+
+    // A good file: the rule's new 7-day window applies from the next pass on.
+    write(&rules("7d", "etl"));
+    signal(&d.0, "HUP");
+    wait_until(
+        "the new rule removes the instance",
+        Duration::from_secs(30),
+        || async { df_ids(&c).await.is_empty() },
+    )
+    .await;
+    wait_until(
+        "the removal is counted under the rule",
+        Duration::from_secs(10),
+        || async {
+            metric_at(
+                port,
+                "df_reconciler_rule_instances_removed_total{rule=\"billing\",reason=\"expired\"}",
+            )
+            .await
+                == Some(1.0)
+        },
+    )
+    .await;
+}

@@ -26,6 +26,8 @@
 //! - `rollbacks`: a rolled-back `df.cancel()` (live df row, ended engine: drift) and a
 //!   rolled-back `df.start()` (an orphan, reclaimed once old enough);
 //! - `churn`: a minute of mixed workflows under the daemon's `run`, with its invariants;
+//! - `rules`: `[[retention.rules]]` keeping one label's failure while the default removes
+//!   another's;
 //! - `shipped_role`: the documented setup as the role of `deploy/sql/reconciler-role.sql`
 //!   (`check`, `migrate`, `run` with `audit.record_deletions`, `history`);
 //! - `fidelity`: the fixture's imitation of both stores against the real catalog;
@@ -39,6 +41,7 @@ mod generations;
 mod lifecycle;
 mod loops;
 mod rollbacks;
+mod rules;
 mod shipped_role;
 
 use std::collections::BTreeSet;

@@ -144,6 +144,8 @@ pg_types! {
     Vec<&str> => Type::TEXT_ARRAY,
     &[String] => Type::TEXT_ARRAY,
     Vec<i64> => Type::INT8_ARRAY,
+    Vec<i32> => Type::INT4_ARRAY,
+    Vec<Option<u32>> => Type::OID_ARRAY,
 }
 
 impl<T: PgType> PgType for Option<T> {

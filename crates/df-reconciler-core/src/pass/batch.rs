@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::locks;
+use crate::rules::RuleSet;
 
 /// What one batch works with: its transaction, the pass's statements and clock, and where
 /// the keyset stands.
@@ -31,6 +32,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) clock: &'a PassClock,
     pub(crate) batch_size: u32,
     pub(crate) watermark: Option<&'a str>,
+    /// The rules in force, to name a removed instance's rule.
+    pub(crate) rules: RuleSet<'a>,
 }
 
 impl Pass<'_> {
@@ -94,6 +97,7 @@ impl Pass<'_> {
             clock: &self.clock,
             batch_size: self.batch_size.get(),
             watermark,
+            rules: RuleSet::new(&self.cfg.retention),
         };
         let step = match phase {
             Phase::Expired => expired_batch(batch, progress, &mut tally).await?,
@@ -107,8 +111,14 @@ impl Pass<'_> {
             tx.rollback().await.context("ending a dry-run batch")?;
         } else {
             if let Some(schema) = &self.deletions_schema {
-                audit::record_deletions(&tx, schema, &self.report.pass_id, &tally.deleted_roots)
-                    .await?;
+                audit::record_deletions(
+                    &tx,
+                    schema,
+                    self.deletions_have_rule,
+                    &self.report.pass_id,
+                    &tally.deleted_roots,
+                )
+                .await?;
             }
             // The df foreign keys are deferred: check them now, under statement_timeout,
             // which PostgreSQL disarms before COMMIT runs deferred triggers. Their checks

@@ -14,19 +14,34 @@ use crate::db::Exec;
 use crate::error::{DbContext, Error};
 use crate::policy::TerminalStatus;
 use crate::preflight::{self, OrphanGuard};
+use crate::rules::RuleSet;
 use crate::sql::reconcile;
 
-/// The newest terminal row over the hard cap: (terminal_at, id).
+/// The newest terminal row over a hard cap: (terminal_at, id).
 type CapEdge = (Option<Timestamp<SystemTime>>, String);
+
+/// The rules' parameters of the expired selection, one element per rule index (the rules
+/// in file order, then the default; see [`crate::rules`]), bound as arrays.
+#[derive(Debug, Clone)]
+pub(crate) struct RuleParams {
+    /// LIKE patterns (`$1`).
+    pub(crate) labels: Vec<Option<String>>,
+    /// Role OIDs (`$2`), resolved at the start of the pass.
+    pub(crate) roles: Vec<Option<u32>>,
+    /// Cutoff per terminal status (completed, failed, cancelled); None: nothing expires.
+    pub(crate) cutoffs: [Vec<Option<SystemTime>>; 3],
+    /// The newest terminal row over the rule's cap (its own, or the global one); None id:
+    /// that cap is not reached.
+    pub(crate) edge_at: Vec<Option<Timestamp<SystemTime>>>,
+    pub(crate) edge_id: Vec<Option<String>>,
+}
 
 /// Everything fixed at the start of a pass, from the database clock.
 #[derive(Debug, Clone)]
 pub(crate) struct PassClock {
     pub(crate) db_now: SystemTime,
-    /// Cutoff per terminal status (completed, failed, cancelled); None: nothing expires.
-    pub(crate) cutoffs: [Option<SystemTime>; 3],
-    /// The newest terminal row over the hard cap (terminal_at, id); None: cap not reached.
-    pub(crate) cap_edge: Option<CapEdge>,
+    /// Cutoffs and cap edges per rule.
+    pub(crate) rules: RuleParams,
     pub(crate) orphan_cutoff: Option<SystemTime>,
     /// Orphans must have been created before this (the oldest open transaction).
     pub(crate) orphan_created_before: SystemTime,
@@ -59,16 +74,25 @@ impl PassClock {
         // After PASS_CLOCK, in the same transaction: the same sessions, then the prepared
         // transactions (see reconcile::ORPHAN_GUARD).
         let guard = preflight::orphan_guard(&*tx).await?;
-        let hard_cap = i64::try_from(cfg.retention.hard_cap).unwrap_or(i64::MAX);
-        let terminal_rows: i64 = tx
-            .fetch_one(&st.terminal_count_up_to, &[&hard_cap.saturating_add(1)])
-            .await
-            .context("counting terminal rows up to the hard cap")?
-            .get(0);
-        let cap_edge = if terminal_rows <= hard_cap {
-            None
-        } else {
-            tx.fetch_opt(&st.cap_edge, &[&hard_cap])
+        let rules = RuleSet::new(&cfg.retention);
+        let roles = resolve_roles(&*tx, &rules).await?;
+        let labels = rules.label_patterns();
+        let mut edges: Vec<Option<CapEdge>> = vec![None; rules.len()];
+        for (cap, group) in rules.cap_groups() {
+            let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+            let terminal_rows: i64 = tx
+                .fetch_one(
+                    &st.terminal_count_up_to,
+                    &[&labels, &roles, &cap.saturating_add(1), &group],
+                )
+                .await
+                .context("counting terminal rows up to the hard cap")?
+                .get(0);
+            if terminal_rows <= cap {
+                continue;
+            }
+            let edge = tx
+                .fetch_opt(&st.cap_edge, &[&labels, &roles, &cap, &group])
                 .await
                 .context("finding the hard-cap edge")?
                 .map(|row| {
@@ -76,32 +100,59 @@ impl PassClock {
                         row.get::<_, Option<Timestamp<SystemTime>>>(0),
                         row.get::<_, String>(1),
                     )
-                })
-        };
+                });
+            for index in group {
+                edges[index as usize - 1] = edge.clone();
+            }
+        }
         tx.commit().await.context("ending the pass setup")?;
         Ok(Self::derive(
             db_now,
             oldest_open_xact,
             guard,
-            cap_edge,
+            RuleInputs {
+                labels,
+                roles,
+                edges,
+            },
             &cfg.retention,
         ))
     }
 
     /// The cutoffs from what the database said: each is `db_now` minus its window (None
-    /// when that precedes what a timestamp can hold: nothing is that old).
+    /// when that precedes what a timestamp can hold, or the window is forever: nothing is
+    /// that old).
     fn derive(
         db_now: SystemTime,
         oldest_open_xact: SystemTime,
         guard: OrphanGuard,
-        cap_edge: Option<CapEdge>,
+        inputs: RuleInputs,
         r: &RetentionConfig,
     ) -> Self {
         let before = |d: Duration| db_now.checked_sub(d);
+        let set = RuleSet::new(r);
+        let (edge_at, edge_id) = inputs
+            .edges
+            .into_iter()
+            .map(|e| match e {
+                Some((at, id)) => (at, Some(id)),
+                None => (None, None),
+            })
+            .unzip();
         Self {
             db_now,
-            cutoffs: TerminalStatus::ALL.map(|s| before(r.window_for(s))),
-            cap_edge,
+            rules: RuleParams {
+                labels: inputs.labels,
+                roles: inputs.roles,
+                cutoffs: TerminalStatus::ALL.map(|s| {
+                    set.windows(s)
+                        .into_iter()
+                        .map(|w| w.and_then(before))
+                        .collect()
+                }),
+                edge_at,
+                edge_id,
+            },
             orphan_cutoff: before(r.orphan_age()),
             orphan_created_before: oldest_open_xact.min(db_now),
             guard,
@@ -109,6 +160,50 @@ impl PassClock {
             generation_cutoff: before(r.execution_min_age),
         }
     }
+}
+
+/// What the database said about the rules: their bound match values and cap edges.
+#[derive(Debug, Clone, Default)]
+struct RuleInputs {
+    labels: Vec<Option<String>>,
+    roles: Vec<Option<u32>>,
+    edges: Vec<Option<CapEdge>>,
+}
+
+/// The OID of every rule's role, by rule index. A rule naming a role that does not exist
+/// refuses the pass: its instances would silently fall under the rules after it.
+pub(crate) async fn resolve_roles(
+    client: &impl tokio_postgres::GenericClient,
+    rules: &RuleSet<'_>,
+) -> Result<Vec<Option<u32>>, Error> {
+    let names = rules.role_names();
+    let rows = client
+        .fetch_all(reconcile::RULE_ROLES, &[&names])
+        .await
+        .context("resolving the rules' roles")?;
+    let oids: Vec<Option<u32>> = rows.iter().map(|r| r.get(0)).collect();
+    let missing = missing_roles(rules, &oids);
+    if missing.is_empty() {
+        Ok(oids)
+    } else {
+        Err(Error::Refused(missing))
+    }
+}
+
+/// A problem per rule whose `submitted_by` names no role (`oids` by rule index).
+pub(crate) fn missing_roles(rules: &RuleSet<'_>, oids: &[Option<u32>]) -> Vec<String> {
+    rules
+        .rules()
+        .iter()
+        .zip(oids)
+        .filter_map(|(rule, oid)| match (&rule.submitted_by, oid) {
+            (Some(role), None) => Some(format!(
+                "retention.rules {:?}: submitted_by role {role:?} does not exist (the rule would match nothing)",
+                rule.name
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -129,10 +224,20 @@ mod tests {
             cancelled: Some(DAY),
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
+        let clock = PassClock::derive(
+            at(1000),
+            at(1000),
+            OrphanGuard::CLEAR,
+            RuleInputs::default(),
+            &retention,
+        );
         assert_eq!(
-            clock.cutoffs,
-            [Some(at(970)), Some(at(910)), Some(at(999))],
+            clock.rules.cutoffs,
+            [
+                vec![Some(at(970))],
+                vec![Some(at(910))],
+                vec![Some(at(999))]
+            ],
             "completed, failed, cancelled"
         );
     }
@@ -144,14 +249,26 @@ mod tests {
             orphan_min_age: DAY * 7,
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
+        let clock = PassClock::derive(
+            at(1000),
+            at(1000),
+            OrphanGuard::CLEAR,
+            RuleInputs::default(),
+            &retention,
+        );
         assert_eq!(clock.orphan_cutoff, Some(at(993)));
         assert_eq!(clock.drift_cutoff, Some(at(993)));
         let retention = RetentionConfig {
             window: DAY * 30,
             ..retention
         };
-        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
+        let clock = PassClock::derive(
+            at(1000),
+            at(1000),
+            OrphanGuard::CLEAR,
+            RuleInputs::default(),
+            &retention,
+        );
         assert_eq!(clock.orphan_cutoff, Some(at(970)));
         assert_eq!(
             clock.drift_cutoff,
@@ -164,14 +281,26 @@ mod tests {
     fn orphans_must_predate_the_oldest_open_transaction_never_now() {
         let r = RetentionConfig::default();
         assert_eq!(
-            PassClock::derive(at(1000), at(998), OrphanGuard::CLEAR, None, &r)
-                .orphan_created_before,
+            PassClock::derive(
+                at(1000),
+                at(998),
+                OrphanGuard::CLEAR,
+                RuleInputs::default(),
+                &r
+            )
+            .orphan_created_before,
             at(998)
         );
         // A transaction start ahead of now() must not widen the guard.
         assert_eq!(
-            PassClock::derive(at(1000), at(1001), OrphanGuard::CLEAR, None, &r)
-                .orphan_created_before,
+            PassClock::derive(
+                at(1000),
+                at(1001),
+                OrphanGuard::CLEAR,
+                RuleInputs::default(),
+                &r
+            )
+            .orphan_created_before,
             at(1000)
         );
     }
@@ -182,8 +311,14 @@ mod tests {
             window: Duration::MAX,
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(at(1000), at(1000), OrphanGuard::CLEAR, None, &retention);
-        assert_eq!(clock.cutoffs, [None; 3]);
+        let clock = PassClock::derive(
+            at(1000),
+            at(1000),
+            OrphanGuard::CLEAR,
+            RuleInputs::default(),
+            &retention,
+        );
+        assert_eq!(clock.rules.cutoffs, [vec![None], vec![None], vec![None]]);
         assert_eq!(clock.orphan_cutoff, None);
         assert_eq!(
             clock.drift_cutoff,

@@ -20,7 +20,7 @@ use crate::policy::{EngineStatus, TerminalStatus};
 
 /// What the selection's look at the engine says of an expired df row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     /// Its engine record is not a root (hostile or corrupt data): kept.
     Inconsistent,
     /// Its engine root is not a terminal engine instance (Running, ContinuedAsNew between
@@ -31,7 +31,11 @@ enum Verdict {
     Lock,
 }
 
-fn classify(has_engine_record: bool, engine_is_root: bool, engine_status: Option<&str>) -> Verdict {
+pub(crate) fn classify(
+    has_engine_record: bool,
+    engine_is_root: bool,
+    engine_status: Option<&str>,
+) -> Verdict {
     if has_engine_record && !engine_is_root {
         Verdict::Inconsistent
     } else if has_engine_record && !engine_status.is_some_and(EngineStatus::is_terminal) {
@@ -53,23 +57,23 @@ pub(crate) async fn expired_batch(
         clock,
         batch_size,
         watermark,
+        rules: batch_rules,
     } = batch;
-    let (edge_at, edge_id) = match &clock.cap_edge {
-        Some((at, id)) => (*at, Some(id.as_str())),
-        None => (None, None),
-    };
-    let [cut_completed, cut_failed, cut_cancelled] = clock.cutoffs;
+    let p = &clock.rules;
+    let [cut_completed, cut_failed, cut_cancelled] = &p.cutoffs;
     let rows = select_candidates(
         tx,
         &st.expired_candidates,
         &[
+            &p.labels,
+            &p.roles,
             &watermark,
             &limit(batch_size),
-            &cut_completed,
-            &cut_failed,
-            &cut_cancelled,
-            &edge_at,
-            &edge_id,
+            cut_completed,
+            cut_failed,
+            cut_cancelled,
+            &p.edge_at,
+            &p.edge_id,
         ],
         "selecting expired instances",
     )
@@ -83,6 +87,7 @@ pub(crate) async fn expired_batch(
         status: TerminalStatus,
         window_expired: bool,
         has_engine_record: bool,
+        rule: i32,
     }
     let terminal_at: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(6))).collect();
@@ -105,6 +110,7 @@ pub(crate) async fn expired_batch(
                         status,
                         window_expired: row.get(2),
                         has_engine_record,
+                        rule: row.get(7),
                     },
                 );
             }
@@ -162,7 +168,10 @@ pub(crate) async fn expired_batch(
         tally.deleted_last = trees.members_and_bare_rows();
         for (id, _) in &df_rows {
             let c = &candidates[id];
-            tally.expired.push((c.status, c.window_expired));
+            let rule = batch_rules.name(c.rule);
+            tally
+                .expired
+                .push((c.status, c.window_expired, rule.to_owned()));
             tally.deleted_roots.push(DeletedRoot {
                 instance_id: id.clone(),
                 reason: if c.window_expired {
@@ -172,6 +181,7 @@ pub(crate) async fn expired_batch(
                 },
                 status: c.status.as_str().to_owned(),
                 terminal_at: terminal_at.get(id).copied().flatten(),
+                rule: rule.to_owned(),
             });
         }
         tally.children += trees.children();

@@ -57,6 +57,7 @@ pub(crate) async fn generation_batch(
         clock,
         batch_size,
         watermark,
+        rules: _,
     } = batch;
     let after = watermark.and_then(GenerationMark::parse);
     let after_instance = after.as_ref().map(|m| m.instance_id.clone());

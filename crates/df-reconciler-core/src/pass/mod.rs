@@ -32,6 +32,7 @@
 //! - `tally.rs`: what a batch did, added to the report once it committed.
 //! - `vacuum.rs`: VACUUM hints after a large pass.
 //! - `drift.rs`: the drift counts between the stores.
+//! - `explain.rs`: `df-reconciler explain`: one instance through the same predicates.
 
 #![warn(missing_docs)]
 
@@ -43,6 +44,7 @@ mod deletes;
 mod drift;
 mod expired;
 mod generations;
+pub mod explain;
 mod leases;
 mod orphans;
 mod pacing;
@@ -68,6 +70,7 @@ use crate::preflight::{self, Intent};
 use crate::report::PassReport;
 
 use batch_size::BatchSize;
+pub(crate) use clock::missing_roles;
 use clock::PassClock;
 use pacing::Pacing;
 pub use phase::Watermarks;
@@ -265,6 +268,7 @@ async fn run_phases_on(
         Statements::prepare(
             client,
             &verified.schemas,
+            &crate::rules::RuleSet::new(&cfg.retention),
             dry_run,
             cfg.database.pooler.statement_mode(),
         ),
@@ -295,6 +299,16 @@ async fn run_phases_on(
     } else {
         None
     };
+    let deletions_have_rule = match &deletions_schema {
+        Some(_) => audit::deletions_have_rule(&***client, &cfg.audit).await?,
+        None => false,
+    };
+    if deletions_schema.is_some() && !deletions_have_rule {
+        report.warnings.push(format!(
+            "the audit deletions table in schema {:?} has no rule column yet; run `df-reconciler migrate`",
+            cfg.audit.schema
+        ));
+    }
     let mut pass = Pass {
         client,
         cfg,
@@ -305,6 +319,7 @@ async fn run_phases_on(
         deadline: cfg.pass.max_duration.map(|d| Instant::now() + d),
         shutdown,
         deletions_schema,
+        deletions_have_rule,
         oldest_skipped: None,
         pacing: Pacing::new(cfg.pass.busy_duty_percent),
         report,

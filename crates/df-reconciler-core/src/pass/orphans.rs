@@ -27,6 +27,7 @@ pub(crate) async fn orphan_batch(
         clock,
         batch_size,
         watermark,
+        ..
     } = batch;
     let rows = select_candidates(
         tx,
@@ -65,6 +66,7 @@ pub(crate) async fn orphan_batch(
                 reason: "orphan",
                 status: format!("{status:?}"),
                 terminal_at: aged_from.get(id).copied().flatten(),
+                rule: crate::rules::DEFAULT_RULE.to_owned(),
             });
         }
         tally.children += trees.children();

@@ -54,6 +54,8 @@ pub(crate) struct Pass<'a> {
     pub(crate) shutdown: &'a CancellationToken,
     /// Set when removed roots are written to the audit deletions table.
     pub(crate) deletions_schema: Option<String>,
+    /// The deletions table has the `rule` column (audit migration 3).
+    pub(crate) deletions_have_rule: bool,
     pub(crate) oldest_skipped: Option<SystemTime>,
     pub(crate) pacing: Pacing,
     pub(crate) report: &'a mut PassReport,

@@ -5,6 +5,7 @@ use deadpool_postgres::Object;
 use crate::db::{StatementMode, Stmt};
 
 use crate::error::{DbContext, Error};
+use crate::rules::RuleSet;
 use crate::sql::{control, engine, reconcile, InstanceTable, Schemas};
 
 /// One table's DELETE (or, in a dry run, its count) of a batch's rows.
@@ -99,11 +100,13 @@ impl Statements {
     pub(crate) async fn prepare(
         client: &Object,
         schemas: &Schemas,
+        rules: &RuleSet<'_>,
         dry_run: bool,
         mode: StatementMode,
     ) -> Result<Self, Error> {
+        let rule_of_d = rules.rule_of_d("$1", "$2");
         let prepare = |template: &str| {
-            let sql = schemas.render(template);
+            let sql = render(schemas, &rule_of_d, template);
             async move {
                 Stmt::new(&***client, &sql, mode)
                     .await
@@ -192,6 +195,12 @@ impl Statements {
             dry_run,
         })
     }
+}
+
+/// `template` for the verified schemas and the rules in force (`{rule_of_d}`, whose
+/// label patterns and role OIDs every such statement binds at `$1` and `$2`).
+pub(crate) fn render(schemas: &Schemas, rule_of_d: &str, template: &str) -> String {
+    schemas.render(template).replace("{rule_of_d}", rule_of_d)
 }
 
 /// The engine's per-instance tables in three groups, each in deletion order: those whose

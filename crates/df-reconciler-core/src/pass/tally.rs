@@ -13,7 +13,8 @@ use crate::report::{PassReport, RowReason};
 /// What a batch found, applied to the report only once its transaction committed.
 #[derive(Debug, Default)]
 pub(crate) struct BatchTally {
-    pub(crate) expired: Vec<(TerminalStatus, bool)>,
+    /// Removed df roots: status, removed by its window (else by a cap), its rule's name.
+    pub(crate) expired: Vec<(TerminalStatus, bool, String)>,
     pub(crate) orphans: Vec<EngineStatus>,
     pub(crate) children: u64,
     /// Generations pruned (phase 3).
@@ -56,16 +57,23 @@ impl BatchTally {
             *oldest_skipped = Some(oldest_skipped.map_or(at, |o| o.min(at)));
         }
         let r = report;
-        for (status, window_expired) in self.expired {
+        for (status, window_expired, rule) in self.expired {
+            let by_rule = r.removed_by_rule.entry(rule).or_default();
             if window_expired {
                 r.expired_removed.add(status, 1);
+                by_rule.expired += 1;
             } else {
                 r.capped_removed += 1;
                 r.capped_by_status.add(status, 1);
+                by_rule.capped += 1;
             }
         }
         for status in self.orphans {
             r.orphans_reclaimed += 1;
+            r.removed_by_rule
+                .entry(crate::rules::DEFAULT_RULE.to_owned())
+                .or_default()
+                .orphans += 1;
             match status {
                 EngineStatus::Completed => r.orphans_by_status.completed += 1,
                 EngineStatus::Failed => r.orphans_by_status.failed += 1,
@@ -124,10 +132,10 @@ mod tests {
     fn window_and_cap_removals_are_told_apart() {
         let tally = BatchTally {
             expired: vec![
-                (TerminalStatus::Completed, true),
-                (TerminalStatus::Completed, true),
-                (TerminalStatus::Failed, false),
-                (TerminalStatus::Cancelled, true),
+                (TerminalStatus::Completed, true, "default".into()),
+                (TerminalStatus::Completed, true, "billing".into()),
+                (TerminalStatus::Failed, false, "billing".into()),
+                (TerminalStatus::Cancelled, true, "default".into()),
             ],
             ..BatchTally::default()
         };
@@ -139,6 +147,9 @@ mod tests {
         assert_eq!(report.capped_removed, 1);
         assert_eq!(report.capped_by_status.failed, 1);
         assert_eq!(report.instances_removed(), 4);
+        let billing = report.removed_by_rule["billing"];
+        assert_eq!((billing.expired, billing.capped), (1, 1));
+        assert_eq!(report.removed_by_rule["default"].expired, 2);
     }
 
     #[test]

@@ -91,25 +91,48 @@ pub(crate) const OTHER_ACTIVE_SESSIONS: &str = "
            OR (a.state LIKE 'idle in transaction%'
                AND a.state_change > pg_catalog.clock_timestamp() - interval '1 second'))";
 
-/// How many terminal df rows there are, counting no further than `$1`: when there are no
-/// more than the hard cap, [`CAP_EDGE`] (a join and sort of every terminal row) is skipped.
-pub(crate) const TERMINAL_COUNT_UP_TO: &str = "
-    SELECT pg_catalog.count(*) FROM (
-        SELECT 1 FROM {control}.instances d
-        WHERE d.status IN ('completed', 'failed', 'cancelled')
-        LIMIT $1) AS t";
+/// The rule of each df row `d` (see [`crate::rules`]): `r.rule`, its 1-based index into
+/// the per-rule arrays. Every statement using it binds the rules' LIKE patterns at `$1`
+/// and their role OIDs at `$2`; `{rule_of_d}` is rendered per pass from the rules in
+/// force, with positions only. OFFSET 0 evaluates the rule once per row: inlined, every
+/// reference below would evaluate it again.
+macro_rules! rule_of_d {
+    () => {
+        "
+    CROSS JOIN LATERAL (SELECT {rule_of_d} AS rule, $1::text[] AS labels, $2::oid[] AS roles
+                        OFFSET 0) r"
+    };
+}
 
-/// The hard-cap edge: the newest terminal row that falls outside the newest `$1` terminal
-/// rows (ordered by terminal_at, then id; unknown terminal_at counts as newest). Every row
-/// at or below the edge is over the cap. No row: the cap is not reached.
+/// How many terminal df rows of the rules `$4` there are, counting no further than `$3`:
+/// when there are no more than their hard cap, [`CAP_EDGE`] (a join and sort of every
+/// terminal row of those rules) is skipped. `$1`, `$2`: see `rule_of_d`.
+pub(crate) const TERMINAL_COUNT_UP_TO: &str = concat!(
+    "
+    SELECT pg_catalog.count(*) FROM (
+        SELECT 1 FROM {control}.instances d",
+    rule_of_d!(),
+    "
+        WHERE d.status IN ('completed', 'failed', 'cancelled')
+          AND r.rule = ANY ($4::integer[])
+        LIMIT $3) AS t"
+);
+
+/// The hard-cap edge of the rules `$4` (a rule with its own cap, or the default and every
+/// rule without one): the newest of their terminal rows that falls outside their newest
+/// `$3` (ordered by terminal_at, then id; unknown terminal_at counts as newest). Every row
+/// of those rules at or below the edge is over their cap. No row: the cap is not reached.
+/// `$1`, `$2`: see `rule_of_d`.
 pub(crate) const CAP_EDGE: &str = concat!(
     "
     SELECT t.terminal_at, d.id::text",
     df_with_engine!(),
+    rule_of_d!(),
     "
     WHERE d.status IN ('completed', 'failed', 'cancelled')
+      AND r.rule = ANY ($4::integer[])
     ORDER BY t.terminal_at DESC NULLS FIRST, d.id DESC
-    OFFSET $1 LIMIT 1"
+    OFFSET $3 LIMIT 1"
 );
 
 /// A lower bound of terminal_at from the df row alone: completed_at when set (then it IS
@@ -123,27 +146,23 @@ macro_rules! terminal_at_lower_bound {
     };
 }
 
-/// The next keyset batch of expired terminal df rows after the watermark `$1`, at most `$2`.
-/// Expired: terminal_at before the status's cutoff (`$3` completed, `$4` failed,
-/// `$5` cancelled; NULL = nothing expires) or at/below the cap edge (`$6` terminal_at,
-/// `$7` id; NULL id = cap not reached). Rows whose terminal_at is unknown never expire.
-/// Settledness is reported, not filtered, so skipped rows are counted and passed over.
-///
-/// The df row alone rules out most rows (see `terminal_at_lower_bound`); only the rest are
-/// looked up in the engine store, one index probe each. With the supporting index
-/// `df_reconciler_terminal_instances` the walk reads terminal rows from the index alone.
-pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
-    "
-    SELECT d.id::text,
-           d.status,
-           coalesce(t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
-                                                  WHEN 'failed' THEN $4::timestamptz
-                                                  ELSE $5::timestamptz END, false) AS window_expired,
-           e.instance_id IS NOT NULL AS has_engine_record,
-           coalesce(e.is_root, false) AS engine_is_root,
-           e.status AS engine_status,
-           t.terminal_at
-    FROM {control}.instances d
+/// What [`EXPIRED_CANDIDATES`] and [`EXPLAIN_EXPIRED`] share: `d`'s rule `r`, its cutoff
+/// and cap edge `m`, the engine probe `e` and terminal_at `t`. `$5`, `$6`, `$7`: cutoff per
+/// rule of completed, failed, cancelled rows (NULL = nothing expires); `$8`, `$9`: cap edge
+/// per rule (terminal_at, id; NULL id = cap not reached).
+macro_rules! expired_from {
+    () => {
+        concat!(
+            "
+    FROM {control}.instances d",
+            rule_of_d!(),
+            "
+    CROSS JOIN LATERAL (
+        SELECT CASE d.status WHEN 'completed' THEN ($5::timestamptz[])[r.rule]
+                             WHEN 'failed' THEN ($6::timestamptz[])[r.rule]
+                             ELSE ($7::timestamptz[])[r.rule] END AS cutoff,
+               ($8::timestamptz[])[r.rule] AS edge_at,
+               ($9::text[])[r.rule] AS edge_id) m
     -- A probe per remaining df row; OFFSET 0 keeps it one. Joined, the planner merged the
     -- engine's ids in order, reading every engine row the df side had ruled out.
     LEFT JOIN LATERAL (
@@ -154,29 +173,124 @@ pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
                ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
         WHERE ei.instance_id = d.id::text
         OFFSET 0) e ON true
-    CROSS JOIN LATERAL (SELECT coalesce(d.completed_at, e.completed_at, d.created_at) AS terminal_at) t
-    WHERE ($1::text IS NULL OR d.id::text > $1::text)
+    CROSS JOIN LATERAL (SELECT coalesce(d.completed_at, e.completed_at, d.created_at) AS terminal_at) t"
+        )
+    };
+}
+
+/// The df row alone can be expired: its terminal_at lower bound is before its cutoff or
+/// at/below its cap edge. Rules out most rows before the engine probe.
+macro_rules! may_be_expired {
+    () => {
+        concat!(
+            "(",
+            terminal_at_lower_bound!(),
+            " < m.cutoff
+           OR (m.edge_id IS NOT NULL
+               AND (m.edge_at IS NULL OR ",
+            terminal_at_lower_bound!(),
+            " <= m.edge_at)))"
+        )
+    };
+}
+
+/// Expired: terminal_at known, and before its rule's cutoff or at/below its rule's cap edge.
+macro_rules! is_expired {
+    () => {
+        "(t.terminal_at IS NOT NULL
+      AND (t.terminal_at < m.cutoff
+           OR (m.edge_id IS NOT NULL
+               AND (m.edge_at IS NULL
+                    OR t.terminal_at < m.edge_at
+                    OR (t.terminal_at = m.edge_at AND d.id::text <= m.edge_id)))))"
+    };
+}
+
+/// The columns both expired statements return.
+macro_rules! expired_columns {
+    () => {
+        "
+    SELECT d.id::text,
+           d.status,
+           coalesce(t.terminal_at < m.cutoff, false) AS window_expired,
+           e.instance_id IS NOT NULL AS has_engine_record,
+           coalesce(e.is_root, false) AS engine_is_root,
+           e.status AS engine_status,
+           t.terminal_at,
+           r.rule"
+    };
+}
+
+/// The next keyset batch of expired terminal df rows after the watermark `$3`, at most `$4`:
+/// terminal_at known and before its rule's cutoff for the row's status, or at/below its
+/// rule's cap edge (see `expired_from` for `$5`..`$9`, `rule_of_d` for `$1`, `$2`).
+/// Settledness is reported, not filtered, so skipped rows are counted and passed over.
+///
+/// The df row alone rules out most rows (see `terminal_at_lower_bound`); only the rest are
+/// looked up in the engine store, one index probe each. With the supporting index
+/// `df_reconciler_terminal_instances` and no rules, the walk reads terminal rows from the
+/// index alone; a rule's label or role is read from the row.
+pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
+    expired_columns!(),
+    expired_from!(),
+    "
+    WHERE ($3::text IS NULL OR d.id::text > $3::text)
       AND d.status IN ('completed', 'failed', 'cancelled')
-      AND (",
-    terminal_at_lower_bound!(),
-    " < CASE d.status WHEN 'completed' THEN $3::timestamptz
-                      WHEN 'failed' THEN $4::timestamptz
-                      ELSE $5::timestamptz END
-           OR ($7::text IS NOT NULL
-               AND ($6::timestamptz IS NULL OR ",
-    terminal_at_lower_bound!(),
-    " <= $6::timestamptz)))
-      AND t.terminal_at IS NOT NULL
-      AND (t.terminal_at < CASE d.status WHEN 'completed' THEN $3::timestamptz
-                                         WHEN 'failed' THEN $4::timestamptz
-                                         ELSE $5::timestamptz END
-           OR ($7::text IS NOT NULL
-               AND ($6::timestamptz IS NULL
-                    OR t.terminal_at < $6::timestamptz
-                    OR (t.terminal_at = $6::timestamptz AND d.id::text <= $7::text))))
+      AND ",
+    may_be_expired!(),
+    "
+      AND ",
+    is_expired!(),
+    "
     ORDER BY d.id
-    LIMIT $2"
+    LIMIT $4"
 );
+
+/// [`EXPIRED_CANDIDATES`] for the one df row `$3` (`$4` = 1), whether selected or not:
+/// `explain`'s view of it, with the same predicates, as a last column `selected`.
+pub(crate) const EXPLAIN_EXPIRED: &str = concat!(
+    expired_columns!(),
+    ",
+           d.status IN ('completed', 'failed', 'cancelled') AND ",
+    may_be_expired!(),
+    " AND ",
+    is_expired!(),
+    " AS selected,
+           m.cutoff, m.edge_at, m.edge_id",
+    expired_from!(),
+    "
+    WHERE d.id::text = $3::text
+    LIMIT $4"
+);
+
+/// The OID of each role named in `$1` (NULL elements stay NULL; a name that is no role
+/// gives NULL), in order: the rules' `submitted_by`, resolved once per pass.
+pub(crate) const RULE_ROLES: &str = "
+    SELECT ro.oid
+    FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS r(name, i)
+    LEFT JOIN pg_catalog.pg_roles ro ON ro.rolname = r.name::name
+    ORDER BY r.i";
+
+/// An orphan root's instance row `ei` (with its current execution `ex`): a root, created
+/// before the oldest open transaction `$4`, aged (completed_at, else updated_at) before
+/// `$3`, and without a df row.
+macro_rules! orphan_instance {
+    () => {
+        "ei.parent_instance_id IS NULL
+          AND NOT {ei_is_child}
+          AND ei.created_at < $4::timestamptz
+          AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
+          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)"
+    };
+}
+
+/// An orphan root's current execution `ex`: terminal, and not completed after `$3`.
+macro_rules! orphan_execution {
+    () => {
+        "ex.status IN ('Completed', 'Failed')
+      AND (ex.completed_at < $3::timestamptz OR ex.completed_at IS NULL)"
+    };
+}
 
 /// The next keyset batch of orphan engine roots after the watermark `$1`, at most `$2`:
 /// roots (no parent AND not child-shaped) with no df row, current execution terminal
@@ -189,7 +303,8 @@ pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
 /// `df_reconciler_completed_failed_executions` when present; its predicate is this
 /// statement's status filter) and rules out young ones by their completed_at before
 /// looking at the instance and the df row, one probe each.
-pub(crate) const ORPHAN_CANDIDATES: &str = "
+pub(crate) const ORPHAN_CANDIDATES: &str = concat!(
+    "
     SELECT ex.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
     FROM {engine}.executions ex
     CROSS JOIN LATERAL (
@@ -197,17 +312,123 @@ pub(crate) const ORPHAN_CANDIDATES: &str = "
         FROM {engine}.instances ei
         WHERE ei.instance_id = ex.instance_id
           AND ei.current_execution_id = ex.execution_id
-          AND ei.parent_instance_id IS NULL
-          AND NOT {ei_is_child}
-          AND ei.created_at < $4::timestamptz
-          AND coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz
-          AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id)
+          AND ",
+    orphan_instance!(),
+    "
         OFFSET 0) ei
     WHERE ($1::text IS NULL OR ex.instance_id > $1::text)
-      AND ex.status IN ('Completed', 'Failed')
-      AND (ex.completed_at < $3::timestamptz OR ex.completed_at IS NULL)
+      AND ",
+    orphan_execution!(),
+    "
     ORDER BY ex.instance_id
-    LIMIT $2";
+    LIMIT $2"
+);
+
+/// [`ORPHAN_CANDIDATES`]'s predicates for the one engine instance `$1` (`$2` = 1), whether
+/// selected or not, with each part apart for `explain`: its current execution's status,
+/// aged_from, created_at, whether it is a root, has a df row, is old enough (`$3`), predates
+/// the oldest open transaction (`$4`), and `selected`, as the walk would decide.
+pub(crate) const EXPLAIN_ORPHAN: &str = concat!(
+    "
+    SELECT ei.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from,
+           ei.created_at,
+           ei.parent_instance_id IS NULL AND NOT {ei_is_child} AS is_root,
+           EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ei.instance_id) AS has_df_row,
+           coalesce(coalesce(ex.completed_at, ei.updated_at) < $3::timestamptz, false) AS aged,
+           coalesce(ei.created_at < $4::timestamptz, false) AS predates_open_transactions,
+           coalesce(",
+    orphan_instance!(),
+    "
+           AND ",
+    orphan_execution!(),
+    ", false) AS selected
+    FROM {engine}.instances ei
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    WHERE ei.instance_id = $1::text
+    LIMIT $2"
+);
+
+/// Every member of the engine tree of `$1` (the root, then descendants by parent link),
+/// for `explain`: parent, created_at, current execution (id, status, completed_at), how
+/// many executions it has and how many of them are earlier generations that ended
+/// (neither current nor Running).
+pub(crate) const EXPLAIN_TREE: &str = "
+    WITH RECURSIVE tree(instance_id) AS (
+        SELECT $1::text
+      UNION
+        SELECT c.instance_id
+        FROM tree JOIN {engine}.instances c ON c.parent_instance_id = tree.instance_id
+    )
+    SELECT ei.instance_id, ei.parent_instance_id, ei.created_at, ei.current_execution_id,
+           ex.status, ex.completed_at,
+           (SELECT pg_catalog.count(*) FROM {engine}.executions x
+             WHERE x.instance_id = ei.instance_id) AS executions,
+           (SELECT pg_catalog.count(*) FROM {engine}.executions x
+             WHERE x.instance_id = ei.instance_id
+               AND x.execution_id <> ei.current_execution_id
+               AND x.status <> 'Running') AS ended_generations
+    FROM tree
+    JOIN {engine}.instances ei ON ei.instance_id = tree.instance_id
+    LEFT JOIN {engine}.executions ex
+           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+    ORDER BY ei.instance_id <> $1::text, ei.instance_id";
+
+/// The top of the parent chain above engine instance `$1` (no parent), for `explain` of
+/// a child; none when the chain is broken or loops (then no root takes the child along).
+pub(crate) const EXPLAIN_ROOT_OF: &str = "
+    WITH RECURSIVE up(instance_id, parent_instance_id, depth) AS (
+        SELECT ei.instance_id, ei.parent_instance_id, 0
+        FROM {engine}.instances ei WHERE ei.instance_id = $1::text
+      UNION ALL
+        SELECT p.instance_id, p.parent_instance_id, up.depth + 1
+        FROM up JOIN {engine}.instances p ON p.instance_id = up.parent_instance_id
+        WHERE up.depth < 1000
+    )
+    SELECT up.instance_id FROM up WHERE up.parent_instance_id IS NULL LIMIT 1";
+
+/// The rank of df row `$3` among the terminal rows of the rules `$4` (its cap group),
+/// newest first, by the order [`CAP_EDGE`] uses: `$5` its terminal_at (NULL: unknown,
+/// counted as newest). `$1`, `$2`: see `rule_of_d`.
+pub(crate) const EXPLAIN_CAP_RANK: &str = concat!(
+    "
+    SELECT pg_catalog.count(*) + 1",
+    df_with_engine!(),
+    rule_of_d!(),
+    "
+    WHERE d.status IN ('completed', 'failed', 'cancelled')
+      AND r.rule = ANY ($4::integer[])
+      AND d.id::text <> $3::text
+      AND CASE WHEN $5::timestamptz IS NULL
+               THEN t.terminal_at IS NULL AND d.id::text > $3::text
+               ELSE t.terminal_at IS NULL OR t.terminal_at > $5::timestamptz
+                    OR (t.terminal_at = $5::timestamptz AND d.id::text > $3::text) END"
+);
+
+/// The df row `$1` as `explain` shows it.
+pub(crate) const EXPLAIN_DF_ROW: &str = "
+    SELECT d.status, d.label, d.submitted_by::text, d.created_at, d.completed_at, d.updated_at
+    FROM {control}.instances d WHERE d.id::text = $1::text";
+
+/// Live leases on `$1` (the members of a tree): dispatcher and worker queue items and
+/// instance locks whose `locked_until` (epoch milliseconds, database clock) is ahead.
+pub(crate) const EXPLAIN_LEASES: &str = concat!(
+    "
+    WITH now_ms(ms) AS (SELECT ",
+    now_epoch_ms!(),
+    ")
+    SELECT 'instance_locks' AS source, il.instance_id, il.locked_until - now_ms.ms AS ms_left
+      FROM {engine}.instance_locks il, now_ms
+     WHERE il.instance_id = ANY ($1::text[]) AND il.locked_until > now_ms.ms
+    UNION ALL
+    SELECT 'orchestrator_queue', oq.instance_id, oq.locked_until - now_ms.ms
+      FROM {engine}.orchestrator_queue oq, now_ms
+     WHERE oq.instance_id = ANY ($1::text[]) AND oq.locked_until > now_ms.ms
+    UNION ALL
+    SELECT 'worker_queue', wq.instance_id, wq.locked_until - now_ms.ms
+      FROM {engine}.worker_queue wq, now_ms
+     WHERE wq.instance_id = ANY ($1::text[]) AND wq.locked_until > now_ms.ms"
+);
 
 /// Orphan roots among `$1` that have a df row, read AFTER their trees were locked: an
 /// orphan whose df row appeared meanwhile (a df.start() that committed late) is no orphan.
