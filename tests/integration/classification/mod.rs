@@ -16,8 +16,8 @@
 
 mod age_and_cap;
 mod df_rows;
-mod generations;
 mod explain;
+mod generations;
 mod leases;
 mod orphans;
 mod rules;

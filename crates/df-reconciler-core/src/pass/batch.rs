@@ -102,7 +102,7 @@ impl Pass<'_> {
         let step = match phase {
             Phase::Expired => expired_batch(batch, progress, &mut tally).await?,
             Phase::Orphans => orphan_batch(batch, progress, &mut tally).await?,
-            Phase::Generations => generation_batch(batch, self.cfg, progress, &mut tally).await?,
+            Phase::Generations => generation_batch(batch, progress, &mut tally).await?,
         };
         if dry_run {
             let last =

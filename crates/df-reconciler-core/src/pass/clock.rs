@@ -34,6 +34,11 @@ pub(crate) struct RuleParams {
     /// that cap is not reached.
     pub(crate) edge_at: Vec<Option<Timestamp<SystemTime>>>,
     pub(crate) edge_id: Vec<Option<String>>,
+    /// Generations kept per instance (`keep_executions`), for generation pruning.
+    pub(crate) keep_executions: Vec<i32>,
+    /// Generations that ended before this may be pruned (now - `execution_min_age`); None:
+    /// nothing is that old.
+    pub(crate) generation_cutoffs: Vec<Option<SystemTime>>,
 }
 
 /// Everything fixed at the start of a pass, from the database clock.
@@ -48,8 +53,6 @@ pub(crate) struct PassClock {
     /// What the guard could see; when it holds orphans back, phase 2 does not run.
     pub(crate) guard: OrphanGuard,
     pub(crate) drift_cutoff: Option<SystemTime>,
-    /// Generations that ended before this may be pruned (now - execution_min_age).
-    pub(crate) generation_cutoff: Option<SystemTime>,
 }
 
 impl PassClock {
@@ -152,12 +155,17 @@ impl PassClock {
                 }),
                 edge_at,
                 edge_id,
+                keep_executions: set.keep_executions(r.keep_executions),
+                generation_cutoffs: set
+                    .execution_min_ages(r.execution_min_age)
+                    .into_iter()
+                    .map(before)
+                    .collect(),
             },
             orphan_cutoff: before(r.orphan_age()),
             orphan_created_before: oldest_open_xact.min(db_now),
             guard,
             drift_cutoff: before(r.orphan_min_age),
-            generation_cutoff: before(r.execution_min_age),
         }
     }
 }

@@ -27,15 +27,19 @@ impl Pass<'_> {
             .await
             .context("counting drift between the stores")?;
         let generations_waiting = if self.cfg.retention.prune_executions {
-            let keep = i64::from(self.cfg.retention.keep_executions);
-            let cutoff = self
-                .clock
-                .generation_cutoff
-                .map(tokio_postgres::types::Timestamp::Value);
-            tx.fetch_one(&self.statements.generations_waiting, &[&keep, &cutoff])
-                .await
-                .context("counting the generations waiting to be pruned")?
-                .get::<_, i64>(0) as u64
+            let p = &self.clock.rules;
+            tx.fetch_one(
+                &self.statements.generations_waiting,
+                &[
+                    &p.labels,
+                    &p.roles,
+                    &p.keep_executions,
+                    &p.generation_cutoffs,
+                ],
+            )
+            .await
+            .context("counting the generations waiting to be pruned")?
+            .get::<_, i64>(0) as u64
         } else {
             0
         };

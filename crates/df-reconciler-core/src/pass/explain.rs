@@ -29,7 +29,7 @@ use crate::policy::{is_engine_root, EngineStatus, TerminalStatus};
 use crate::preflight::{self, Intent};
 use crate::report::OrphanHold;
 use crate::rules::{RuleSet, DEFAULT_RULE};
-use crate::sql::reconcile;
+use crate::sql::{engine, reconcile};
 
 /// Everything `explain` says of one instance; `--json` prints it as one object.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -102,8 +102,9 @@ pub struct Member {
     pub executions: i64,
     /// Earlier generations that ended (neither current nor Running).
     pub ended_generations: i64,
-    /// How many of those the generation pruning would remove: not computed by this
-    /// build (the pruning phase is not part of it); always None here.
+    /// How many of those the next pass's generation pruning removes (the phase's own
+    /// predicate, with this instance's rule); None when `retention.prune_executions` is
+    /// off. A lease on the instance when the pass comes puts them off to a later pass.
     pub prunable_generations: Option<i64>,
 }
 
@@ -215,6 +216,7 @@ pub async fn explain(
         clock: &clock,
         rules,
         sql: &sql,
+        prune_executions: cfg.retention.prune_executions,
     };
     let explanation = ctx.explain(instance_id.to_owned()).await?;
     tx.rollback().await.context("ending explain")?;
@@ -253,6 +255,8 @@ struct Context<'a, F: Fn(&str) -> String> {
     clock: &'a PassClock,
     rules: RuleSet<'a>,
     sql: &'a F,
+    /// `retention.prune_executions`: whether generations are pruned at all.
+    prune_executions: bool,
 }
 
 impl<F: Fn(&str) -> String> Context<'_, F> {
@@ -263,7 +267,7 @@ impl<F: Fn(&str) -> String> Context<'_, F> {
             .fetch_opt(&(self.sql)(reconcile::EXPLAIN_DF_ROW), &[&id])
             .await
             .context("reading the df row")?;
-        let tree: Vec<Member> = self
+        let mut tree: Vec<Member> = self
             .tx
             .fetch_all(&(self.sql)(reconcile::EXPLAIN_TREE), &[&id])
             .await
@@ -271,6 +275,9 @@ impl<F: Fn(&str) -> String> Context<'_, F> {
             .iter()
             .map(member)
             .collect();
+        if self.prune_executions && !tree.is_empty() {
+            self.count_prunable_generations(&mut tree).await?;
+        }
         if df.is_none() && tree.is_empty() {
             return Ok(None);
         }
@@ -311,6 +318,33 @@ impl<F: Fn(&str) -> String> Context<'_, F> {
             self.engine_only(&mut e).await?
         };
         Ok(Some(e))
+    }
+
+    /// Fills each member's `prunable_generations` with the pruning phase's predicate.
+    async fn count_prunable_generations(&self, tree: &mut [Member]) -> Result<(), Error> {
+        let p = &self.clock.rules;
+        let ids: Vec<String> = tree.iter().map(|m| m.instance_id.clone()).collect();
+        let rows = self
+            .tx
+            .fetch_all(
+                &(self.sql)(engine::PRUNABLE_GENERATIONS_OF),
+                &[
+                    &p.labels,
+                    &p.roles,
+                    &p.keep_executions,
+                    &p.generation_cutoffs,
+                    &ids,
+                ],
+            )
+            .await
+            .context("counting prunable generations")?;
+        for row in &rows {
+            let id: String = row.get(0);
+            if let Some(member) = tree.iter_mut().find(|m| m.instance_id == id) {
+                member.prunable_generations = Some(row.get(1));
+            }
+        }
+        Ok(())
     }
 
     /// A df row: live, or terminal and selected by the expired walk or not, then its tree.
@@ -682,12 +716,14 @@ impl std::fmt::Display for Explanation {
             for m in &self.engine_tree {
                 writeln!(
                     f,
-                    "    {:<40} {:<15} completed {}, {} executions ({} earlier ended){}",
+                    "    {:<40} {:<15} completed {}, {} executions ({} earlier ended, {} prunable){}",
                     m.instance_id,
                     m.status.as_deref().unwrap_or("(no execution)"),
                     m.completed_at.as_deref().unwrap_or("-"),
                     m.executions,
                     m.ended_generations,
+                    m.prunable_generations
+                        .map_or("pruning off".to_owned(), |n| n.to_string()),
                     m.parent_instance_id
                         .as_deref()
                         .map_or(String::new(), |p| format!(", child of {p}"))

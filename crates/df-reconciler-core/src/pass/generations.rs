@@ -2,15 +2,10 @@
 //! instances that stay (live loops, terminal instances still retained, their children),
 //! locked, then deleted with their history.
 
-use std::time::SystemTime;
-
-use tokio_postgres::types::Timestamp;
-
 use super::batch::Batch;
 use super::candidates::{limit, select_candidates, Progress};
 use super::phase::{GenerationMark, Step};
 use super::tally::BatchTally;
-use crate::config::Config;
 use crate::db::Exec;
 use crate::error::{DbContext, Error};
 
@@ -47,7 +42,6 @@ fn next_mark(
 /// Phase 3: the next batch of old generations.
 pub(crate) async fn generation_batch(
     batch: Batch<'_>,
-    cfg: &Config,
     progress: &mut Option<Progress>,
     tally: &mut BatchTally,
 ) -> Result<Step, Error> {
@@ -64,17 +58,18 @@ pub(crate) async fn generation_batch(
     let after_execution = after.as_ref().map_or(0, |m| m.execution_id);
     // Past every generation of the watermark's instance: the walk starts after it.
     let inclusive = after_execution != i64::MAX;
-    let keep = i64::from(cfg.retention.keep_executions);
-    let cutoff: Option<Timestamp<SystemTime>> = clock.generation_cutoff.map(Timestamp::Value);
+    let p = &clock.rules;
     let rows = select_candidates(
         tx,
         &st.generation_candidates,
         &[
+            &p.labels,
+            &p.roles,
             &after_instance,
             &after_execution,
             &limit(batch_size),
-            &keep,
-            &cutoff,
+            &p.keep_executions,
+            &p.generation_cutoffs,
             &inclusive,
         ],
         "selecting old generations",

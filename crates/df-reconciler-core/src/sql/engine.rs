@@ -225,18 +225,33 @@ pub(crate) const READ_TREES: &str = trees_then!(" OFFSET 0");
 ///   pruning never removes the execution of work still in flight.
 ///
 /// `keep_last` and `ended_before` come from the lateral `policy`, one row per instance:
-/// today the configured `retention.keep_executions` (`$keep`) and `now -
-/// retention.execution_min_age` (`$ended_before`) for every instance; a per-workload rule
-/// replaces that subquery alone.
+/// the `keep_executions` and `now - execution_min_age` of the instance's retention rule,
+/// from the per-rule arrays `$keep` (integer[]) and `$ended_before` (timestamptz[]) at
+/// the rule index (see [`crate::rules`]; `$1` and `$2` carry the rules' LIKE patterns and
+/// role OIDs, as in every statement using `{rule_of_d}`). The rule is that of the df row
+/// of the instance's root: the instance itself, or for a child the first part of its
+/// composed id (`{root}::{execution}::{node}`). An instance without such a df row (an
+/// orphan, a legacy `sub::` child) falls under the top-level keys, the arrays' last
+/// element.
 macro_rules! prunable_generations {
     ($keep:literal, $ended_before:literal, $after:literal, $limit:literal) => {
         concat!(
             "
-    CROSS JOIN LATERAL (SELECT ",
+    CROSS JOIN LATERAL (
+        SELECT (",
             $keep,
-            "::bigint AS keep_last, ",
+            "::integer[])[p.rule]::bigint AS keep_last,
+               (",
             $ended_before,
-            "::timestamptz AS ended_before) policy
+            "::timestamptz[])[p.rule] AS ended_before
+        FROM (SELECT coalesce(
+                  (SELECT {rule_of_d} FROM {control}.instances d
+                    WHERE d.id::text = pg_catalog.split_part(s.instance_id, '::', 1)),
+                  pg_catalog.array_length(",
+            $keep,
+            "::integer[], 1)) AS rule,
+                     -- Typed even where no rule reads them (`{rule_of_d}` is then `1`).
+                     $1::text[] AS labels, $2::oid[] AS roles) p) policy
     -- The oldest execution kept for its rank: the keep_last-th newest.
     CROSS JOIN LATERAL (
         SELECT k.execution_id FROM {engine}.executions k
@@ -288,9 +303,9 @@ macro_rules! generation_walk_step {
             $at,
             ".instance_id, i.current_execution_id) s",
             prunable_generations!(
-                "$4",
-                "$5",
-                "($1::text IS NULL OR s.instance_id > $1::text OR g.execution_id > $2::bigint)",
+                "$6",
+                "$7",
+                "($3::text IS NULL OR s.instance_id > $3::text OR g.execution_id > $4::bigint)",
                 $limit
             ),
             ") c"
@@ -298,12 +313,13 @@ macro_rules! generation_walk_step {
     };
 }
 
-/// The next prunable generations after the keyset position (`$1` instance id, `$2`
-/// execution id; `$1` NULL: from the start; `$6` false: past every generation of `$1`), at
-/// most `$3` of them, over a window of at most `$3` engine instances (roots and children
-/// alike) from `$1` on, so a batch reads a bounded number of instances however few of them
-/// have anything to prune. `$4`: `retention.keep_executions`; `$5`: now -
-/// `retention.execution_min_age` (NULL: nothing is that old).
+/// The next prunable generations after the keyset position (`$3` instance id, `$4`
+/// execution id; `$3` NULL: from the start; `$8` false: past every generation of `$3`), at
+/// most `$5` of them, over a window of at most `$5` engine instances (roots and children
+/// alike) from `$3` on, so a batch reads a bounded number of instances however few of them
+/// have anything to prune. `$1`, `$2`: the rules' LIKE patterns and role OIDs; `$6`:
+/// `keep_executions` per rule index; `$7`: now - `execution_min_age` per rule index (NULL:
+/// nothing is that old). See `prunable_generations!`.
 ///
 /// The window holds only instances with a ContinuedAsNew execution: the engine starts a new
 /// execution of an instance only by continuing it as new, so an instance without one has a
@@ -313,12 +329,12 @@ macro_rules! generation_walk_step {
 /// pass.
 ///
 /// The walk collects each instance's prunable generations as it goes and stops once it has
-/// `$3` (or has walked `$3` instances), so a batch reads about `$3` generations, never
+/// `$5` (or has walked `$5` instances), so a batch reads about `$5` generations, never
 /// every generation of its window.
 ///
 /// Rows: (instance id, execution id) in keyset order, then one last row with a NULL
 /// execution id whose instance id is the walk's last instance (NULL when the walk is
-/// empty): where the keyset goes on when the walk held fewer than `$3` prunable
+/// empty): where the keyset goes on when the walk held fewer than `$5` prunable
 /// generations.
 pub(crate) const GENERATION_CANDIDATES: &str = concat!(
     "
@@ -326,10 +342,10 @@ pub(crate) const GENERATION_CANDIDATES: &str = concat!(
         (SELECT first.instance_id, 1::bigint, c.k, c.ids
            FROM (SELECT x.instance_id FROM {engine}.executions x
                   WHERE x.status = 'ContinuedAsNew'
-                    AND ($1::text IS NULL
-                         OR (x.instance_id >= $1::text AND (x.instance_id > $1::text OR $6::boolean)))
+                    AND ($3::text IS NULL
+                         OR (x.instance_id >= $3::text AND (x.instance_id > $3::text OR $8::boolean)))
                   ORDER BY x.instance_id LIMIT 1) first",
-    generation_walk_step!("first", "$3::bigint"),
+    generation_walk_step!("first", "$5::bigint"),
     ")
       UNION ALL
         SELECT nx.instance_id, walk.n + 1, walk.taken + c.k, c.ids
@@ -338,28 +354,44 @@ pub(crate) const GENERATION_CANDIDATES: &str = concat!(
             SELECT x.instance_id FROM {engine}.executions x
             WHERE x.status = 'ContinuedAsNew' AND x.instance_id > walk.instance_id
             ORDER BY x.instance_id LIMIT 1) nx",
-    generation_walk_step!("nx", "$3::bigint - walk.taken"),
+    generation_walk_step!("nx", "$5::bigint - walk.taken"),
     "
-        WHERE walk.n < $3::bigint AND walk.taken < $3::bigint
+        WHERE walk.n < $5::bigint AND walk.taken < $5::bigint
     )
     SELECT w.instance_id, g.execution_id, 0 AS part
     FROM walk w CROSS JOIN LATERAL pg_catalog.unnest(w.ids) AS g(execution_id)
     UNION ALL
     SELECT pg_catalog.max(w.instance_id), NULL::bigint, 1 FROM walk w
     ORDER BY 3, 1, 2
-    LIMIT $3::bigint + 1"
+    LIMIT $5::bigint + 1"
 );
 
 /// How many generations are prunable right now, over every engine instance with a
-/// ContinuedAsNew execution (the backlog figure of the drift report). `$1`, `$2`: as `$4`,
-/// `$5` of [`GENERATION_CANDIDATES`].
+/// ContinuedAsNew execution (the backlog figure of the drift report). `$1`, `$2`, `$3`,
+/// `$4`: as `$1`, `$2`, `$6`, `$7` of [`GENERATION_CANDIDATES`].
 pub(crate) const GENERATIONS_WAITING: &str = concat!(
     "
     SELECT pg_catalog.count(*)
     FROM (SELECT DISTINCT x.instance_id FROM {engine}.executions x
            WHERE x.status = 'ContinuedAsNew') looping
     JOIN {engine}.instances s ON s.instance_id = looping.instance_id",
-    prunable_generations!("$1", "$2", "true", "ALL")
+    prunable_generations!("$3", "$4", "true", "ALL")
+);
+
+/// How many generations of each engine instance in `$5` (text[]) the pruning phase would
+/// prune now, for `explain`: the same predicate as [`GENERATIONS_WAITING`] (`$1`..`$4`
+/// alike), one row per id.
+pub(crate) const PRUNABLE_GENERATIONS_OF: &str = concat!(
+    "
+    SELECT m.instance_id,
+           (SELECT pg_catalog.count(*)
+            FROM {engine}.instances s",
+    prunable_generations!("$3", "$4", "true", "ALL"),
+    "
+            WHERE s.instance_id = m.instance_id
+              AND EXISTS (SELECT 1 FROM {engine}.executions c
+                           WHERE c.instance_id = s.instance_id AND c.status = 'ContinuedAsNew'))
+    FROM pg_catalog.unnest($5::text[]) AS m(instance_id)"
 );
 
 /// Locks the candidate generations (`$1` instance ids, `$2` execution ids, pairwise) that
