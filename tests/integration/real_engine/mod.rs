@@ -27,6 +27,8 @@
 //! - `shipped_role`: the documented setup as the role of `deploy/sql/reconciler-role.sql`
 //!   (`check`, `migrate`, `run` with `audit.record_deletions`, `history`);
 //! - `fidelity`: the fixture's imitation of both stores against the real catalog;
+//! - `pacing`: a pass beside the idle engine never pauses; beside a running activity it
+//!   pauses between batches;
 //! - `fresh_install`: `run` started at once after `CREATE EXTENSION`, before the worker
 //!   has migrated the engine's store: it waits, unready, and reconciles once it is there.
 
@@ -35,6 +37,7 @@ mod fidelity;
 mod fresh_install;
 mod lifecycle;
 mod loops;
+mod pacing;
 mod rollbacks;
 mod shipped_role;
 

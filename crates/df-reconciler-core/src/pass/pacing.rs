@@ -1,22 +1,41 @@
-//! Pacing: while other sessions of the database are at work, a pass pauses after each
-//! batch, so a backlog never takes the live engine's cores; a quiet database is never
-//! slowed.
+//! Pacing: while the database is at work (the engine working through its queues, other
+//! sessions running statements, sessions waiting for locks), a pass pauses after each
+//! batch, so a backlog never takes the live engine's cores; a quiet database, and an idle
+//! engine polling its empty queues, are never slowed.
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-/// How long one sighting of another active session counts as "the database is busy": a
-/// sample per batch misses short transactions between two statements, a busy workload is
-/// seen again well within this.
+/// How long one sighting of load counts as "the database is busy": a sample per batch
+/// misses short transactions between two statements, a busy workload is seen again well
+/// within this.
 const BUSY_MEMORY: Duration = Duration::from_secs(1);
 
-/// When a batch last saw other sessions at work, and the share of its time a pass may then
+/// What a batch read as load at its start ([`crate::sql::reconcile::DATABASE_LOAD`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// The engine at work: a queue item ready within the last seconds, or a lease in force.
+    pub(crate) engine_work: bool,
+    /// Other client sessions at work, the engine's pollers left out.
+    pub(crate) other_sessions: i64,
+    /// Sessions waiting for a lock.
+    pub(crate) lock_waits: i64,
+}
+
+impl Load {
+    /// Any sign of work is load: the engine's, an application's, or a wait on a lock.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.engine_work || self.other_sessions > 0 || self.lock_waits > 0
+    }
+}
+
+/// When a batch last saw the database at work, and the share of its time a pass may then
 /// spend in batches (`pass.busy_duty_percent`, 1 to 100).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pacing {
     duty_percent: u32,
-    /// When a batch last saw other sessions at work.
+    /// When a batch last saw the database at work.
     last_busy: Option<Instant>,
 }
 
@@ -28,18 +47,20 @@ impl Pacing {
         }
     }
 
-    /// Whether batches look at other sessions at all: at 100% a pass never pauses.
-    pub(crate) fn watches_others(&self) -> bool {
+    /// Whether batches look at the database's load at all: at 100% a pass never pauses.
+    pub(crate) fn watches_load(&self) -> bool {
         self.duty_percent < 100
     }
 
-    /// A batch saw other sessions at work.
-    pub(crate) fn saw_others(&mut self, at: Instant) {
-        self.last_busy = Some(at);
+    /// What a batch read at `at`: busy load is remembered for [`BUSY_MEMORY`].
+    pub(crate) fn saw(&mut self, load: Load, at: Instant) {
+        if load.is_busy() {
+            self.last_busy = Some(at);
+        }
     }
 
-    /// The pause after a batch that took `batch`, at `now`: none unless other sessions were
-    /// seen within [`BUSY_MEMORY`]; else `batch` x (100 / percent - 1), so batches fill at
+    /// The pause after a batch that took `batch`, at `now`: none unless load was seen
+    /// within [`BUSY_MEMORY`]; else `batch` x (100 / percent - 1), so batches fill at
     /// most `percent` of the time, cut at the pass deadline.
     fn pause_after(
         &self,
@@ -61,8 +82,8 @@ impl Pacing {
         Some(pause)
     }
 
-    /// Gives other sessions the database's cores back: while a batch has seen them at work
-    /// within the last [`BUSY_MEMORY`], pauses so that batches fill at most
+    /// Gives the engine and other sessions the database's cores back: while a batch has
+    /// seen load within the last [`BUSY_MEMORY`], pauses so that batches fill at most
     /// `pass.busy_duty_percent` of the time. Ends early on shutdown or the pass deadline.
     /// Returns how long it paused.
     pub(crate) async fn pace(
@@ -89,10 +110,47 @@ mod tests {
 
     const BATCH: Duration = Duration::from_secs(2);
 
+    const ENGINE_AT_WORK: Load = Load {
+        engine_work: true,
+        other_sessions: 0,
+        lock_waits: 0,
+    };
+
     fn busy_at(percent: u32, seen: Instant) -> Pacing {
         let mut pacing = Pacing::new(percent);
-        pacing.saw_others(seen);
+        pacing.saw(ENGINE_AT_WORK, seen);
         pacing
+    }
+
+    #[test]
+    fn any_sign_of_work_is_load_and_none_is_quiet() {
+        assert!(!Load::default().is_busy(), "an idle engine, no one else");
+        assert!(ENGINE_AT_WORK.is_busy());
+        let application = Load {
+            other_sessions: 1,
+            ..Load::default()
+        };
+        assert!(application.is_busy());
+        let lock_wait = Load {
+            lock_waits: 2,
+            ..Load::default()
+        };
+        assert!(lock_wait.is_busy());
+    }
+
+    #[test]
+    fn a_quiet_sample_neither_pauses_nor_forgets_a_recent_busy_one() {
+        let seen = Instant::now();
+        let mut quiet = Pacing::new(25);
+        quiet.saw(Load::default(), seen);
+        assert_eq!(quiet.pause_after(BATCH, seen, None), None);
+        let mut busy = busy_at(25, seen);
+        busy.saw(Load::default(), seen + Duration::from_millis(100));
+        assert_eq!(
+            busy.pause_after(BATCH, seen + Duration::from_millis(200), None),
+            Some(BATCH * 3),
+            "busy 200 ms ago still counts"
+        );
     }
 
     #[test]
@@ -142,9 +200,9 @@ mod tests {
     }
 
     #[test]
-    fn only_pacing_below_100_percent_watches_other_sessions() {
-        assert!(Pacing::new(25).watches_others());
-        assert!(Pacing::new(99).watches_others());
-        assert!(!Pacing::new(100).watches_others());
+    fn only_pacing_below_100_percent_watches_the_load() {
+        assert!(Pacing::new(25).watches_load());
+        assert!(Pacing::new(99).watches_load());
+        assert!(!Pacing::new(100).watches_load());
     }
 }
