@@ -12,6 +12,8 @@
 //! - idle: a pass that finds nothing to delete on a 1M-row df table;
 //! - impact: p99 latency of an engine-like workload without and during a pass, in rounds
 //!   (fresh copy each); the verdict is on the median round;
+//! - real-pass: where pg_durable is installed, floor and pass as above on the real
+//!   extension, its engine running and idle, over a backlog of real workflows;
 //! - real-impact: where pg_durable is installed, start-to-completion latency of real
 //!   workflows without and during a pass over a backlog, with the real engine running.
 //!
@@ -29,6 +31,7 @@ mod latency;
 mod pass_runs;
 mod ratio;
 mod real_impact;
+mod real_pass;
 mod results;
 mod rss;
 mod server;
@@ -80,7 +83,8 @@ struct Args {
     /// then during one); the verdict is on the median round.
     #[arg(long, default_value_t = 3)]
     impact_rounds: u32,
-    /// Real impact: roots of the backlog a pass clears beside the real engine.
+    /// Real pass and real impact: roots of the backlog a pass clears beside the real
+    /// engine.
     #[arg(long, default_value_t = 40_000)]
     real_n: u32,
     /// Real impact: workflows started per second by the steady workload.
@@ -123,6 +127,7 @@ enum Measure {
     Rss,
     Idle,
     Impact,
+    RealPass,
     RealImpact,
 }
 
@@ -159,8 +164,7 @@ fn start(args: &Args) -> Result<()> {
 }
 
 /// Runs the chosen measures in a fixed order (floor and pass, rss, idle, impact,
-/// real-impact) and
-/// prints the environment, the table and the notes to stdout.
+/// real-pass, real-impact) and prints the environment, the table and the notes to stdout.
 async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     let measures: BTreeSet<Measure> = if args.only.is_empty() {
         Measure::value_variants().iter().copied().collect()
@@ -186,6 +190,9 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     }
     if measures.contains(&Measure::Impact) {
         impact::measure(server, daemon, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::RealPass) {
+        real_pass::measure(daemon, args, &mut results).await?;
     }
     if measures.contains(&Measure::RealImpact) {
         real_impact::measure(daemon, args, &mut results).await?;

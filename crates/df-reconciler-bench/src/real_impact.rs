@@ -194,7 +194,7 @@ fn p99(s: &[Duration]) -> Duration {
     crate::stats::percentile(s, 99.0).unwrap_or_default()
 }
 
-async fn connect(dsn: &str) -> Result<Client> {
+pub async fn connect(dsn: &str) -> Result<Client> {
     let (client, connection) = tokio_postgres::connect(dsn, NoTls)
         .await
         .with_context(|| format!("connecting to {dsn}"))?;
@@ -203,7 +203,7 @@ async fn connect(dsn: &str) -> Result<Client> {
 }
 
 /// Runs the templates to completion.
-async fn make_templates(c: &Client) -> Result<()> {
+pub async fn make_templates(c: &Client) -> Result<()> {
     for (graph, count) in TEMPLATES {
         for _ in 0..count {
             c.execute(&format!("SELECT df.start({graph}, 'bench-template')"), &[])
@@ -247,7 +247,7 @@ async fn wait_ended(c: &Client, label: &str) -> Result<()> {
 }
 
 /// Seeds the backlog: `real_n` roots copied from the templates.
-async fn seed_backlog(c: &mut Client, roots: u32) -> Result<()> {
+pub async fn seed_backlog(c: &mut Client, roots: u32) -> Result<()> {
     let templates: u32 = TEMPLATES.iter().map(|(_, n)| n).sum();
     let copies = i64::from(roots.div_ceil(templates));
     let tx = c.transaction().await?;
