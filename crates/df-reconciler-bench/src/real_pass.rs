@@ -21,7 +21,7 @@ use crate::daemon::{self, Daemon};
 use crate::dry_run::Expected;
 use crate::floor::{self, Timed};
 use crate::ratio::Ratio;
-use crate::real_impact::{connect, make_templates, seed_backlog};
+use crate::real_impact::{connect, make_templates, seed_backlog, supporting_indexes};
 use crate::results::{holds, Results};
 use crate::stats::{ms, rate, secs, thousands};
 use crate::Args;
@@ -45,6 +45,7 @@ pub async fn measure(daemon: &Daemon, args: &Args, results: &mut Results) -> Res
     let dsn = engine.dsn();
     let client = connect(&dsn).await?;
     make_templates(&client).await?;
+    supporting_indexes(&client, args).await?;
     let label = thousands(args.real_n.into());
     let mut expected: Option<Expected> = None;
     let mut floors: Vec<Timed> = Vec::new();
@@ -144,7 +145,7 @@ fn paused_ms(run: &daemon::Run) -> u64 {
     run.report["paused_ms"].as_u64().unwrap_or(0)
 }
 
-/// Seeds the backlog afresh (the floor and the pass before removed all of it) and waits
+/// Seeds the backlog afresh (the floor or the pass before removed all of it) and waits
 /// until the engine is idle.
 async fn reseed(dsn: &str, client: &Client, roots: u32) -> Result<()> {
     eprintln!(
