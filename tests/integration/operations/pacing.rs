@@ -1,6 +1,7 @@
 //! Pacing against real load, on the imitation of both stores: the engine's pollers and a
 //! backlog's old queue items are no load; fresh engine work, a lease in force and a
-//! session waiting for a lock are. An application's own statements are load too
+//! session waiting for a lock are, and an engine behind its work makes a pass wait until
+//! it has caught up. An application's own statements are load too
 //! ([`super::concurrency`]).
 
 use std::time::Duration;
@@ -219,4 +220,41 @@ async fn a_session_waiting_for_a_lock_makes_a_pass_pause() {
     assert_mostly_paused(&paced_pass(&db, &c, "5a1000").await, "a lock wait");
     holder.batch_execute("ROLLBACK").await.expect("releasing");
     waiting.await.expect("the waiter ends");
+}
+
+#[tokio::test]
+async fn a_pass_waits_for_an_engine_behind_its_work_to_catch_up() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workflow(&c, LIVE, "running", Some("Running"), 60.0, None, 0).await;
+    seed_expired(&c, "5b1000").await;
+    // A cancellation that has waited two seconds for a dispatcher: the engine is behind.
+    c.execute(
+        "SELECT df_fixture.request_cancel($1, now() - interval '2 seconds')",
+        &[&LIVE],
+    )
+    .await
+    .expect("queueing the item");
+    // The engine catches up (takes the item) a second and a half later.
+    let engine = db.client().await;
+    let catching_up = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        engine
+            .execute(
+                "DELETE FROM _duroxide.orchestrator_queue WHERE instance_id = $1",
+                &[&LIVE],
+            )
+            .await
+            .expect("taking the item");
+    });
+
+    let mut cfg = config_for(&db);
+    cfg.pass.batch_size = 2;
+    let report = pass(&cfg, false).await;
+    catching_up.await.expect("the engine caught up");
+    assert_eq!(report.expired_removed.total(), 6, "{report}");
+    assert!(
+        report.paused_ms >= 1000,
+        "the pass waited for the engine, not just its duty cycle: {report}"
+    );
 }

@@ -60,11 +60,7 @@ impl Pass<'_> {
                 .fetch_one(&st.database_load, &[])
                 .await
                 .context("looking at the database's load")?;
-            Ok::<Load, Error>(Load {
-                engine_work: row.get(0),
-                other_sessions: row.get(1),
-                lock_waits: row.get(2),
-            })
+            Ok::<Load, Error>(Load::from_row(&row))
         };
         let take_fence = async {
             if dry_run {

@@ -1,16 +1,30 @@
 //! Pacing: while the database is at work (the engine working through its queues, other
 //! sessions running statements, sessions waiting for locks), a pass pauses after each
-//! batch, so a backlog never takes the live engine's cores; a quiet database, and an idle
-//! engine polling its empty queues, are never slowed.
+//! batch, so a backlog never takes the live engine's cores; while the engine falls behind
+//! its work, the pass waits for it to catch up. A quiet database, and an idle engine
+//! polling its empty queues, are never slowed.
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::bounded;
+use super::phase::Pass;
+use crate::db::Exec;
+use crate::error::{DbContext, Error};
 
 /// How long one sighting of load counts as "the database is busy": a sample per batch
 /// misses short transactions between two statements, a busy workload is seen again well
 /// within this.
 const BUSY_MEMORY: Duration = Duration::from_secs(1);
+
+/// How often a pass re-reads the load while the engine is behind.
+const BEHIND_RECHECK: Duration = Duration::from_millis(250);
+
+/// The longest a pass waits after one batch for the engine to catch up: beside an engine
+/// that never does, the pass still moves, a batch per this much.
+const BEHIND_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// What a batch read as load at its start ([`crate::sql::reconcile::DATABASE_LOAD`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,12 +35,14 @@ pub(crate) struct Load {
     pub(crate) other_sessions: i64,
     /// Sessions waiting for a lock.
     pub(crate) lock_waits: i64,
+    /// The engine not keeping up: a queue item has waited over a second for a dispatcher.
+    pub(crate) engine_behind: bool,
 }
 
 impl Load {
     /// Any sign of work is load: the engine's, an application's, or a wait on a lock.
     pub(crate) fn is_busy(&self) -> bool {
-        self.engine_work || self.other_sessions > 0 || self.lock_waits > 0
+        self.engine_work || self.engine_behind || self.other_sessions > 0 || self.lock_waits > 0
     }
 }
 
@@ -37,6 +53,8 @@ pub(crate) struct Pacing {
     duty_percent: u32,
     /// When a batch last saw the database at work.
     last_busy: Option<Instant>,
+    /// Whether the latest look saw the engine behind.
+    engine_behind: bool,
 }
 
 impl Pacing {
@@ -44,6 +62,7 @@ impl Pacing {
         Self {
             duty_percent,
             last_busy: None,
+            engine_behind: false,
         }
     }
 
@@ -57,6 +76,13 @@ impl Pacing {
         if load.is_busy() {
             self.last_busy = Some(at);
         }
+        self.engine_behind = load.engine_behind;
+    }
+
+    /// Whether a pass that has paused `waited` after a batch waits on for the engine to
+    /// catch up: while the latest look saw it behind, up to [`BEHIND_MAX_WAIT`].
+    fn waits_for_engine(&self, waited: Duration) -> bool {
+        self.watches_load() && self.engine_behind && waited < BEHIND_MAX_WAIT
     }
 
     /// The pause after a batch that took `batch`, at `now`: none unless load was seen
@@ -104,6 +130,61 @@ impl Pacing {
     }
 }
 
+impl Pass<'_> {
+    /// The pause after a batch that took `batch`: the duty cycle's ([`Pacing::pace`]), then,
+    /// while the engine is behind, until it has caught up (the load re-read every
+    /// [`BEHIND_RECHECK`], [`BEHIND_MAX_WAIT`] at most). Ends early on shutdown or at the
+    /// pass deadline. Returns how long it paused.
+    pub(crate) async fn pause_after_batch(&mut self, batch: Duration) -> Duration {
+        let mut paused = self.pacing.pace(batch, self.deadline, self.shutdown).await;
+        while self.pacing.waits_for_engine(paused) {
+            let mut step = BEHIND_RECHECK;
+            if let Some(deadline) = self.deadline {
+                step = step.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            if step.is_zero() || self.shutdown.is_cancelled() {
+                break;
+            }
+            let started = Instant::now();
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+            paused += started.elapsed();
+            match bounded(self.cfg, "reading the database's load", self.read_load()).await {
+                Ok(load) => self.pacing.saw(load, Instant::now()),
+                // The next batch reads it again, and reports its own errors.
+                Err(e) => {
+                    debug!(error = %e, "could not re-read the load; the pass goes on");
+                    break;
+                }
+            }
+        }
+        paused
+    }
+
+    /// The database's load, read outside a batch.
+    async fn read_load(&self) -> Result<Load, Error> {
+        let row = (**self.client)
+            .fetch_one(&self.statements.database_load, &[])
+            .await
+            .context("looking at the database's load")?;
+        Ok(Load::from_row(&row))
+    }
+}
+
+impl Load {
+    /// A row of [`crate::sql::reconcile::DATABASE_LOAD`].
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Load {
+        Load {
+            engine_work: row.get(0),
+            other_sessions: row.get(1),
+            lock_waits: row.get(2),
+            engine_behind: row.get(3),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +195,14 @@ mod tests {
         engine_work: true,
         other_sessions: 0,
         lock_waits: 0,
+        engine_behind: false,
+    };
+
+    const ENGINE_BEHIND: Load = Load {
+        engine_work: true,
+        other_sessions: 0,
+        lock_waits: 0,
+        engine_behind: true,
     };
 
     fn busy_at(percent: u32, seen: Instant) -> Pacing {
@@ -136,6 +225,7 @@ mod tests {
             ..Load::default()
         };
         assert!(lock_wait.is_busy());
+        assert!(ENGINE_BEHIND.is_busy());
     }
 
     #[test]
@@ -196,6 +286,32 @@ mod tests {
         assert_eq!(
             pacing.pause_after(BATCH, soon + Duration::from_millis(1), Some(soon)),
             Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_pass_waits_for_an_engine_behind_its_work_up_to_a_limit() {
+        let now = Instant::now();
+        let mut pacing = Pacing::new(25);
+        pacing.saw(ENGINE_AT_WORK, now);
+        assert!(
+            !pacing.waits_for_engine(Duration::ZERO),
+            "an engine at work but keeping up gets the duty cycle only"
+        );
+        pacing.saw(ENGINE_BEHIND, now);
+        assert!(pacing.waits_for_engine(Duration::ZERO));
+        assert!(pacing.waits_for_engine(BEHIND_MAX_WAIT - Duration::from_millis(1)));
+        assert!(
+            !pacing.waits_for_engine(BEHIND_MAX_WAIT),
+            "the pass moves on beside an engine that never catches up"
+        );
+        pacing.saw(ENGINE_AT_WORK, now + BEHIND_RECHECK);
+        assert!(!pacing.waits_for_engine(BEHIND_RECHECK), "caught up");
+        let mut unpaced = Pacing::new(100);
+        unpaced.saw(ENGINE_BEHIND, now);
+        assert!(
+            !unpaced.waits_for_engine(Duration::ZERO),
+            "100% never pauses"
         );
     }
 

@@ -92,6 +92,12 @@ pub(crate) const TRY_BATCH_FENCE: &str = "SELECT pg_catalog.pg_try_advisory_xact
 ///   time, busy or idle, and the engine's work is read from its queues instead. Its
 ///   connections that run workflow SQL, and every application session, count.
 /// - `lock_waits`: sessions of this database waiting for a lock.
+/// - `engine_behind`: a queue item not leased that became visible 1 to 10 seconds ago: it
+///   has waited for a dispatcher ten times as long as a poll takes, so the engine is not
+///   keeping up with its work (its latency grows), and the pass waits for it to catch up.
+///
+/// Outside a transaction too: a pass re-reads it between batches while the engine is
+/// behind.
 ///
 /// A role without pg_read_all_stats sees only its own sessions' states and waits; the
 /// engine's work it reads all the same.
@@ -125,7 +131,16 @@ pub(crate) const DATABASE_LOAD: &str = concat!(
              WHERE a.datname = pg_catalog.current_database()
                AND a.pid <> pg_catalog.pg_backend_pid()
                AND a.wait_event_type = 'Lock')
-             AS lock_waits
+             AS lock_waits,
+           EXISTS (SELECT 1 FROM {engine}.orchestrator_queue q
+                    WHERE q.visible_at <= pg_catalog.now() - interval '1 second'
+                      AND q.visible_at > pg_catalog.now() - interval '10 seconds'
+                      AND (q.lock_token IS NULL OR q.locked_until <= now_ms.ms))
+           OR EXISTS (SELECT 1 FROM {engine}.worker_queue q
+                       WHERE q.visible_at <= pg_catalog.now() - interval '1 second'
+                         AND q.visible_at > pg_catalog.now() - interval '10 seconds'
+                         AND (q.lock_token IS NULL OR q.locked_until <= now_ms.ms))
+             AS engine_behind
       FROM (SELECT ",
     now_epoch_ms!(),
     " AS ms) AS now_ms"
