@@ -244,6 +244,23 @@ pub async fn run(server: &Server, seed_db: &str, n: u32, index: u32) -> Result<(
 
 /// The floor's line for size `n`: every run's time and throughput, and what it removed.
 pub fn line(n: u32, e: &Expected, floors: &[Timed], results: &mut Results) {
+    line_named(
+        "floor: set-wise delete, one transaction",
+        &thousands(n.into()),
+        e,
+        floors,
+        results,
+    );
+}
+
+/// A floor line named `measure` for size `label`.
+pub fn line_named(
+    measure: &str,
+    label: &str,
+    e: &Expected,
+    floors: &[Timed],
+    results: &mut Results,
+) {
     let total: u64 = e.rows.values().sum();
     let figure = floors
         .iter()
@@ -259,8 +276,8 @@ pub fn line(n: u32, e: &Expected, floors: &[Timed], results: &mut Results) {
         .collect::<Vec<_>>()
         .join("; ");
     results.line(
-        "floor: set-wise delete, one transaction",
-        &thousands(n.into()),
+        measure,
+        label,
         format!(
             "{figure}; {} roots, {} rows",
             thousands(e.roots),

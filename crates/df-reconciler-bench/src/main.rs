@@ -15,6 +15,8 @@
 //! - prune: a 100k-generation backlog of live loops pruned by a pass, next to its floor
 //!   (one set-wise delete of the same rows);
 //! - rules: a pass with ten `[[retention.rules]]` against one with none, same removals;
+//! - real-pass: where pg_durable is installed, floor and pass as above on the real
+//!   extension, its engine running and idle, over a backlog of real workflows;
 //! - real-impact: where pg_durable is installed, start-to-completion latency of real
 //!   workflows without and during a pass over a backlog, with the real engine running.
 //!
@@ -33,6 +35,7 @@ mod pass_runs;
 mod prune;
 mod ratio;
 mod real_impact;
+mod real_pass;
 mod results;
 mod rss;
 mod rules;
@@ -85,7 +88,8 @@ struct Args {
     /// then during one); the verdict is on the median round.
     #[arg(long, default_value_t = 3)]
     impact_rounds: u32,
-    /// Real impact: roots of the backlog a pass clears beside the real engine.
+    /// Real pass and real impact: roots of the backlog a pass clears beside the real
+    /// engine.
     #[arg(long, default_value_t = 40_000)]
     real_n: u32,
     /// Real impact: workflows started per second by the steady workload.
@@ -129,6 +133,7 @@ enum Measure {
     Idle,
     Impact,
     Prune,
+    RealPass,
     RealImpact,
     Rules,
 }
@@ -166,8 +171,8 @@ fn start(args: &Args) -> Result<()> {
 }
 
 /// Runs the chosen measures in a fixed order (floor and pass, rss, idle, impact, prune,
-/// real-impact) and
-/// prints the environment, the table and the notes to stdout.
+/// real-pass, real-impact, rules) and prints the environment, the table and the notes to
+/// stdout.
 async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     let measures: BTreeSet<Measure> = if args.only.is_empty() {
         Measure::value_variants().iter().copied().collect()
@@ -196,6 +201,9 @@ async fn bench(server: &Server, args: &Args, daemon: &Daemon) -> Result<()> {
     }
     if measures.contains(&Measure::Prune) {
         prune::measure(server, daemon, args, &mut results).await?;
+    }
+    if measures.contains(&Measure::RealPass) {
+        real_pass::measure(daemon, args, &mut results).await?;
     }
     if measures.contains(&Measure::RealImpact) {
         real_impact::measure(daemon, args, &mut results).await?;

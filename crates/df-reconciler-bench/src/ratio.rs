@@ -51,7 +51,12 @@ impl Ratio {
     }
 
     pub fn holds(&self) -> bool {
-        self.median >= TARGET
+        self.holds_at(TARGET)
+    }
+
+    /// Whether the median of the pairs reaches `target`.
+    pub fn holds_at(&self, target: f64) -> bool {
+        self.median >= target
     }
 
     /// The ratio's line for size `label`.

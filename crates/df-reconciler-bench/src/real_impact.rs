@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use df_reconciler_core::preflight;
+use df_reconciler_core::sql::Schemas;
 use df_reconciler_testkit::{real_extension_available, RealEngine};
 use tokio_postgres::{Client, NoTls};
 
@@ -30,6 +32,9 @@ const TWO_STEP: &str = "'SELECT 1 AS a' ~> 'SELECT 2 AS b'";
 const JOIN: &str = "df.join('SELECT 1 AS a', 'SELECT 2 AS b') |=> 'j' ~> 'SELECT 3 AS c'";
 /// Templates: this many two-step workflows and JOINs.
 const TEMPLATES: [(&str, u32); 2] = [(TWO_STEP, 6), (JOIN, 2)];
+/// The target: workflows' p99 during a pass at most this many times their p99 without
+/// (median of the rounds).
+const TARGET: f64 = 1.2;
 /// How long a workflow may take before the run gives up on it.
 const COMPLETION_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -107,6 +112,7 @@ pub async fn measure(daemon: &Daemon, args: &Args, results: &mut Results) -> Res
     let dsn = engine.dsn();
     let client = connect(&dsn).await?;
     make_templates(&client).await?;
+    supporting_indexes(&client, args).await?;
     let label = thousands(args.real_n.into());
     let mut rounds = Vec::new();
     for round in 1..=args.impact_rounds.max(1) {
@@ -155,7 +161,7 @@ pub async fn measure(daemon: &Daemon, args: &Args, results: &mut Results) -> Res
                 secs(r.pass_wall),
                 r.paused_ms,
                 if r.failed > 0 {
-                    format!("; {} workflows failed", r.failed)
+                    format!("; {} workflows did not complete", r.failed)
                 } else {
                     String::new()
                 }
@@ -182,8 +188,8 @@ pub async fn measure(daemon: &Daemon, args: &Args, results: &mut Results) -> Res
             describe(&without),
             describe(&during)
         ),
-        "<= 1.5x",
-        holds(mid <= 1.5 && rounds.iter().all(|r| r.failed == 0)),
+        "<= 1.2x",
+        holds(mid <= TARGET && rounds.iter().all(|r| r.failed == 0)),
     );
     drop(client);
     drop(engine);
@@ -194,7 +200,7 @@ fn p99(s: &[Duration]) -> Duration {
     crate::stats::percentile(s, 99.0).unwrap_or_default()
 }
 
-async fn connect(dsn: &str) -> Result<Client> {
+pub async fn connect(dsn: &str) -> Result<Client> {
     let (client, connection) = tokio_postgres::connect(dsn, NoTls)
         .await
         .with_context(|| format!("connecting to {dsn}"))?;
@@ -203,7 +209,7 @@ async fn connect(dsn: &str) -> Result<Client> {
 }
 
 /// Runs the templates to completion.
-async fn make_templates(c: &Client) -> Result<()> {
+pub async fn make_templates(c: &Client) -> Result<()> {
     for (graph, count) in TEMPLATES {
         for _ in 0..count {
             c.execute(&format!("SELECT df.start({graph}, 'bench-template')"), &[])
@@ -246,24 +252,89 @@ async fn wait_ended(c: &Client, label: &str) -> Result<()> {
     }
 }
 
-/// Seeds the backlog: `real_n` roots copied from the templates.
-async fn seed_backlog(c: &mut Client, roots: u32) -> Result<()> {
-    let templates: u32 = TEMPLATES.iter().map(|(_, n)| n).sum();
-    let copies = i64::from(roots.div_ceil(templates));
+/// The backlog's rows in both stores, kept aside after the first seeding, each table in
+/// the order the rows were written: later seedings restore them with plain copies (the
+/// copies of the templates go through JSON per row, minutes for a million history rows).
+const KEEP_BACKLOG: &str = "
+CREATE SCHEMA bench_seed;
+CREATE TABLE bench_seed.ids AS
+  SELECT id::text AS id FROM df.instances WHERE label = 'bench-backlog';
+CREATE TABLE bench_seed.df_instances AS
+  SELECT * FROM df.instances WHERE label = 'bench-backlog' ORDER BY id;
+CREATE TABLE bench_seed.df_nodes AS
+  SELECT * FROM df.nodes WHERE instance_id::text IN (SELECT id FROM bench_seed.ids)
+   ORDER BY instance_id, id;
+CREATE TABLE bench_seed.instances AS
+  SELECT * FROM _duroxide.instances WHERE left(instance_id, 8) IN (SELECT id FROM bench_seed.ids)
+   ORDER BY instance_id;
+CREATE TABLE bench_seed.executions AS
+  SELECT * FROM _duroxide.executions WHERE left(instance_id, 8) IN (SELECT id FROM bench_seed.ids)
+   ORDER BY instance_id, execution_id;
+CREATE TABLE bench_seed.history AS
+  SELECT * FROM _duroxide.history WHERE left(instance_id, 8) IN (SELECT id FROM bench_seed.ids)
+   ORDER BY instance_id, execution_id, event_id;
+CREATE TABLE bench_seed.kv_store AS
+  SELECT * FROM _duroxide.kv_store WHERE left(instance_id, 8) IN (SELECT id FROM bench_seed.ids)
+   ORDER BY instance_id";
+
+/// Restores [`KEEP_BACKLOG`]'s rows, in their order (no synchronized scan starting
+/// mid-table).
+const RESTORE_BACKLOG: &str = "
+SET synchronize_seqscans = off;
+INSERT INTO df.instances SELECT * FROM bench_seed.df_instances;
+INSERT INTO df.nodes SELECT * FROM bench_seed.df_nodes;
+INSERT INTO _duroxide.instances SELECT * FROM bench_seed.instances;
+INSERT INTO _duroxide.executions SELECT * FROM bench_seed.executions;
+INSERT INTO _duroxide.history SELECT * FROM bench_seed.history;
+INSERT INTO _duroxide.kv_store SELECT * FROM bench_seed.kv_store;
+RESET synchronize_seqscans";
+
+/// Seeds the backlog: `real_n` roots copied from the templates, the first time, then
+/// kept aside; restored from there every later time (the previous backlog must be gone).
+pub async fn seed_backlog(c: &mut Client, roots: u32) -> Result<()> {
+    let kept: bool = c
+        .query_one(
+            "SELECT pg_catalog.to_regclass('bench_seed.ids') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
     let tx = c.transaction().await?;
-    for statement in CLONE_TEMPLATES
-        .split(";\n")
-        .filter(|s| !s.trim().is_empty())
-    {
-        if statement.contains("$1") {
-            tx.execute(statement, &[&copies]).await
-        } else {
-            tx.execute(statement, &[]).await
+    if kept {
+        tx.batch_execute(RESTORE_BACKLOG)
+            .await
+            .context("restoring the backlog")?;
+    } else {
+        let templates: u32 = TEMPLATES.iter().map(|(_, n)| n).sum();
+        let copies = i64::from(roots.div_ceil(templates));
+        for statement in CLONE_TEMPLATES
+            .split(";\n")
+            .filter(|s| !s.trim().is_empty())
+        {
+            if statement.contains("$1") {
+                tx.execute(statement, &[&copies]).await
+            } else {
+                tx.execute(statement, &[]).await
+            }
+            .with_context(|| format!("seeding the backlog: {}", statement.trim()))?;
         }
-        .with_context(|| format!("seeding the backlog: {}", statement.trim()))?;
+        tx.batch_execute(KEEP_BACKLOG)
+            .await
+            .context("keeping the backlog aside")?;
     }
     tx.commit().await?;
     c.batch_execute("VACUUM ANALYZE").await?;
+    Ok(())
+}
+
+/// Creates the daemon's supporting indexes (`migrate --indexes`), as the documented
+/// setup does, unless `--no-indexes`.
+pub async fn supporting_indexes(c: &Client, args: &Args) -> Result<()> {
+    if args.no_indexes {
+        return Ok(());
+    }
+    let schemas = Schemas::new("df", "_duroxide");
+    preflight::create_supporting_indexes(c, &schemas).await?;
     Ok(())
 }
 
@@ -293,9 +364,13 @@ async fn steady_workload(
     Ok(())
 }
 
-/// Latencies of the completed workflows labelled `label`, and how many did not complete.
+/// Latencies of the completed workflows labelled `label`, and how many did not complete
+/// (failed, or still live after [`COMPLETION_DEADLINE`]: an engine that fell that far
+/// behind is a result, not a reason to stop the run).
 async fn latencies(c: &Client, label: &str) -> Result<(Vec<Duration>, u64)> {
-    wait_ended(c, label).await?;
+    if let Err(e) = wait_ended(c, label).await {
+        eprintln!("  {e:#}; counted as not completed");
+    }
     let rows = c
         .query(
             "SELECT (extract(epoch FROM completed_at - created_at) * 1000000)::bigint

@@ -31,6 +31,8 @@
 //! - `shipped_role`: the documented setup as the role of `deploy/sql/reconciler-role.sql`
 //!   (`check`, `migrate`, `run` with `audit.record_deletions`, `history`);
 //! - `fidelity`: the fixture's imitation of both stores against the real catalog;
+//! - `pacing`: a pass beside the idle engine never pauses; beside a running activity it
+//!   pauses between batches;
 //! - `fresh_install`: `run` started at once after `CREATE EXTENSION`, before the worker
 //!   has migrated the engine's store: it waits, unready, and reconciles once it is there.
 
@@ -40,6 +42,7 @@ mod fresh_install;
 mod generations;
 mod lifecycle;
 mod loops;
+mod pacing;
 mod rollbacks;
 mod rules;
 mod shipped_role;

@@ -1,5 +1,5 @@
-//! One batch = one transaction: BEGIN, the limits, the look at other sessions and the
-//! fence; then the phase's own steps; then the audit rows, the deferred foreign-key checks
+//! One batch = one transaction: BEGIN, the limits, the look at the database's load and
+//! the fence; then the phase's own steps; then the audit rows, the deferred foreign-key checks
 //! and COMMIT (a dry run rolls back).
 
 use std::time::Instant;
@@ -13,6 +13,7 @@ use super::deletes::delete_rows;
 use super::expired::expired_batch;
 use super::generations::generation_batch;
 use super::orphans::orphan_batch;
+use super::pacing::Load;
 use super::phase::{Pass, Phase, Step};
 use super::statements::Statements;
 use super::tally::BatchTally;
@@ -52,19 +53,18 @@ impl Pass<'_> {
             .start()
             .await
             .context("starting a batch")?;
-        // The limits, the look at other sessions and the fence do not depend on each
-        // other: pipelined, one round trip, the limits first.
+        // The limits, the look at the load and the fence do not depend on each other:
+        // pipelined, one round trip, the limits first.
         let st = &self.statements;
-        let look_for_others = async {
-            if !self.pacing.watches_others() {
-                return Ok(0);
+        let look_at_load = async {
+            if !self.pacing.watches_load() {
+                return Ok(Load::default());
             }
-            Ok::<i64, Error>(
-                tx.fetch_one(&st.other_active_sessions, &[])
-                    .await
-                    .context("looking for other active sessions")?
-                    .get(0),
-            )
+            let row = tx
+                .fetch_one(&st.database_load, &[])
+                .await
+                .context("looking at the database's load")?;
+            Ok::<Load, Error>(Load::from_row(&row))
         };
         let take_fence = async {
             if dry_run {
@@ -77,15 +77,16 @@ impl Pass<'_> {
                     .get(0),
             )
         };
-        let ((), others, fenced_in) = futures_util::future::try_join3(
+        let ((), load, fenced_in) = futures_util::future::try_join3(
             set_local_limits(&tx, self.cfg),
-            look_for_others,
+            look_at_load,
             take_fence,
         )
         .await?;
-        if others > 0 {
-            self.pacing.saw_others(Instant::now());
+        if load.is_busy() {
+            debug!(?load, "the database is at work; batches are paced");
         }
+        self.pacing.saw(load, Instant::now());
         if !fenced_in {
             tx.rollback().await.context("standing down")?;
             return Ok(Step::Fenced);

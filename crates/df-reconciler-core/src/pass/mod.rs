@@ -22,7 +22,7 @@
 //! - `clock.rs`: the database clock, the oldest open transaction, the hard-cap edge.
 //! - `phase.rs`: a phase's keyset loop; what a timed-out batch leads to.
 //! - `batch.rs`: one batch transaction: limits, fence, audit rows, constraints, commit.
-//! - `pacing.rs`: the pause after a batch while other sessions are at work.
+//! - `pacing.rs`: the pause after a batch while the database is at work.
 //! - `batch_size.rs`: the batch size a statement timeout halves and clean batches regrow.
 //! - `candidates.rs`: the candidate selection and the watermark.
 //! - `expired.rs`, `orphans.rs`, `generations.rs`: a batch of phase 1, 2 and 3.

@@ -1,23 +1,60 @@
-//! Pacing: while other sessions of the database are at work, a pass pauses after each
-//! batch, so a backlog never takes the live engine's cores; a quiet database is never
-//! slowed.
+//! Pacing: while the database is at work (the engine working through its queues, other
+//! sessions running statements, sessions waiting for locks), a pass pauses after each
+//! batch, so a backlog never takes the live engine's cores; while the engine falls behind
+//! its work, the pass waits for it to catch up. A quiet database, and an idle engine
+//! polling its empty queues, are never slowed.
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
-/// How long one sighting of another active session counts as "the database is busy": a
-/// sample per batch misses short transactions between two statements, a busy workload is
-/// seen again well within this.
+use super::bounded;
+use super::phase::Pass;
+use crate::db::Exec;
+use crate::error::{DbContext, Error};
+
+/// How long one sighting of load counts as "the database is busy": a sample per batch
+/// misses short transactions between two statements, a busy workload is seen again well
+/// within this.
 const BUSY_MEMORY: Duration = Duration::from_secs(1);
 
-/// When a batch last saw other sessions at work, and the share of its time a pass may then
+/// How often a pass re-reads the load while the engine is behind.
+const BEHIND_RECHECK: Duration = Duration::from_millis(250);
+
+/// The longest a pass waits after one batch for the engine to catch up: beside an engine
+/// that never does, the pass still moves, a batch per this much.
+const BEHIND_MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// What a batch read as load at its start ([`crate::sql::reconcile::DATABASE_LOAD`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// The engine at work: a queue item ready within the last seconds, or a lease in force.
+    pub(crate) engine_work: bool,
+    /// Other client sessions at work, the engine's pollers left out.
+    pub(crate) other_sessions: i64,
+    /// Sessions waiting for a lock.
+    pub(crate) lock_waits: i64,
+    /// The engine not keeping up: a queue item has waited over a second for a dispatcher.
+    pub(crate) engine_behind: bool,
+}
+
+impl Load {
+    /// Any sign of work is load: the engine's, an application's, or a wait on a lock.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.engine_work || self.engine_behind || self.other_sessions > 0 || self.lock_waits > 0
+    }
+}
+
+/// When a batch last saw the database at work, and the share of its time a pass may then
 /// spend in batches (`pass.busy_duty_percent`, 1 to 100).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pacing {
     duty_percent: u32,
-    /// When a batch last saw other sessions at work.
+    /// When a batch last saw the database at work.
     last_busy: Option<Instant>,
+    /// Whether the latest look saw the engine behind.
+    engine_behind: bool,
 }
 
 impl Pacing {
@@ -25,21 +62,31 @@ impl Pacing {
         Self {
             duty_percent,
             last_busy: None,
+            engine_behind: false,
         }
     }
 
-    /// Whether batches look at other sessions at all: at 100% a pass never pauses.
-    pub(crate) fn watches_others(&self) -> bool {
+    /// Whether batches look at the database's load at all: at 100% a pass never pauses.
+    pub(crate) fn watches_load(&self) -> bool {
         self.duty_percent < 100
     }
 
-    /// A batch saw other sessions at work.
-    pub(crate) fn saw_others(&mut self, at: Instant) {
-        self.last_busy = Some(at);
+    /// What a batch read at `at`: busy load is remembered for [`BUSY_MEMORY`].
+    pub(crate) fn saw(&mut self, load: Load, at: Instant) {
+        if load.is_busy() {
+            self.last_busy = Some(at);
+        }
+        self.engine_behind = load.engine_behind;
     }
 
-    /// The pause after a batch that took `batch`, at `now`: none unless other sessions were
-    /// seen within [`BUSY_MEMORY`]; else `batch` x (100 / percent - 1), so batches fill at
+    /// Whether a pass that has paused `waited` after a batch waits on for the engine to
+    /// catch up: while the latest look saw it behind, up to [`BEHIND_MAX_WAIT`].
+    fn waits_for_engine(&self, waited: Duration) -> bool {
+        self.watches_load() && self.engine_behind && waited < BEHIND_MAX_WAIT
+    }
+
+    /// The pause after a batch that took `batch`, at `now`: none unless load was seen
+    /// within [`BUSY_MEMORY`]; else `batch` x (100 / percent - 1), so batches fill at
     /// most `percent` of the time, cut at the pass deadline.
     fn pause_after(
         &self,
@@ -61,8 +108,8 @@ impl Pacing {
         Some(pause)
     }
 
-    /// Gives other sessions the database's cores back: while a batch has seen them at work
-    /// within the last [`BUSY_MEMORY`], pauses so that batches fill at most
+    /// Gives the engine and other sessions the database's cores back: while a batch has
+    /// seen load within the last [`BUSY_MEMORY`], pauses so that batches fill at most
     /// `pass.busy_duty_percent` of the time. Ends early on shutdown or the pass deadline.
     /// Returns how long it paused.
     pub(crate) async fn pace(
@@ -83,16 +130,117 @@ impl Pacing {
     }
 }
 
+impl Pass<'_> {
+    /// The pause after a batch that took `batch`: the duty cycle's ([`Pacing::pace`]), then,
+    /// while the engine is behind, until it has caught up (the load re-read every
+    /// [`BEHIND_RECHECK`], [`BEHIND_MAX_WAIT`] at most). Ends early on shutdown or at the
+    /// pass deadline. Returns how long it paused.
+    pub(crate) async fn pause_after_batch(&mut self, batch: Duration) -> Duration {
+        let mut paused = self.pacing.pace(batch, self.deadline, self.shutdown).await;
+        while self.pacing.waits_for_engine(paused) {
+            let mut step = BEHIND_RECHECK;
+            if let Some(deadline) = self.deadline {
+                step = step.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            if step.is_zero() || self.shutdown.is_cancelled() {
+                break;
+            }
+            let started = Instant::now();
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+            paused += started.elapsed();
+            match bounded(self.cfg, "reading the database's load", self.read_load()).await {
+                Ok(load) => self.pacing.saw(load, Instant::now()),
+                // The next batch reads it again, and reports its own errors.
+                Err(e) => {
+                    debug!(error = %e, "could not re-read the load; the pass goes on");
+                    break;
+                }
+            }
+        }
+        paused
+    }
+
+    /// The database's load, read outside a batch.
+    async fn read_load(&self) -> Result<Load, Error> {
+        let row = (**self.client)
+            .fetch_one(&self.statements.database_load, &[])
+            .await
+            .context("looking at the database's load")?;
+        Ok(Load::from_row(&row))
+    }
+}
+
+impl Load {
+    /// A row of [`crate::sql::reconcile::DATABASE_LOAD`].
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Load {
+        Load {
+            engine_work: row.get(0),
+            other_sessions: row.get(1),
+            lock_waits: row.get(2),
+            engine_behind: row.get(3),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const BATCH: Duration = Duration::from_secs(2);
 
+    const ENGINE_AT_WORK: Load = Load {
+        engine_work: true,
+        other_sessions: 0,
+        lock_waits: 0,
+        engine_behind: false,
+    };
+
+    const ENGINE_BEHIND: Load = Load {
+        engine_work: true,
+        other_sessions: 0,
+        lock_waits: 0,
+        engine_behind: true,
+    };
+
     fn busy_at(percent: u32, seen: Instant) -> Pacing {
         let mut pacing = Pacing::new(percent);
-        pacing.saw_others(seen);
+        pacing.saw(ENGINE_AT_WORK, seen);
         pacing
+    }
+
+    #[test]
+    fn any_sign_of_work_is_load_and_none_is_quiet() {
+        assert!(!Load::default().is_busy(), "an idle engine, no one else");
+        assert!(ENGINE_AT_WORK.is_busy());
+        let application = Load {
+            other_sessions: 1,
+            ..Load::default()
+        };
+        assert!(application.is_busy());
+        let lock_wait = Load {
+            lock_waits: 2,
+            ..Load::default()
+        };
+        assert!(lock_wait.is_busy());
+        assert!(ENGINE_BEHIND.is_busy());
+    }
+
+    #[test]
+    fn a_quiet_sample_neither_pauses_nor_forgets_a_recent_busy_one() {
+        let seen = Instant::now();
+        let mut quiet = Pacing::new(25);
+        quiet.saw(Load::default(), seen);
+        assert_eq!(quiet.pause_after(BATCH, seen, None), None);
+        let mut busy = busy_at(25, seen);
+        busy.saw(Load::default(), seen + Duration::from_millis(100));
+        assert_eq!(
+            busy.pause_after(BATCH, seen + Duration::from_millis(200), None),
+            Some(BATCH * 3),
+            "busy 200 ms ago still counts"
+        );
     }
 
     #[test]
@@ -142,9 +290,35 @@ mod tests {
     }
 
     #[test]
-    fn only_pacing_below_100_percent_watches_other_sessions() {
-        assert!(Pacing::new(25).watches_others());
-        assert!(Pacing::new(99).watches_others());
-        assert!(!Pacing::new(100).watches_others());
+    fn a_pass_waits_for_an_engine_behind_its_work_up_to_a_limit() {
+        let now = Instant::now();
+        let mut pacing = Pacing::new(25);
+        pacing.saw(ENGINE_AT_WORK, now);
+        assert!(
+            !pacing.waits_for_engine(Duration::ZERO),
+            "an engine at work but keeping up gets the duty cycle only"
+        );
+        pacing.saw(ENGINE_BEHIND, now);
+        assert!(pacing.waits_for_engine(Duration::ZERO));
+        assert!(pacing.waits_for_engine(BEHIND_MAX_WAIT - Duration::from_millis(1)));
+        assert!(
+            !pacing.waits_for_engine(BEHIND_MAX_WAIT),
+            "the pass moves on beside an engine that never catches up"
+        );
+        pacing.saw(ENGINE_AT_WORK, now + BEHIND_RECHECK);
+        assert!(!pacing.waits_for_engine(BEHIND_RECHECK), "caught up");
+        let mut unpaced = Pacing::new(100);
+        unpaced.saw(ENGINE_BEHIND, now);
+        assert!(
+            !unpaced.waits_for_engine(Duration::ZERO),
+            "100% never pauses"
+        );
+    }
+
+    #[test]
+    fn only_pacing_below_100_percent_watches_the_load() {
+        assert!(Pacing::new(25).watches_load());
+        assert!(Pacing::new(99).watches_load());
+        assert!(!Pacing::new(100).watches_load());
     }
 }

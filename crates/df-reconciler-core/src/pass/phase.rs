@@ -205,10 +205,7 @@ impl Pass<'_> {
                 cursor.watermark = Some(next);
                 self.report.batches += 1;
                 self.batch_size.after_clean_batch();
-                let paused = self
-                    .pacing
-                    .pace(batch_started.elapsed(), self.deadline, self.shutdown)
-                    .await;
+                let paused = self.pause_after_batch(batch_started.elapsed()).await;
                 self.report.paused_ms += paused.as_millis() as u64;
             }
             Ok(Step::LeasedAtCommit) => {

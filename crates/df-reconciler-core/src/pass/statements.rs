@@ -62,7 +62,7 @@ pub(crate) type TableStatements = Vec<TableStatement>;
 pub(crate) struct Statements {
     pub(crate) terminal_count_up_to: Stmt,
     pub(crate) batch_fence: Stmt,
-    pub(crate) other_active_sessions: Stmt,
+    pub(crate) database_load: Stmt,
     pub(crate) cap_edge: Stmt,
     pub(crate) expired_candidates: Stmt,
     pub(crate) orphan_candidates: Stmt,
@@ -135,7 +135,7 @@ impl Statements {
         Ok(Self {
             terminal_count_up_to: prepare(reconcile::TERMINAL_COUNT_UP_TO).await?,
             batch_fence: prepare(reconcile::TRY_BATCH_FENCE).await?,
-            other_active_sessions: prepare(reconcile::OTHER_ACTIVE_SESSIONS).await?,
+            database_load: prepare(reconcile::DATABASE_LOAD).await?,
             cap_edge: prepare(reconcile::CAP_EDGE).await?,
             expired_candidates: prepare(reconcile::EXPIRED_CANDIDATES).await?,
             orphan_candidates: prepare(reconcile::ORPHAN_CANDIDATES).await?,

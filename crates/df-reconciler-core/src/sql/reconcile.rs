@@ -77,19 +77,74 @@ pub(crate) const DF_LIVE_ENGINE_ENDED: &str = df_live_engine_ended!();
 /// Transaction-scoped, so it also works behind a transaction-pooling proxy.
 pub(crate) const TRY_BATCH_FENCE: &str = "SELECT pg_catalog.pg_try_advisory_xact_lock($1::bigint)";
 
-/// How many other client sessions of this database are at work right now: running a
-/// statement, or inside a transaction that did something within the last second (the
-/// engine's short transactions spend most of their time between statements; a session
-/// idle in a transaction for longer is not working). A role without pg_read_all_stats
-/// sees only its own sessions' states. A pass paces its batches while there are any
-/// (`pass.busy_duty_percent`).
-pub(crate) const OTHER_ACTIVE_SESSIONS: &str = "
-    SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
-    WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
-      AND a.backend_type = 'client backend'
-      AND (a.state = 'active'
-           OR (a.state LIKE 'idle in transaction%'
-               AND a.state_change > pg_catalog.clock_timestamp() - interval '1 second'))";
+/// What a batch reads as load at its start, for pacing (`pass.busy_duty_percent`):
+/// - `engine_work`: the engine at work. A queue item that became visible within the last
+///   10 seconds (a running engine takes a ready item within one poll, ~0.1 s; older ready
+///   items are a stopped engine's, or leftovers of ended instances), or a lease in force on
+///   an instance or a queue item (a dispatcher's turn, an activity running). Each probe is
+///   one descent of the engine's own indexes on `visible_at`, `lock_token` and
+///   `locked_until`. The engine's dispatchers polling empty queues are not work.
+/// - `other_sessions`: other client sessions of this database running a statement, or
+///   inside a transaction that did something within the last second (short transactions
+///   spend most of their time between statements; a session idle in a transaction for
+///   longer is not working). pg_durable's own dispatcher, heartbeat and management
+///   connections (by `application_name`) are left out: they run short statements all the
+///   time, busy or idle, and the engine's work is read from its queues instead. Its
+///   connections that run workflow SQL, and every application session, count.
+/// - `lock_waits`: sessions of this database waiting for a lock.
+/// - `engine_behind`: a queue item not leased that became visible 1 to 10 seconds ago: it
+///   has waited for a dispatcher ten times as long as a poll takes, so the engine is not
+///   keeping up with its work (its latency grows), and the pass waits for it to catch up.
+///
+/// Outside a transaction too: a pass re-reads it between batches while the engine is
+/// behind.
+///
+/// A role without pg_read_all_stats sees only its own sessions' states and waits; the
+/// engine's work it reads all the same.
+pub(crate) const DATABASE_LOAD: &str = concat!(
+    "
+    SELECT EXISTS (SELECT 1 FROM {engine}.orchestrator_queue q
+                    WHERE q.visible_at <= pg_catalog.now()
+                      AND q.visible_at > pg_catalog.now() - interval '10 seconds')
+           OR EXISTS (SELECT 1 FROM {engine}.worker_queue q
+                       WHERE q.visible_at <= pg_catalog.now()
+                         AND q.visible_at > pg_catalog.now() - interval '10 seconds')
+           OR EXISTS (SELECT 1 FROM {engine}.instance_locks l
+                       WHERE l.locked_until > now_ms.ms)
+           OR EXISTS (SELECT 1 FROM {engine}.orchestrator_queue q
+                       WHERE q.lock_token IS NOT NULL AND q.locked_until > now_ms.ms)
+           OR EXISTS (SELECT 1 FROM {engine}.worker_queue q
+                       WHERE q.lock_token IS NOT NULL AND q.locked_until > now_ms.ms)
+             AS engine_work,
+           (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+             WHERE a.datname = pg_catalog.current_database()
+               AND a.pid <> pg_catalog.pg_backend_pid()
+               AND a.backend_type = 'client backend'
+               AND a.application_name NOT IN ('pg_durable:worker:duroxide',
+                                               'pg_durable:worker:poll',
+                                               'pg_durable:worker:management')
+               AND (a.state = 'active'
+                    OR (a.state LIKE 'idle in transaction%'
+                        AND a.state_change > pg_catalog.clock_timestamp() - interval '1 second')))
+             AS other_sessions,
+           (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+             WHERE a.datname = pg_catalog.current_database()
+               AND a.pid <> pg_catalog.pg_backend_pid()
+               AND a.wait_event_type = 'Lock')
+             AS lock_waits,
+           EXISTS (SELECT 1 FROM {engine}.orchestrator_queue q
+                    WHERE q.visible_at <= pg_catalog.now() - interval '1 second'
+                      AND q.visible_at > pg_catalog.now() - interval '10 seconds'
+                      AND (q.lock_token IS NULL OR q.locked_until <= now_ms.ms))
+           OR EXISTS (SELECT 1 FROM {engine}.worker_queue q
+                       WHERE q.visible_at <= pg_catalog.now() - interval '1 second'
+                         AND q.visible_at > pg_catalog.now() - interval '10 seconds'
+                         AND (q.lock_token IS NULL OR q.locked_until <= now_ms.ms))
+             AS engine_behind
+      FROM (SELECT ",
+    now_epoch_ms!(),
+    " AS ms) AS now_ms"
+);
 
 /// The rule of each df row `d` (see [`crate::rules`]): `r.rule`, its 1-based index into
 /// the per-rule arrays. Every statement using it binds the rules' LIKE patterns at `$1`
