@@ -54,6 +54,9 @@ pub fn comparable(report: &PassReport) -> PassReport {
         started_at: String::new(),
         duration_ms: 0,
         batches: 0,
+        // Timing: a pass beside engine work (leases, queue items) pauses for as long as
+        // its batches took.
+        paused_ms: 0,
         warnings: Vec::new(),
         ..report.clone()
     }
