@@ -224,6 +224,18 @@ mod tests {
         SystemTime::UNIX_EPOCH + DAY * days as u32
     }
 
+    /// The clock of a pass at 1000 s with no open transaction, an unblinded guard and no
+    /// rule inputs from the database.
+    fn derived(retention: &RetentionConfig) -> PassClock {
+        PassClock::derive(
+            at(1000),
+            at(1000),
+            OrphanGuard::CLEAR,
+            RuleInputs::default(),
+            retention,
+        )
+    }
+
     #[test]
     fn each_status_expires_after_its_own_window() {
         let retention = RetentionConfig {
@@ -232,13 +244,7 @@ mod tests {
             cancelled: Some(DAY),
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(
-            at(1000),
-            at(1000),
-            OrphanGuard::CLEAR,
-            RuleInputs::default(),
-            &retention,
-        );
+        let clock = derived(&retention);
         assert_eq!(
             clock.rules.cutoffs,
             [
@@ -257,26 +263,14 @@ mod tests {
             orphan_min_age: DAY * 7,
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(
-            at(1000),
-            at(1000),
-            OrphanGuard::CLEAR,
-            RuleInputs::default(),
-            &retention,
-        );
+        let clock = derived(&retention);
         assert_eq!(clock.orphan_cutoff, Some(at(993)));
         assert_eq!(clock.drift_cutoff, Some(at(993)));
         let retention = RetentionConfig {
             window: DAY * 30,
             ..retention
         };
-        let clock = PassClock::derive(
-            at(1000),
-            at(1000),
-            OrphanGuard::CLEAR,
-            RuleInputs::default(),
-            &retention,
-        );
+        let clock = derived(&retention);
         assert_eq!(clock.orphan_cutoff, Some(at(970)));
         assert_eq!(
             clock.drift_cutoff,
@@ -319,13 +313,7 @@ mod tests {
             window: Duration::MAX,
             ..RetentionConfig::default()
         };
-        let clock = PassClock::derive(
-            at(1000),
-            at(1000),
-            OrphanGuard::CLEAR,
-            RuleInputs::default(),
-            &retention,
-        );
+        let clock = derived(&retention);
         assert_eq!(clock.rules.cutoffs, [vec![None], vec![None], vec![None]]);
         assert_eq!(clock.orphan_cutoff, None);
         assert_eq!(
