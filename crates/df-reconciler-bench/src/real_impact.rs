@@ -102,17 +102,10 @@ struct Round {
 /// the backlog (`real_n` roots), running the workload `impact_secs` without a pass, then
 /// while a pass clears the backlog.
 pub async fn measure(daemon: &Daemon, args: &Args, results: &mut Results) -> Result<()> {
-    if let Err(why) = real_extension_available() {
-        eprintln!("real-impact skipped: {why}");
-        results.notes.push(format!("real-impact: skipped, {why}"));
+    let Some((engine, client)) = start_engine("real-impact", args, results).await? else {
         return Ok(());
-    }
-    eprintln!("starting a throwaway PostgreSQL with pg_durable's engine");
-    let engine = tokio::task::spawn_blocking(RealEngine::start).await??;
+    };
     let dsn = engine.dsn();
-    let client = connect(&dsn).await?;
-    make_templates(&client).await?;
-    supporting_indexes(&client, args).await?;
     let label = thousands(args.real_n.into());
     let mut rounds = Vec::new();
     for round in 1..=args.impact_rounds.max(1) {
@@ -206,6 +199,27 @@ pub async fn connect(dsn: &str) -> Result<Client> {
         .with_context(|| format!("connecting to {dsn}"))?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// A real engine ready for a measure named `measure`: the cluster, a connection, the
+/// templates and the supporting indexes. None (and a note saying why) where pg_durable is
+/// not installed.
+pub async fn start_engine(
+    measure: &str,
+    args: &Args,
+    results: &mut Results,
+) -> Result<Option<(RealEngine, Client)>> {
+    if let Err(why) = real_extension_available() {
+        eprintln!("{measure} skipped: {why}");
+        results.notes.push(format!("{measure}: skipped, {why}"));
+        return Ok(None);
+    }
+    eprintln!("starting a throwaway PostgreSQL with pg_durable's engine ({measure})");
+    let engine = tokio::task::spawn_blocking(RealEngine::start).await??;
+    let client = connect(&engine.dsn()).await?;
+    make_templates(&client).await?;
+    supporting_indexes(&client, args).await?;
+    Ok(Some((engine, client)))
 }
 
 /// Runs the templates to completion.

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use df_reconciler_core::config::Config;
-use df_reconciler_testkit::{real_extension_available, RealEngine};
 use tokio_postgres::Client;
 
 use crate::cpu::{self, CpuMark};
@@ -21,7 +20,7 @@ use crate::daemon::{self, Daemon};
 use crate::dry_run::Expected;
 use crate::floor::{self, Timed};
 use crate::ratio::Ratio;
-use crate::real_impact::{connect, make_templates, seed_backlog, supporting_indexes};
+use crate::real_impact::{connect, seed_backlog, start_engine};
 use crate::results::{holds, Results};
 use crate::stats::{ms, rate, secs, thousands};
 use crate::Args;
@@ -35,17 +34,10 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The real-pass measure: `repeat` floor-then-pass pairs over `real_n` roots.
 pub async fn measure(daemon: &Daemon, args: &Args, results: &mut Results) -> Result<()> {
-    if let Err(why) = real_extension_available() {
-        eprintln!("real-pass skipped: {why}");
-        results.notes.push(format!("real-pass: skipped, {why}"));
+    let Some((engine, client)) = start_engine("real-pass", args, results).await? else {
         return Ok(());
-    }
-    eprintln!("starting a throwaway PostgreSQL with pg_durable's engine (floor and pass)");
-    let engine = tokio::task::spawn_blocking(RealEngine::start).await??;
+    };
     let dsn = engine.dsn();
-    let client = connect(&dsn).await?;
-    make_templates(&client).await?;
-    supporting_indexes(&client, args).await?;
     let label = thousands(args.real_n.into());
     let mut expected: Option<Expected> = None;
     let mut floors: Vec<Timed> = Vec::new();
