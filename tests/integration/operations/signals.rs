@@ -59,23 +59,8 @@ async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
         0,
     )
     .await;
-    let port = free_port();
-    let mut cmd = daemon(&db.dsn);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&file)
-        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let d = Running::spawn(&mut cmd);
-    let passes = || async move {
-        metric_at(
-            port,
-            "df_reconciler_passes_total{outcome=\"ok\",dry_run=\"false\"}",
-        )
-        .await
-        .unwrap_or(0.0)
-    };
+    let (d, port) = run_with_metrics(&db.dsn, &file);
+    let passes = || ok_passes(port);
     wait_until(
         "two passes under the 90-day window",
         Duration::from_secs(30),
@@ -227,23 +212,8 @@ async fn sighup_applies_new_rules_and_keeps_the_old_ones_on_an_invalid_file() {
     )
     .await
     .unwrap();
-    let port = free_port();
-    let mut cmd = daemon(&db.dsn);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&file)
-        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let d = Running::spawn(&mut cmd);
-    let passes = || async move {
-        metric_at(
-            port,
-            "df_reconciler_passes_total{outcome=\"ok\",dry_run=\"false\"}",
-        )
-        .await
-        .unwrap_or(0.0)
-    };
+    let (d, port) = run_with_metrics(&db.dsn, &file);
+    let passes = || ok_passes(port);
     wait_until(
         "two passes under the billing rule",
         Duration::from_secs(30),
@@ -299,4 +269,27 @@ async fn sighup_applies_new_rules_and_keeps_the_old_ones_on_an_invalid_file() {
         },
     )
     .await;
+}
+
+/// `run` with the config `file` and its /metrics on a free port: the daemon and the port.
+fn run_with_metrics(dsn: &str, file: &std::path::Path) -> (Running, u16) {
+    let port = free_port();
+    let mut cmd = daemon(dsn);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(file)
+        .env("DF_RECONCILER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    (Running::spawn(&mut cmd), port)
+}
+
+/// Real passes that ended well so far, from /metrics (0 before it answers).
+async fn ok_passes(port: u16) -> f64 {
+    metric_at(
+        port,
+        "df_reconciler_passes_total{outcome=\"ok\",dry_run=\"false\"}",
+    )
+    .await
+    .unwrap_or(0.0)
 }
