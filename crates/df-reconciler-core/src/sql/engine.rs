@@ -133,9 +133,12 @@ pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
 /// The status of a locked member is that of the current execution the lock returned.
 /// Locking follows a row updated since the statement's snapshot to its newest version;
 /// should the engine have moved the instance to a new generation meanwhile, that execution
-/// is not in the snapshot and the status reads NULL (unknown: the tree stays). An execution
-/// never leaves Completed or Failed, and a member that ended cannot start children, so a
-/// tree whose members all read terminal is whole and settled.
+/// is not in the snapshot and the status reads NULL (unknown: the tree stays). The one
+/// snapshot of the statement is also the one `seen` read, so when the lock returned the
+/// execution `seen` read, its status is the one `seen` has (no second probe); when it
+/// returned another, NULL. An execution never leaves Completed or Failed, and a member
+/// that ended cannot start children, so a tree whose members all read terminal is whole
+/// and settled.
 macro_rules! trees_then {
     ($lock:literal) => {
         concat!(
@@ -155,10 +158,11 @@ macro_rules! trees_then {
     now_ms(ms) AS (SELECT ",
             now_epoch_ms!(),
             "),
-    -- Each member as the snapshot shows it: a primary-key probe per table (OFFSET 0).
+    -- Each member as the snapshot shows it: one probe of the instance and its current
+    -- execution, by primary key (OFFSET 0).
     seen AS (
         SELECT tree.root_id, tree.instance_id, e.instance_id IS NOT NULL AS present,
-               ex.status,
+               e.current_execution_id, e.status,
                EXISTS (SELECT 1 FROM {engine}.instance_locks il
                         WHERE il.instance_id = tree.instance_id AND il.locked_until > now_ms.ms)
             OR EXISTS (SELECT 1 FROM {engine}.orchestrator_queue oq
@@ -168,12 +172,11 @@ macro_rules! trees_then {
                AS leased
         FROM tree CROSS JOIN now_ms
         LEFT JOIN LATERAL (
-            SELECT ei.instance_id, ei.current_execution_id FROM {engine}.instances ei
+            SELECT ei.instance_id, ei.current_execution_id, x.status
+            FROM {engine}.instances ei
+            LEFT JOIN {engine}.executions x
+                   ON x.instance_id = ei.instance_id AND x.execution_id = ei.current_execution_id
             WHERE ei.instance_id = tree.instance_id OFFSET 0) e ON true
-        LEFT JOIN LATERAL (
-            SELECT x.status FROM {engine}.executions x
-            WHERE x.instance_id = e.instance_id AND x.execution_id = e.current_execution_id
-            OFFSET 0) ex ON true
     ),
     deletable AS (
         SELECT root_id FROM seen GROUP BY root_id
@@ -187,15 +190,12 @@ macro_rules! trees_then {
     )
     SELECT seen.root_id, seen.instance_id, l.instance_id IS NOT NULL AS locked,
            l.ctid::text AS address,
-           CASE WHEN l.instance_id IS NOT NULL THEN cur.status ELSE seen.status END AS status,
+           CASE WHEN l.instance_id IS NULL THEN seen.status
+                WHEN l.current_execution_id = seen.current_execution_id THEN seen.status
+           END AS status,
            seen.present, seen.leased
     FROM seen
-    LEFT JOIN l ON l.instance_id = seen.instance_id
-    -- The locked member's current execution, a primary-key probe (OFFSET 0 keeps it one).
-    LEFT JOIN LATERAL (
-        SELECT ex.status FROM {engine}.executions ex
-        WHERE ex.instance_id = l.instance_id AND ex.execution_id = l.current_execution_id
-        OFFSET 0) cur ON true"
+    LEFT JOIN l ON l.instance_id = seen.instance_id"
         )
     };
 }

@@ -59,12 +59,14 @@ impl Schemas {
     }
 
     /// Substitutes `{control}` and `{engine}` with the quoted schema names, and
-    /// `{ei_is_child}` with the child-shape test of `ei.instance_id`.
+    /// `{ei_is_child}` and `{ex_is_child}` with the child-shape test of `ei.instance_id`
+    /// and `ex.instance_id`.
     pub fn render(&self, template: &str) -> String {
         template
             .replace("{control}", &quote_ident(&self.control))
             .replace("{engine}", &quote_ident(&self.engine))
             .replace("{ei_is_child}", &engine::child_shape("ei.instance_id"))
+            .replace("{ex_is_child}", &engine::child_shape("ex.instance_id"))
     }
 }
 

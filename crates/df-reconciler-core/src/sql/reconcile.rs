@@ -5,15 +5,24 @@
 //! `ex` its current execution. terminal_at = coalesce(d.completed_at, ex.completed_at,
 //! d.created_at): server-controlled values only, never the user-writable updated_at.
 
-/// Joins a df row to its engine record and current execution, and names terminal_at.
+/// Names terminal_at of every df row `d`. The engine's completed_at is read only where the
+/// df row has none: COALESCE evaluates its arguments lazily, so the probe (two primary-key
+/// reads) runs for those rows alone. pg_durable sets completed_at on every terminal df
+/// row, so the hard-cap edge, which ranks every terminal row, reads the df side only
+/// (40,000 rows: 396 -> 36 ms on the real extension).
 macro_rules! df_with_engine {
     () => {
         "
     FROM {control}.instances d
-    LEFT JOIN {engine}.instances ei ON ei.instance_id = d.id::text
-    LEFT JOIN {engine}.executions ex
-           ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
-    CROSS JOIN LATERAL (SELECT coalesce(d.completed_at, ex.completed_at, d.created_at) AS terminal_at) t"
+    CROSS JOIN LATERAL (
+        SELECT coalesce(
+            d.completed_at,
+            (SELECT ex.completed_at
+             FROM {engine}.instances ei
+             JOIN {engine}.executions ex
+               ON ex.instance_id = ei.instance_id AND ex.execution_id = ei.current_execution_id
+             WHERE ei.instance_id = d.id::text),
+            d.created_at) AS terminal_at) t"
     };
 }
 
@@ -375,6 +384,12 @@ pub(crate) const ORPHAN_CANDIDATES: &str = concat!(
       AND ",
     orphan_execution!(),
     "
+      -- Ruled out by the execution's own id before the instance is read: a child by its
+      -- shape, a root by its df row (an anti-join, merged in id order). Every retained
+      -- terminal instance passes through this walk on every pass, nearly all of them
+      -- children or roots with a df row (60,000: 150 -> 44 ms on the real extension).
+      AND NOT {ex_is_child}
+      AND NOT EXISTS (SELECT 1 FROM {control}.instances d WHERE d.id::text = ex.instance_id)
     ORDER BY ex.instance_id
     LIMIT $2"
 );
