@@ -365,8 +365,9 @@ macro_rules! orphan_execution {
 ///
 /// Walks terminal executions (from the supporting index
 /// `df_reconciler_completed_failed_executions` when present; its predicate is this
-/// statement's status filter) and rules out young ones by their completed_at before
-/// looking at the instance and the df row, one probe each.
+/// statement's status filter) and rules out young ones by their completed_at, children by
+/// their id's shape and df-owned roots by a probe of the df row, before it reads the
+/// instance (one probe each).
 pub(crate) const ORPHAN_CANDIDATES: &str = concat!(
     "
     SELECT ex.instance_id, ex.status, coalesce(ex.completed_at, ei.updated_at) AS aged_from
