@@ -215,10 +215,23 @@ pub async fn run(server: &Server, seed_db: &str, n: u32, index: u32) -> Result<(
     let db = format!("floor_{n}_{index}");
     server.fresh_copy(seed_db, &db).await?;
     let mut client = server.connect(&db).await?;
-    let cfg = server.config(&db);
-    let selection = select(&client, &cfg).await?;
+    let result = timed(&mut client, &server.config(&db), "floor", index).await?;
+    drop(client);
+    server.drop_db(&db).await?;
+    Ok(result)
+}
+
+/// One floor on `client`'s database, named `what` run `index` (from 0) in the progress
+/// lines: the selection of `cfg` (untimed), then the timed delete; returns what it removed.
+pub async fn timed(
+    client: &mut Client,
+    cfg: &Config,
+    what: &str,
+    index: u32,
+) -> Result<(Timed, Expected)> {
+    let selection = select(client, cfg).await?;
     eprintln!(
-        "  floor run {}: selection {} df roots ({} bare), {} orphans, {} engine instances, computed in {}",
+        "  {what} run {}: selection {} df roots ({} bare), {} orphans, {} engine instances, computed in {}",
         index + 1,
         selection.df_roots,
         selection.bare,
@@ -227,12 +240,10 @@ pub async fn run(server: &Server, seed_db: &str, n: u32, index: u32) -> Result<(
         secs(selection.took)
     );
     let mark = CpuMark::now();
-    let (took, rows) = delete(&mut client).await?;
+    let (took, rows) = delete(client).await?;
     let cpu = mark.and_then(|m| m.since());
-    drop(client);
-    server.drop_db(&db).await?;
     eprintln!(
-        "  floor run {}: {} rows in {} ({})",
+        "  {what} run {}: {} rows in {} ({})",
         index + 1,
         thousands(rows.values().sum()),
         secs(took),

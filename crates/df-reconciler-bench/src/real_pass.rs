@@ -15,7 +15,6 @@ use anyhow::{bail, Result};
 use df_reconciler_core::config::Config;
 use tokio_postgres::Client;
 
-use crate::cpu::{self, CpuMark};
 use crate::daemon::{self, Daemon};
 use crate::dry_run::Expected;
 use crate::floor::{self, Timed};
@@ -178,27 +177,5 @@ async fn settle(c: &Client) -> Result<()> {
 /// One floor in the engine's database: the selection (untimed), then the timed delete.
 async fn floor_run(dsn: &str, index: u32) -> Result<(Timed, Expected)> {
     let mut client = connect(dsn).await?;
-    let cfg = Config::default();
-    let selection = floor::select(&client, &cfg).await?;
-    eprintln!(
-        "  real floor run {}: selection {} df roots ({} bare), {} orphans, {} engine instances, computed in {}",
-        index + 1,
-        selection.df_roots,
-        selection.bare,
-        selection.orphans,
-        selection.engine_members,
-        secs(selection.took)
-    );
-    let mark = CpuMark::now();
-    let (took, rows) = floor::delete(&mut client).await?;
-    let cpu = mark.and_then(|m| m.since());
-    eprintln!(
-        "  real floor run {}: {} rows in {} ({})",
-        index + 1,
-        thousands(rows.values().sum()),
-        secs(took),
-        cpu::describe(cpu)
-    );
-    let roots = (selection.df_roots + selection.orphans) as u64;
-    Ok((Timed { took, cpu }, Expected { rows, roots }))
+    floor::timed(&mut client, &Config::default(), "real floor", index).await
 }

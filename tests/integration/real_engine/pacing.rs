@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::{age, engine_or_skip, live_deletions, pass, start, wait_ended, wait_status};
+use df_reconciler_core::config::Config;
+
+use super::{age, engine_or_skip, live_deletions, pass, start, wait_ended, wait_status, Engine};
 use crate::support::db::count;
 use crate::support::harness::wait_until;
 
@@ -37,6 +39,16 @@ async fn queued_items(c: &tokio_postgres::Client) -> i64 {
     .await
 }
 
+/// The workflows' window of a day (they are two days old), one root per batch, and
+/// pacing at 10%: a batch seen at work is followed by a pause nine times as long.
+fn paced(engine: &Engine) -> Config {
+    let mut cfg = engine.config();
+    cfg.retention.window = Duration::from_secs(86_400);
+    cfg.pass.batch_size = 1;
+    cfg.pass.busy_duty_percent = 10;
+    cfg
+}
+
 #[tokio::test]
 async fn a_pass_beside_the_idle_real_engine_never_pauses() {
     let engine = engine_or_skip!();
@@ -47,11 +59,7 @@ async fn a_pass_beside_the_idle_real_engine_never_pauses() {
     })
     .await;
 
-    let mut cfg = engine.config();
-    cfg.retention.window = Duration::from_secs(86_400);
-    cfg.pass.batch_size = 1;
-    cfg.pass.busy_duty_percent = 10;
-    let report = pass(&cfg).await;
+    let report = pass(&paced(&engine)).await;
 
     assert_eq!(
         report.expired_removed.completed, WORKFLOWS as u64,
@@ -85,11 +93,7 @@ async fn a_pass_beside_a_running_activity_pauses_between_batches() {
     })
     .await;
 
-    let mut cfg = engine.config();
-    cfg.retention.window = Duration::from_secs(86_400);
-    cfg.pass.batch_size = 1;
-    cfg.pass.busy_duty_percent = 10;
-    let report = pass(&cfg).await;
+    let report = pass(&paced(&engine)).await;
 
     assert_eq!(
         report.expired_removed.completed, WORKFLOWS as u64,
