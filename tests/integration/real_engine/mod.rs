@@ -394,11 +394,17 @@ pub(crate) async fn tree_ended(c: &Client, id: &str) -> bool {
             .all(|(_, s)| s == "Completed" || s == "Failed")
 }
 
-/// Waits until `id`'s df row is `df_status` and its whole engine tree has ended.
+/// Waits until `id`'s df row is `df_status`, its whole engine tree has ended, and the
+/// engine holds no lease or row lock on it.
 pub(crate) async fn wait_ended(c: &Client, id: &str, df_status: &str, deadline: Duration) {
-    let what = format!("{id} is {df_status} and its engine tree has ended");
+    // The engine writes the end before it lets go: its lease on the instance and its row
+    // locks can outlast the status for a moment, and a pass skips a tree held either way.
+    let what = format!("{id} is {df_status}, its engine tree has ended and is let go");
     wait_until(&what, deadline, || async {
-        status(c, id).await.as_deref() == Some(df_status) && tree_ended(c, id).await
+        status(c, id).await.as_deref() == Some(df_status)
+            && tree_ended(c, id).await
+            && leases_on(c, id).await.is_empty()
+            && locked_rows_of(c, id).await.is_empty()
     })
     .await;
 }
