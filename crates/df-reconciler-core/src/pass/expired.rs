@@ -82,66 +82,45 @@ pub(crate) async fn expired_batch(
         return Ok(Step::Exhausted);
     };
 
-    // Classify what the selection saw; only settled candidates go on to locking.
     struct Candidate {
         status: TerminalStatus,
         window_expired: bool,
-        has_engine_record: bool,
         rule: i32,
     }
     let terminal_at: BTreeMap<String, Option<Timestamp<SystemTime>>> =
-        rows.iter().map(|r| (r.get(0), r.get(6))).collect();
-    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
-    for row in &rows {
-        let id: String = row.get(0);
-        let Some(status) = TerminalStatus::parse(row.get::<_, &str>(1)) else {
-            continue;
-        };
-        let has_engine_record: bool = row.get(3);
-        let engine_is_root: bool = row.get(4);
-        let engine_status: Option<&str> = row.get(5);
-        match classify(has_engine_record, engine_is_root, engine_status) {
-            Verdict::Inconsistent => tally.skipped_inconsistent += 1,
-            Verdict::Unsettled => tally.skipped_unsettled += 1,
-            Verdict::Lock => {
-                candidates.insert(
-                    id,
-                    Candidate {
-                        status,
-                        window_expired: row.get(2),
-                        has_engine_record,
-                        rule: row.get(7),
-                    },
-                );
-            }
-        }
-    }
+        rows.iter().map(|r| (r.get(0), r.get(3))).collect();
+    let candidates: BTreeMap<String, Candidate> = rows
+        .iter()
+        .filter_map(|row| {
+            let status = TerminalStatus::parse(row.get::<_, &str>(1))?;
+            Some((
+                row.get(0),
+                Candidate {
+                    status,
+                    window_expired: row.get(2),
+                    rule: row.get(4),
+                },
+            ))
+        })
+        .collect();
     let ids: Vec<String> = candidates.keys().cloned().collect();
-    // Locked df rows and their addresses.
-    let locked: HashMap<String, String> = if ids.is_empty() {
+    // The trees first: the statement that locks them also says what the engine holds for
+    // each df row (classify), so only rows whose tree may go are locked on the df side.
+    let mut trees = lock_trees(tx, st, &ids, RootRule::Settled, tally).await?;
+    let may_go: Vec<&String> = ids.iter().filter(|id| trees.is_deletable(id)).collect();
+    // Locked df rows and their addresses. A tree whose df row another session holds (or
+    // that stopped being terminal) stays, though locked until the batch ends.
+    let locked: HashMap<String, String> = if may_go.is_empty() {
         HashMap::new()
     } else {
-        tx.fetch_all(&st.lock_df_rows, &[&ids])
+        tx.fetch_all(&st.lock_df_rows, &[&may_go])
             .await
             .context("locking expired df rows")?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect()
     };
-    tally.skipped_locked += (ids.len() - locked.len()) as u64;
-    candidates.retain(|id, _| locked.contains_key(id));
-
-    let engine_roots: Vec<String> = candidates
-        .iter()
-        .filter(|(_, c)| c.has_engine_record)
-        .map(|(id, _)| id.clone())
-        .collect();
-    let bare_ids: Vec<String> = candidates
-        .iter()
-        .filter(|(_, c)| !c.has_engine_record)
-        .map(|(id, _)| id.clone())
-        .collect();
-    let mut trees = lock_trees(tx, st, &engine_roots, &bare_ids, RootRule::Settled, tally).await?;
+    tally.skipped_locked += trees.keep_locked(&locked);
 
     // Engine rows: every instance of the cleared trees. A df row without an engine record
     // takes only the queue items carrying its id: should the engine create its instance

@@ -447,21 +447,9 @@ impl<F: Fn(&str) -> String> Context<'_, F> {
             }
             Selection::Lock => {}
         }
-        let (roots, bare) = if has_engine_record {
-            (vec![e.instance_id.clone()], Vec::new())
-        } else {
-            (Vec::new(), vec![e.instance_id.clone()])
-        };
         let mut tally = BatchTally::default();
-        let cleared = lock_trees(
-            self.tx,
-            self.st,
-            &roots,
-            &bare,
-            RootRule::Settled,
-            &mut tally,
-        )
-        .await?;
+        let ids = vec![e.instance_id.clone()];
+        let cleared = lock_trees(self.tx, self.st, &ids, RootRule::Settled, &mut tally).await?;
         Ok(if cleared.is_deletable(&e.instance_id) {
             Verdict::removed(
                 reason,
@@ -587,8 +575,7 @@ impl<F: Fn(&str) -> String> Context<'_, F> {
         }
         let mut tally = BatchTally::default();
         let roots = vec![e.instance_id.clone()];
-        let cleared =
-            lock_trees(self.tx, self.st, &roots, &[], RootRule::Orphan, &mut tally).await?;
+        let cleared = lock_trees(self.tx, self.st, &roots, RootRule::Orphan, &mut tally).await?;
         Ok(if cleared.is_deletable(&e.instance_id) {
             Verdict::removed(
                 "orphan",

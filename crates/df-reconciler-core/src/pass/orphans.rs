@@ -47,7 +47,7 @@ pub(crate) async fn orphan_batch(
     let roots: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let aged_from: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(2))).collect();
-    let mut trees = lock_trees(tx, st, &roots, &[], RootRule::Orphan, tally).await?;
+    let mut trees = lock_trees(tx, st, &roots, RootRule::Orphan, tally).await?;
     if !trees.is_empty() {
         let end_savepoint = delete_unleased(tx, st, &mut trees, tally).await?;
         let deleted = delete_rows(

@@ -1,12 +1,15 @@
 //! Engine trees: expand roots into whole trees, lock every instance without waiting (the
 //! same statement reads each one's current-execution status), and clear only trees that
-//! are whole, locked and settled: every member Completed or Failed.
+//! are whole, locked and settled: every member Completed or Failed. For df rows the same
+//! statement also says what the engine holds for each (nothing, a root, or a record that
+//! is no root), which is where a df row is classified.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 
 use super::deletes::Rows;
+use super::expired::{classify, Verdict};
 use super::statements::Statements;
 use super::tally::BatchTally;
 use crate::db::Exec;
@@ -18,7 +21,9 @@ use crate::policy::{tree_is_settled, EngineStatus};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RootRule {
     /// A df row's engine tree: settled, every member (root and descendants) Completed or
-    /// Failed. An unsettled tree is counted as such (`skipped_unsettled`).
+    /// Failed. An unsettled tree is counted as such (`skipped_unsettled`), and so is a
+    /// root that has not ended; an engine record that is no root is inconsistent
+    /// (`skipped_inconsistent`). A df id without an engine record is bare.
     Settled,
     /// An orphan's: settled, and still without a df row. Otherwise simply kept.
     Orphan,
@@ -87,6 +92,17 @@ impl ClearedTrees {
         self.trees.values().map(|m| m.len() as u64 - 1).sum()
     }
 
+    /// Keeps only the trees and bare ids whose df row `locked` has (the rest go back).
+    /// Returns how many it put back.
+    pub(crate) fn keep_locked<V>(&mut self, locked: &HashMap<String, V>) -> u64 {
+        let before = self.trees.len() + self.bare.len();
+        self.trees.retain(|root, _| locked.contains_key(root));
+        self.root_statuses
+            .retain(|root, _| locked.contains_key(root));
+        self.bare.retain(|id| locked.contains_key(id));
+        (before - self.trees.len() - self.bare.len()) as u64
+    }
+
     /// Puts back every tree with a member among `leased`, and every leased bare id.
     /// Returns how many it put back.
     pub(crate) fn put_back_leased(&mut self, leased: &HashSet<String>) -> u64 {
@@ -100,47 +116,42 @@ impl ClearedTrees {
     }
 }
 
-/// Expands `roots` into whole trees, locks every instance without waiting, and clears a
+/// Expands `ids` into whole trees, locks every instance without waiting, and clears a
 /// tree only when all its instances were locked and every one's current execution, read by
 /// the locking statement, is Completed or Failed (settled), and, for an orphan, no df row
-/// has its root after locking (`rule`). `bare_ids` (df rows without an engine record) are
-/// cleared when the engine has not created them meanwhile. Leases: a dry run clears only
-/// trees and bare ids none of whose queue items or instance locks is leased; a real pass
-/// learns of leases as it deletes ([`super::leases::delete_unleased`]).
+/// has its root after locking (`rule`). For df rows (`RootRule::Settled`) an id without an
+/// engine record is bare, cleared unless a queue item carrying it is leased. Leases: a dry
+/// run clears only trees and bare ids none of whose queue items or instance locks is
+/// leased; a real pass learns of leases as it deletes ([`super::leases::delete_unleased`]).
 pub(crate) async fn lock_trees(
     tx: &Transaction<'_>,
     st: &Statements,
-    roots: &[String],
-    bare_ids: &[String],
+    ids: &[String],
     rule: RootRule,
     tally: &mut BatchTally,
 ) -> Result<ClearedTrees, Error> {
-    let mut trees: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut locked: HashMap<String, Locked> = HashMap::new();
-    // Members the statement did not lock: their status as its snapshot showed it.
-    let mut unlocked_status: HashMap<String, Option<String>> = HashMap::new();
-    // Members with a live lease when the trees were read (instance lock, queue item).
-    let mut leased: HashSet<String> = HashSet::new();
-    // Bare ids are expanded too: an engine record that appeared since selection shows here
-    // (and is locked until the batch ends, though never deleted in it).
-    let expand: Vec<&String> = roots.iter().chain(bare_ids).collect();
-    if !expand.is_empty() {
+    let mut seen = TreesSeen::default();
+    if !ids.is_empty() {
         for row in tx
-            .fetch_all(&st.lock_trees, &[&expand])
+            .fetch_all(&st.lock_trees, &[&ids])
             .await
             .context("expanding and locking engine trees")?
         {
             let member: String = row.get(1);
             if row.get::<_, bool>(6) {
                 // Bare df rows too: their queue items may carry a lease.
-                leased.insert(member.clone());
+                seen.leased.insert(member.clone());
             }
             if !row.get::<_, bool>(5) {
                 // No engine row (a bare df row, or a root gone since selection).
                 continue;
             }
+            let root: String = row.get(0);
+            if member == root && !row.get::<_, bool>(7) {
+                seen.not_roots.insert(member.clone());
+            }
             if row.get::<_, bool>(2) {
-                locked.insert(
+                seen.locked.insert(
                     member.clone(),
                     Locked {
                         address: row.get(3),
@@ -148,51 +159,37 @@ pub(crate) async fn lock_trees(
                     },
                 );
             } else {
-                unlocked_status.insert(member.clone(), row.get(4));
+                seen.unlocked_status.insert(member.clone(), row.get(4));
             }
-            trees.entry(row.get(0)).or_default().push(member);
+            seen.trees.entry(root).or_default().push(member);
         }
         // A tree is one whose root has an engine row; rows found under an id without one
         // (a corrupt parent link to a missing instance) are no tree of this batch's.
-        trees.retain(|root, members| members.contains(root));
+        seen.trees.retain(|root, members| members.contains(root));
     }
-    // Orphan roots whose whole tree is locked and settled: an expired row's root has its
-    // df row, locked by this batch; an orphan's may have gained one.
-    let df_row_ids: Vec<&String> = if rule == RootRule::Orphan {
-        roots
+    // Orphan roots whose whole tree is locked and settled: an orphan's root may have
+    // gained a df row.
+    if rule == RootRule::Orphan {
+        let df_row_ids: Vec<&String> = ids
             .iter()
             .filter(|r| {
-                trees.get(*r).is_some_and(|tree| {
-                    tree.iter().all(|id| locked.contains_key(id))
-                        && tree_is_settled(tree.iter().map(|id| locked[id].status.as_deref()))
+                seen.trees.get(*r).is_some_and(|tree| {
+                    tree.iter().all(|id| seen.locked.contains_key(id))
+                        && tree_is_settled(tree.iter().map(|id| seen.locked[id].status.as_deref()))
                 })
             })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let read_df_rows = async {
-        if df_row_ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        Ok::<_, Error>(
-            tx.fetch_all(&st.orphans_with_df_row, &[&df_row_ids])
+            .collect();
+        if !df_row_ids.is_empty() {
+            seen.with_df_row = tx
+                .fetch_all(&st.orphans_with_df_row, &[&df_row_ids])
                 .await
                 .context("looking for df rows of orphan roots")?
                 .iter()
                 .map(|r| r.get(0))
-                .collect::<HashSet<String>>(),
-        )
-    };
-    let with_df_row = read_df_rows.await?;
-    let seen = TreesSeen {
-        trees,
-        locked,
-        unlocked_status,
-        leased,
-        with_df_row,
-    };
-    Ok(seen.clear(roots, bare_ids, rule, tally))
+                .collect();
+        }
+    }
+    Ok(seen.clear(ids, rule, tally))
 }
 
 /// What a batch learnt of its trees by locking them.
@@ -210,42 +207,57 @@ struct TreesSeen {
     leased: HashSet<String>,
     /// Orphan roots that a df row has (read after locking; empty for df rows' trees).
     with_df_row: HashSet<String>,
+    /// Given ids whose engine record is no root (a parent, or a child-shaped id).
+    not_roots: HashSet<String>,
 }
 
 impl TreesSeen {
-    /// The trees and bare ids that may go; every other root or bare id counted as skipped.
-    fn clear(
-        &self,
-        roots: &[String],
-        bare_ids: &[String],
-        rule: RootRule,
-        tally: &mut BatchTally,
-    ) -> ClearedTrees {
+    /// The trees and bare ids that may go; every other id counted as skipped.
+    fn clear(&self, ids: &[String], rule: RootRule, tally: &mut BatchTally) -> ClearedTrees {
         let Self {
             trees,
             locked,
             unlocked_status,
             leased,
             with_df_row,
+            not_roots,
         } = self;
+        let status_of = |id: &String| match locked.get(id) {
+            Some(l) => l.status.as_deref(),
+            None => unlocked_status.get(id).and_then(Option::as_deref),
+        };
         let mut cleared = ClearedTrees::default();
-        for root in roots {
+        for root in ids {
             let Some(tree) = trees.get(root) else {
-                // The engine record vanished since selection (another reconciler?): leave the
-                // df row for the next pass rather than guess.
-                tally.skipped_locked += 1;
+                if rule == RootRule::Settled && !leased.contains(root) {
+                    // A df row without an engine record: only its queue items go with it.
+                    cleared.bare.insert(root.clone());
+                } else {
+                    // A leased bare id; or an orphan whose engine record vanished since
+                    // selection (another reconciler?): left for the next pass.
+                    tally.skipped_locked += 1;
+                }
                 continue;
             };
+            if rule == RootRule::Settled {
+                match classify(true, !not_roots.contains(root), status_of(root)) {
+                    Verdict::Inconsistent => {
+                        tally.skipped_inconsistent += 1;
+                        continue;
+                    }
+                    Verdict::Unsettled => {
+                        tally.skipped_unsettled += 1;
+                        continue;
+                    }
+                    Verdict::Lock => {}
+                }
+            }
             if tree
                 .iter()
                 .any(|id| !locked.contains_key(id) || leased.contains(id))
             {
                 // Never locked because a member had not ended (and none was leased):
                 // unsettled. Leased, or held by another session: locked.
-                let status_of = |id: &String| match locked.get(id) {
-                    Some(l) => l.status.as_deref(),
-                    None => unlocked_status.get(id).and_then(Option::as_deref),
-                };
                 let unsettled = !tree.iter().any(|id| leased.contains(id))
                     && !tree_is_settled(tree.iter().map(status_of));
                 if !unsettled {
@@ -271,16 +283,6 @@ impl TreesSeen {
             );
             if let Some(s) = locked[root].status.as_deref().and_then(EngineStatus::parse) {
                 cleared.root_statuses.insert(root.clone(), s);
-            }
-        }
-        for id in bare_ids {
-            if trees.contains_key(id) {
-                // The engine started it after all: it is not bare any more; next pass decides.
-                tally.skipped_unsettled += 1;
-            } else if leased.contains(id) {
-                tally.skipped_locked += 1;
-            } else {
-                cleared.bare.insert(id.clone());
             }
         }
         cleared
@@ -333,7 +335,7 @@ mod tests {
             ],
         );
         let mut tally = BatchTally::default();
-        let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
+        let cleared = seen.clear(&ids(&["r"]), RootRule::Settled, &mut tally);
         assert!(cleared.is_deletable("r"));
         assert!(
             !cleared.is_deletable("r::1::a"),
@@ -366,7 +368,7 @@ mod tests {
                     .insert("r::1::a".to_owned(), Some("Completed".to_owned()));
             }
             let mut tally = BatchTally::default();
-            let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
+            let cleared = seen.clear(&ids(&["r"]), RootRule::Settled, &mut tally);
             assert!(cleared.is_empty(), "leased: {leased}");
             assert_eq!(tally.skipped_locked, 1);
         }
@@ -381,21 +383,20 @@ mod tests {
         seen.unlocked_status
             .insert("r::1::a".to_owned(), Some("Running".to_owned()));
         let mut tally = BatchTally::default();
-        let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
+        let cleared = seen.clear(&ids(&["r"]), RootRule::Settled, &mut tally);
         assert!(cleared.is_empty());
         assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (0, 1));
         // Leased as well: the lease is what keeps it this pass.
         seen.leased.insert("r::1::a".to_owned());
         let mut tally = BatchTally::default();
-        seen.clear(&ids(&["r"]), &[], RootRule::Settled, &mut tally);
+        seen.clear(&ids(&["r"]), RootRule::Settled, &mut tally);
         assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (1, 0));
     }
 
     #[test]
     fn a_root_gone_since_selection_is_skipped_not_guessed() {
         let mut tally = BatchTally::default();
-        let cleared =
-            TreesSeen::default().clear(&ids(&["gone"]), &[], RootRule::Orphan, &mut tally);
+        let cleared = TreesSeen::default().clear(&ids(&["gone"]), RootRule::Orphan, &mut tally);
         assert!(cleared.is_empty());
         assert_eq!(tally.skipped_locked, 1);
     }
@@ -407,7 +408,7 @@ mod tests {
                 let mut seen = TreesSeen::default();
                 seen_tree(&mut seen, "r", &[], status);
                 let mut tally = BatchTally::default();
-                let cleared = seen.clear(&ids(&["r"]), &[], rule, &mut tally);
+                let cleared = seen.clear(&ids(&["r"]), rule, &mut tally);
                 assert!(cleared.is_empty(), "{status} {rule:?}");
                 assert_eq!(tally.skipped_unsettled, unsettled, "{status} {rule:?}");
             }
@@ -438,7 +439,7 @@ mod tests {
                     // Another tree in the same batch is not held back by it.
                     seen_tree(&mut seen, "s", &["s::1::a"], "Failed");
                     let mut tally = BatchTally::default();
-                    let cleared = seen.clear(&ids(&["r", "s"]), &[], rule, &mut tally);
+                    let cleared = seen.clear(&ids(&["r", "s"]), rule, &mut tally);
                     assert!(!cleared.is_deletable("r"), "{root} {child:?} {rule:?}");
                     assert!(cleared.is_deletable("s"), "{root} {child:?} {rule:?}");
                     assert!(
@@ -471,19 +472,18 @@ mod tests {
         seen_tree(&mut seen, "r", &["r::1::a"], "Failed");
         seen.with_df_row.insert("r".to_owned());
         let mut tally = BatchTally::default();
-        let cleared = seen.clear(&ids(&["r"]), &[], RootRule::Orphan, &mut tally);
+        let cleared = seen.clear(&ids(&["r"]), RootRule::Orphan, &mut tally);
         assert!(cleared.is_empty());
         assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (0, 0));
     }
 
     #[test]
-    fn a_bare_id_goes_unless_the_engine_created_it_or_it_is_leased() {
+    fn a_df_id_without_an_engine_record_is_bare_unless_leased() {
         let mut seen = TreesSeen::default();
         seen_tree(&mut seen, "started", &[], "Running");
         seen.leased.insert("leased".to_owned());
         let mut tally = BatchTally::default();
         let cleared = seen.clear(
-            &[],
             &ids(&["bare", "started", "leased"]),
             RootRule::Settled,
             &mut tally,
@@ -493,6 +493,46 @@ mod tests {
         assert_eq!(cleared.bare_rows(), [("bare".to_owned(), String::new())]);
         assert!(cleared.members().is_empty());
         assert_eq!((tally.skipped_unsettled, tally.skipped_locked), (1, 1));
+        // An orphan never is bare: without an engine row it is left for the next pass.
+        let mut tally = BatchTally::default();
+        let cleared = seen.clear(&ids(&["bare"]), RootRule::Orphan, &mut tally);
+        assert!(cleared.is_empty());
+        assert_eq!(tally.skipped_locked, 1);
+    }
+
+    #[test]
+    fn a_df_row_whose_engine_record_is_no_root_is_inconsistent_even_settled() {
+        let mut seen = TreesSeen::default();
+        seen_tree(&mut seen, "p::1::c", &[], "Completed");
+        seen.not_roots.insert("p::1::c".to_owned());
+        seen_tree(&mut seen, "r", &[], "Completed");
+        let mut tally = BatchTally::default();
+        let cleared = seen.clear(&ids(&["p::1::c", "r"]), RootRule::Settled, &mut tally);
+        assert!(!cleared.is_deletable("p::1::c"));
+        assert!(cleared.is_deletable("r"));
+        assert_eq!(
+            (
+                tally.skipped_inconsistent,
+                tally.skipped_unsettled,
+                tally.skipped_locked
+            ),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_tree_whose_df_row_was_not_locked_goes_back() {
+        let mut seen = TreesSeen::default();
+        seen_tree(&mut seen, "a", &["a::1::x"], "Completed");
+        seen_tree(&mut seen, "b", &[], "Failed");
+        let mut tally = BatchTally::default();
+        let mut cleared = seen.clear(&ids(&["a", "b", "bare"]), RootRule::Settled, &mut tally);
+        let locked: HashMap<String, String> = [("b".to_owned(), "(0,1)".to_owned())].into();
+        assert_eq!(cleared.keep_locked(&locked), 2);
+        assert!(!cleared.is_deletable("a") && !cleared.is_deletable("bare"));
+        assert!(cleared.is_deletable("b"));
+        assert_eq!(cleared.members(), [("b".to_owned(), "(0,0)".to_owned())]);
+        assert_eq!(cleared.root_statuses.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]
@@ -501,12 +541,7 @@ mod tests {
         seen_tree(&mut seen, "a", &["a::1::x"], "Completed");
         seen_tree(&mut seen, "b", &[], "Failed");
         let mut tally = BatchTally::default();
-        let mut cleared = seen.clear(
-            &ids(&["a", "b"]),
-            &ids(&["bare"]),
-            RootRule::Orphan,
-            &mut tally,
-        );
+        let mut cleared = seen.clear(&ids(&["a", "b", "bare"]), RootRule::Settled, &mut tally);
         let leased: HashSet<String> = ["a::1::x".to_owned(), "bare".to_owned()].into();
         assert_eq!(cleared.put_back_leased(&leased), 2);
         assert!(!cleared.is_deletable("a") && !cleared.is_deletable("bare"));

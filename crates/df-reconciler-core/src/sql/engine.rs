@@ -119,16 +119,17 @@ pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
 /// down, and the trees that may go locked without waiting. UNION (not UNION ALL) makes a
 /// cycle in hostile parent links terminate.
 ///
-/// Only trees that look deletable are locked: every member present, its current execution
-/// Completed or Failed (a tree is settled only when every member ended), and no member
-/// leased (an instance lock or queue item whose `locked_until` is ahead of the database
-/// clock). A tree the batch will not delete is never locked, so a dispatcher acknowledging
+/// Only trees that look deletable are locked: the given id an engine root (no parent, no
+/// child-shaped id), every member present, its current execution Completed or Failed (a
+/// tree is settled only when every member ended), and no member leased (an instance lock
+/// or queue item whose `locked_until` is ahead of the database clock). A tree the batch will not delete is never locked, so a dispatcher acknowledging
 /// one of its instances never waits for the rest of the batch. For every member the row
 /// says whether this batch locked it (`locked`; false also for a row another session
 /// holds), its address (ctid, by which the batch deletes it), its current execution's status
 /// (read after locking for a locked member, from the snapshot otherwise), whether it has an
-/// engine row at all (`present`) and whether it was leased. A given id without an engine row
-/// comes back alone, `present` false.
+/// engine row at all (`present`), whether it was leased and whether it is a root
+/// (`is_root`; a df row whose engine record is not one is inconsistent). A given id
+/// without an engine row comes back alone, `present` false.
 ///
 /// The status of a locked member is that of the current execution the lock returned.
 /// Locking follows a row updated since the statement's snapshot to its newest version;
@@ -139,6 +140,12 @@ pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
 /// returned another, NULL. An execution never leaves Completed or Failed, and a member
 /// that ended cannot start children, so a tree whose members all read terminal is whole
 /// and settled.
+///
+/// The lock reads the members by the row addresses `seen` read, not by a second probe of
+/// the primary key (a TID scan: 1,500 members, 17 -> 13.5 ms on the real extension). The
+/// addresses are those of row versions the statement's snapshot sees, which no one can
+/// prune while it runs; a version updated since is followed to its newest one as above,
+/// and a deleted one is not locked.
 macro_rules! trees_then {
     ($lock:literal) => {
         concat!(
@@ -162,7 +169,7 @@ macro_rules! trees_then {
     -- execution, by primary key (OFFSET 0).
     seen AS (
         SELECT tree.root_id, tree.instance_id, e.instance_id IS NOT NULL AS present,
-               e.current_execution_id, e.status,
+               e.address, e.current_execution_id, e.status, e.is_root,
                EXISTS (SELECT 1 FROM {engine}.instance_locks il
                         WHERE il.instance_id = tree.instance_id AND il.locked_until > now_ms.ms)
             OR EXISTS (SELECT 1 FROM {engine}.orchestrator_queue oq
@@ -172,7 +179,8 @@ macro_rules! trees_then {
                AS leased
         FROM tree CROSS JOIN now_ms
         LEFT JOIN LATERAL (
-            SELECT ei.instance_id, ei.current_execution_id, x.status
+            SELECT ei.instance_id, ei.ctid AS address, ei.current_execution_id, x.status,
+                   ei.parent_instance_id IS NULL AND NOT {ei_is_child} AS is_root
             FROM {engine}.instances ei
             LEFT JOIN {engine}.executions x
                    ON x.instance_id = ei.instance_id AND x.execution_id = ei.current_execution_id
@@ -180,11 +188,12 @@ macro_rules! trees_then {
     ),
     deletable AS (
         SELECT root_id FROM seen GROUP BY root_id
-        HAVING pg_catalog.bool_and(present AND status IN ('Completed', 'Failed') AND NOT leased)
+        HAVING pg_catalog.bool_and(present AND status IN ('Completed', 'Failed') AND NOT leased
+                                   AND (instance_id <> root_id OR is_root))
     ),
     l AS (
         SELECT ei.instance_id, ei.ctid, ei.current_execution_id FROM {engine}.instances ei
-        WHERE ei.instance_id IN (SELECT s.instance_id FROM seen s JOIN deletable d USING (root_id))",
+        WHERE ei.ctid = ANY (ARRAY(SELECT s.address FROM seen s JOIN deletable d USING (root_id)))",
             $lock,
             "
     )
@@ -193,7 +202,7 @@ macro_rules! trees_then {
            CASE WHEN l.instance_id IS NULL THEN seen.status
                 WHEN l.current_execution_id = seen.current_execution_id THEN seen.status
            END AS status,
-           seen.present, seen.leased
+           seen.present, seen.leased, coalesce(seen.is_root, false) AS is_root
     FROM seen
     LEFT JOIN l ON l.instance_id = seen.instance_id"
         )
