@@ -1,5 +1,6 @@
-//! Phase 1, a batch of expired terminal df rows: select, classify, lock the df rows, then
-//! their engine trees, delete both stores' rows.
+//! Phase 1, a batch of expired terminal df rows: select them from the df side, lock the
+//! engine trees that may go (the same statement reads what the engine holds for each row,
+//! which classifies it), lock the df rows of those trees, delete both stores' rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -86,6 +87,7 @@ pub(crate) async fn expired_batch(
         status: TerminalStatus,
         window_expired: bool,
         rule: i32,
+        address: String,
     }
     let terminal_at: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(3))).collect();
@@ -99,6 +101,7 @@ pub(crate) async fn expired_batch(
                     status,
                     window_expired: row.get(2),
                     rule: row.get(4),
+                    address: row.get(5),
                 },
             ))
         })
@@ -107,13 +110,17 @@ pub(crate) async fn expired_batch(
     // The trees first: the statement that locks them also says what the engine holds for
     // each df row (classify), so only rows whose tree may go are locked on the df side.
     let mut trees = lock_trees(tx, st, &ids, RootRule::Settled, tally).await?;
-    let may_go: Vec<&String> = ids.iter().filter(|id| trees.is_deletable(id)).collect();
+    let (may_go, addresses): (Vec<&str>, Vec<&str>) = candidates
+        .iter()
+        .filter(|(id, _)| trees.is_deletable(id))
+        .map(|(id, c)| (id.as_str(), c.address.as_str()))
+        .unzip();
     // Locked df rows and their addresses. A tree whose df row another session holds (or
-    // that stopped being terminal) stays, though locked until the batch ends.
+    // that changed since the walk read it) stays, though locked until the batch ends.
     let locked: HashMap<String, String> = if may_go.is_empty() {
         HashMap::new()
     } else {
-        tx.fetch_all(&st.lock_df_rows, &[&may_go])
+        tx.fetch_all(&st.lock_df_rows, &[&may_go, &addresses])
             .await
             .context("locking expired df rows")?
             .iter()

@@ -37,13 +37,23 @@ impl RootRule {
     }
 }
 
-/// A member of a tree that this batch locked.
+/// A member of a tree as the locking statement returned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Locked {
-    /// Its row address (ctid), by which a real pass deletes it.
-    address: String,
-    /// Its current execution's status, read by the locking statement (None: unknown).
+struct Member {
+    id: String,
+    /// Its row address (ctid), by which a real pass deletes it, when this batch locked it.
+    locked: Option<String>,
+    /// Its current execution's status (None: unknown): for a locked member as the lock
+    /// returned it, for another as the statement's snapshot showed it.
     status: Option<String>,
+    /// It had a live lease when the trees were read (instance lock, queue item).
+    leased: bool,
+}
+
+impl Member {
+    fn status(&self) -> Option<&str> {
+        self.status.as_deref()
+    }
 }
 
 /// Trees cleared for deletion in this batch.
@@ -137,35 +147,31 @@ pub(crate) async fn lock_trees(
             .await
             .context("expanding and locking engine trees")?
         {
-            let member: String = row.get(1);
-            if row.get::<_, bool>(6) {
-                // Bare df rows too: their queue items may carry a lease.
-                seen.leased.insert(member.clone());
-            }
+            let leased: bool = row.get(6);
             if !row.get::<_, bool>(5) {
-                // No engine row (a bare df row, or a root gone since selection).
+                // No engine row (a bare df row, or a root gone since selection); a bare
+                // df row's queue items may carry a lease.
+                if leased {
+                    seen.leased_bare.insert(row.get(1));
+                }
                 continue;
             }
             let root: String = row.get(0);
-            if member == root && !row.get::<_, bool>(7) {
-                seen.not_roots.insert(member.clone());
-            }
-            if row.get::<_, bool>(2) {
-                seen.locked.insert(
-                    member.clone(),
-                    Locked {
-                        address: row.get(3),
-                        status: row.get(4),
-                    },
-                );
-            } else {
-                seen.unlocked_status.insert(member.clone(), row.get(4));
+            let member = Member {
+                id: row.get(1),
+                locked: row.get::<_, bool>(2).then(|| row.get(3)),
+                status: row.get(4),
+                leased,
+            };
+            if member.id == root && !row.get::<_, bool>(7) {
+                seen.not_roots.insert(root.clone());
             }
             seen.trees.entry(root).or_default().push(member);
         }
         // A tree is one whose root has an engine row; rows found under an id without one
         // (a corrupt parent link to a missing instance) are no tree of this batch's.
-        seen.trees.retain(|root, members| members.contains(root));
+        seen.trees
+            .retain(|root, members| members.iter().any(|m| m.id == *root));
     }
     // Orphan roots whose whole tree is locked and settled: an orphan's root may have
     // gained a df row.
@@ -174,8 +180,8 @@ pub(crate) async fn lock_trees(
             .iter()
             .filter(|r| {
                 seen.trees.get(*r).is_some_and(|tree| {
-                    tree.iter().all(|id| seen.locked.contains_key(id))
-                        && tree_is_settled(tree.iter().map(|id| seen.locked[id].status.as_deref()))
+                    tree.iter().all(|m| m.locked.is_some())
+                        && tree_is_settled(tree.iter().map(Member::status))
                 })
             })
             .collect();
@@ -193,18 +199,12 @@ pub(crate) async fn lock_trees(
 }
 
 /// What a batch learnt of its trees by locking them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct TreesSeen {
-    /// By root (or bare id that turned out to have an engine row): its members.
-    trees: BTreeMap<String, Vec<String>>,
-    /// Members this batch locked: their row address and current-execution status.
-    locked: HashMap<String, Locked>,
-    /// Members it did not lock (their tree could not go, or another session held them):
-    /// their current execution's status as the statement's snapshot showed it.
-    unlocked_status: HashMap<String, Option<String>>,
-    /// Ids with a live lease when the trees were read (a real pass also learns of leases
-    /// taken later as it deletes).
-    leased: HashSet<String>,
+    /// By given id with an engine row: its members, itself included.
+    trees: BTreeMap<String, Vec<Member>>,
+    /// Given ids without an engine row whose queue items had a live lease.
+    leased_bare: HashSet<String>,
     /// Orphan roots that a df row has (read after locking; empty for df rows' trees).
     with_df_row: HashSet<String>,
     /// Given ids whose engine record is no root (a parent, or a child-shaped id).
@@ -213,23 +213,17 @@ struct TreesSeen {
 
 impl TreesSeen {
     /// The trees and bare ids that may go; every other id counted as skipped.
-    fn clear(&self, ids: &[String], rule: RootRule, tally: &mut BatchTally) -> ClearedTrees {
+    fn clear(self, ids: &[String], rule: RootRule, tally: &mut BatchTally) -> ClearedTrees {
         let Self {
-            trees,
-            locked,
-            unlocked_status,
-            leased,
+            mut trees,
+            leased_bare,
             with_df_row,
             not_roots,
         } = self;
-        let status_of = |id: &String| match locked.get(id) {
-            Some(l) => l.status.as_deref(),
-            None => unlocked_status.get(id).and_then(Option::as_deref),
-        };
         let mut cleared = ClearedTrees::default();
         for root in ids {
-            let Some(tree) = trees.get(root) else {
-                if rule == RootRule::Settled && !leased.contains(root) {
+            let Some(tree) = trees.remove(root) else {
+                if rule == RootRule::Settled && !leased_bare.contains(root) {
                     // A df row without an engine record: only its queue items go with it.
                     cleared.bare.insert(root.clone());
                 } else {
@@ -239,8 +233,9 @@ impl TreesSeen {
                 }
                 continue;
             };
+            let root_status = tree.iter().find(|m| m.id == *root).and_then(Member::status);
             if rule == RootRule::Settled {
-                match classify(true, !not_roots.contains(root), status_of(root)) {
+                match classify(true, !not_roots.contains(root), root_status) {
                     Verdict::Inconsistent => {
                         tally.skipped_inconsistent += 1;
                         continue;
@@ -252,15 +247,11 @@ impl TreesSeen {
                     Verdict::Lock => {}
                 }
             }
-            if tree
-                .iter()
-                .any(|id| !locked.contains_key(id) || leased.contains(id))
-            {
+            let settled = tree_is_settled(tree.iter().map(Member::status));
+            if tree.iter().any(|m| m.locked.is_none() || m.leased) {
                 // Never locked because a member had not ended (and none was leased):
                 // unsettled. Leased, or held by another session: locked.
-                let unsettled = !tree.iter().any(|id| leased.contains(id))
-                    && !tree_is_settled(tree.iter().map(status_of));
-                if !unsettled {
+                if tree.iter().any(|m| m.leased) || settled {
                     tally.skipped_locked += 1;
                 } else if rule == RootRule::Settled {
                     tally.skipped_unsettled += 1;
@@ -268,22 +259,21 @@ impl TreesSeen {
                 continue;
             }
             // Every member, not the root alone: a root can end while children still run.
-            let settled = tree_is_settled(tree.iter().map(|id| locked[id].status.as_deref()));
             if !rule.allows(settled, with_df_row.contains(root)) {
                 if rule == RootRule::Settled {
                     tally.skipped_unsettled += 1;
                 }
                 continue;
             }
-            cleared.trees.insert(
-                root.clone(),
-                tree.iter()
-                    .map(|id| (id.clone(), locked[id].address.clone()))
-                    .collect(),
-            );
-            if let Some(s) = locked[root].status.as_deref().and_then(EngineStatus::parse) {
+            if let Some(s) = root_status.and_then(EngineStatus::parse) {
                 cleared.root_statuses.insert(root.clone(), s);
             }
+            cleared.trees.insert(
+                root.clone(),
+                tree.into_iter()
+                    .map(|m| (m.id, m.locked.unwrap_or_default()))
+                    .collect(),
+            );
         }
         cleared
     }
@@ -299,19 +289,27 @@ mod tests {
 
     /// A locked tree: `members` (root first), each with its current execution's status.
     fn seen_members(seen: &mut TreesSeen, members: &[(&str, Option<&str>)]) {
-        for (i, (id, status)) in members.iter().enumerate() {
-            seen.locked.insert(
-                (*id).to_owned(),
-                Locked {
-                    address: format!("(0,{i})"),
-                    status: status.map(str::to_owned),
-                },
-            );
-        }
         seen.trees.insert(
             members[0].0.to_owned(),
-            members.iter().map(|(id, _)| (*id).to_owned()).collect(),
+            members
+                .iter()
+                .enumerate()
+                .map(|(i, (id, status))| Member {
+                    id: (*id).to_owned(),
+                    locked: Some(format!("(0,{i})")),
+                    status: status.map(str::to_owned),
+                    leased: false,
+                })
+                .collect(),
         );
+    }
+
+    /// The member `id` of the tree of `root`.
+    fn member<'s>(seen: &'s mut TreesSeen, root: &str, id: &str) -> &'s mut Member {
+        seen.trees
+            .get_mut(root)
+            .and_then(|tree| tree.iter_mut().find(|m| m.id == id))
+            .expect("a member")
     }
 
     /// A locked tree `root` -> `children`, every member at `status`.
@@ -360,12 +358,10 @@ mod tests {
             let mut seen = TreesSeen::default();
             seen_tree(&mut seen, "r", &["r::1::a"], "Completed");
             if leased {
-                seen.leased.insert("r::1::a".to_owned());
+                member(&mut seen, "r", "r::1::a").leased = true;
             } else {
                 // Another session holds it: the statement saw it ended but could not lock it.
-                seen.locked.remove("r::1::a");
-                seen.unlocked_status
-                    .insert("r::1::a".to_owned(), Some("Completed".to_owned()));
+                member(&mut seen, "r", "r::1::a").locked = None;
             }
             let mut tally = BatchTally::default();
             let cleared = seen.clear(&ids(&["r"]), RootRule::Settled, &mut tally);
@@ -377,17 +373,21 @@ mod tests {
     #[test]
     fn a_tree_left_unlocked_because_a_member_still_runs_counts_as_unsettled() {
         let mut seen = TreesSeen::default();
-        seen.trees.insert("r".to_owned(), ids(&["r", "r::1::a"]));
-        seen.unlocked_status
-            .insert("r".to_owned(), Some("Completed".to_owned()));
-        seen.unlocked_status
-            .insert("r::1::a".to_owned(), Some("Running".to_owned()));
+        seen_members(
+            &mut seen,
+            &[("r", Some("Completed")), ("r::1::a", Some("Running"))],
+        );
+        for id in ["r", "r::1::a"] {
+            member(&mut seen, "r", id).locked = None;
+        }
         let mut tally = BatchTally::default();
-        let cleared = seen.clear(&ids(&["r"]), RootRule::Settled, &mut tally);
+        let cleared = seen
+            .clone()
+            .clear(&ids(&["r"]), RootRule::Settled, &mut tally);
         assert!(cleared.is_empty());
         assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (0, 1));
         // Leased as well: the lease is what keeps it this pass.
-        seen.leased.insert("r::1::a".to_owned());
+        member(&mut seen, "r", "r::1::a").leased = true;
         let mut tally = BatchTally::default();
         seen.clear(&ids(&["r"]), RootRule::Settled, &mut tally);
         assert_eq!((tally.skipped_locked, tally.skipped_unsettled), (1, 0));
@@ -481,9 +481,9 @@ mod tests {
     fn a_df_id_without_an_engine_record_is_bare_unless_leased() {
         let mut seen = TreesSeen::default();
         seen_tree(&mut seen, "started", &[], "Running");
-        seen.leased.insert("leased".to_owned());
+        seen.leased_bare.insert("leased".to_owned());
         let mut tally = BatchTally::default();
-        let cleared = seen.clear(
+        let cleared = seen.clone().clear(
             &ids(&["bare", "started", "leased"]),
             RootRule::Settled,
             &mut tally,
