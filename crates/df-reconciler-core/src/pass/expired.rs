@@ -87,7 +87,6 @@ pub(crate) async fn expired_batch(
         status: TerminalStatus,
         window_expired: bool,
         rule: i32,
-        address: String,
     }
     let terminal_at: BTreeMap<String, Option<Timestamp<SystemTime>>> =
         rows.iter().map(|r| (r.get(0), r.get(3))).collect();
@@ -101,7 +100,6 @@ pub(crate) async fn expired_batch(
                     status,
                     window_expired: row.get(2),
                     rule: row.get(4),
-                    address: row.get(5),
                 },
             ))
         })
@@ -110,17 +108,13 @@ pub(crate) async fn expired_batch(
     // The trees first: the statement that locks them also says what the engine holds for
     // each df row (classify), so only rows whose tree may go are locked on the df side.
     let mut trees = lock_trees(tx, st, &ids, RootRule::Settled, tally).await?;
-    let (may_go, addresses): (Vec<&str>, Vec<&str>) = candidates
-        .iter()
-        .filter(|(id, _)| trees.is_deletable(id))
-        .map(|(id, c)| (id.as_str(), c.address.as_str()))
-        .unzip();
+    let may_go: Vec<&String> = ids.iter().filter(|id| trees.is_deletable(id)).collect();
     // Locked df rows and their addresses. A tree whose df row another session holds (or
-    // that changed since the walk read it) stays, though locked until the batch ends.
+    // that stopped being terminal) stays, though locked until the batch ends.
     let locked: HashMap<String, String> = if may_go.is_empty() {
         HashMap::new()
     } else {
-        tx.fetch_all(&st.lock_df_rows, &[&may_go, &addresses])
+        tx.fetch_all(&st.lock_df_rows, &[&may_go])
             .await
             .context("locking expired df rows")?
             .iter()

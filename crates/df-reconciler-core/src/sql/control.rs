@@ -25,27 +25,21 @@ pub(crate) const PER_INSTANCE_TABLES: [InstanceTable; 2] = [
     },
 ];
 
-/// Locks the batch's df rows that are still terminal, read by the row addresses the
-/// candidate walk returned (a TID scan; the ids are checked too, in case an address was
-/// freed and reused since). A row locked by another session (a user updating it, another
-/// reconciler) is skipped, never waited for; a row updated since the walk read it is not
-/// at its address any more and is skipped too, left for the next pass; one updated while
-/// the lock runs is followed to its newest version, where FOR UPDATE re-checks the WHERE
-/// clause, so a row that stopped being terminal drops out. `$1`: ids, `$2`: their
-/// addresses (ctid as text).
+/// Locks the batch's df rows that are still terminal. A row locked by another session (a
+/// user updating it, another reconciler) is skipped, never waited for; a row that stopped
+/// being terminal drops out because FOR UPDATE re-checks the WHERE clause on the newest
+/// version. `$1`: ids.
 pub(crate) const LOCK_TERMINAL_ROWS: &str = "
     SELECT d.id::text, d.ctid::text
     FROM {control}.instances d
-    WHERE d.ctid = ANY($2::text[]::tid[]) AND d.id::text = ANY($1::text[])
-      AND d.status IN ('completed', 'failed', 'cancelled')
+    WHERE d.id::text = ANY($1::text[]) AND d.status IN ('completed', 'failed', 'cancelled')
     FOR UPDATE OF d SKIP LOCKED";
 
 /// The dry-run twin of [`LOCK_TERMINAL_ROWS`]: a read-only transaction cannot lock.
 pub(crate) const READ_TERMINAL_ROWS: &str = "
     SELECT d.id::text, d.ctid::text
     FROM {control}.instances d
-    WHERE d.ctid = ANY($2::text[]::tid[]) AND d.id::text = ANY($1::text[])
-      AND d.status IN ('completed', 'failed', 'cancelled')";
+    WHERE d.id::text = ANY($1::text[]) AND d.status IN ('completed', 'failed', 'cancelled')";
 
 /// Whether the connected role sees every df row whatever the row-level security policies
 /// say: superuser, BYPASSRLS, or owner of a table whose RLS is not FORCEd (or RLS off).

@@ -309,8 +309,7 @@ macro_rules! expired_columns {
 /// The next keyset batch of expired terminal df rows after the watermark `$3`, at most `$4`:
 /// terminal_at known and before its rule's cutoff for the row's status, or at/below its
 /// rule's cap edge (see `expiry_limits_of_d` for `$5`..`$9`, `rule_of_d` for `$1`, `$2`).
-/// Columns: id, status, window_expired, terminal_at, rule, and the row's address (ctid),
-/// by which the batch locks it.
+/// Columns: id, status, window_expired, terminal_at, rule.
 ///
 /// The df row alone rules out most rows (see `terminal_at_lower_bound`), and the engine is
 /// read only for a row without completed_at (see `df_with_engine`): whether the engine
@@ -325,8 +324,7 @@ pub(crate) const EXPIRED_CANDIDATES: &str = concat!(
            d.status,
            coalesce(t.terminal_at < m.cutoff, false) AS window_expired,
            t.terminal_at,
-           r.rule,
-           d.ctid::text",
+           r.rule",
     expiry_limits_of_d!(),
     terminal_at_of_d!(),
     "
