@@ -180,7 +180,9 @@ macro_rules! trees_then {
         FROM tree CROSS JOIN now_ms
         LEFT JOIN LATERAL (
             SELECT ei.instance_id, ei.ctid AS address, ei.current_execution_id, x.status,
-                   ei.parent_instance_id IS NULL AND NOT {ei_is_child} AS is_root
+                   -- Asked of the given ids only (a descendant is no root by its link).
+                   CASE WHEN tree.instance_id = tree.root_id
+                        THEN ei.parent_instance_id IS NULL AND NOT {ei_is_child} END AS is_root
             FROM {engine}.instances ei
             LEFT JOIN {engine}.executions x
                    ON x.instance_id = ei.instance_id AND x.execution_id = ei.current_execution_id
