@@ -165,19 +165,25 @@ macro_rules! trees_then {
     now_ms(ms) AS (SELECT ",
             now_epoch_ms!(),
             "),
+    -- The members with a live lease, as one set: three correlated probes per member cost
+    -- a tenth of the statement even with the lease tables empty (1.3 of 10 ms per batch).
+    leased AS (
+        SELECT il.instance_id FROM {engine}.instance_locks il CROSS JOIN now_ms
+        WHERE il.instance_id IN (SELECT instance_id FROM tree) AND il.locked_until > now_ms.ms
+      UNION ALL
+        SELECT oq.instance_id FROM {engine}.orchestrator_queue oq CROSS JOIN now_ms
+        WHERE oq.instance_id IN (SELECT instance_id FROM tree) AND oq.locked_until > now_ms.ms
+      UNION ALL
+        SELECT wq.instance_id FROM {engine}.worker_queue wq CROSS JOIN now_ms
+        WHERE wq.instance_id IN (SELECT instance_id FROM tree) AND wq.locked_until > now_ms.ms
+    ),
     -- Each member as the snapshot shows it: one probe of the instance and its current
     -- execution, by primary key (OFFSET 0).
     seen AS (
         SELECT tree.root_id, tree.instance_id, e.instance_id IS NOT NULL AS present,
                e.address, e.current_execution_id, e.status, e.is_root,
-               EXISTS (SELECT 1 FROM {engine}.instance_locks il
-                        WHERE il.instance_id = tree.instance_id AND il.locked_until > now_ms.ms)
-            OR EXISTS (SELECT 1 FROM {engine}.orchestrator_queue oq
-                        WHERE oq.instance_id = tree.instance_id AND oq.locked_until > now_ms.ms)
-            OR EXISTS (SELECT 1 FROM {engine}.worker_queue wq
-                        WHERE wq.instance_id = tree.instance_id AND wq.locked_until > now_ms.ms)
-               AS leased
-        FROM tree CROSS JOIN now_ms
+               tree.instance_id IN (SELECT instance_id FROM leased) AS leased
+        FROM tree
         LEFT JOIN LATERAL (
             SELECT ei.instance_id, ei.ctid AS address, ei.current_execution_id, x.status,
                    -- Asked of the given ids only (a descendant is no root by its link).
