@@ -520,13 +520,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_tree_whose_df_row_was_not_locked_goes_back() {
+    /// Two settled trees, `a` (with a child) and `b`, and the bare id `bare`, all cleared.
+    fn two_trees_and_a_bare_id() -> ClearedTrees {
         let mut seen = TreesSeen::default();
         seen_tree(&mut seen, "a", &["a::1::x"], "Completed");
         seen_tree(&mut seen, "b", &[], "Failed");
         let mut tally = BatchTally::default();
-        let mut cleared = seen.clear(&ids(&["a", "b", "bare"]), RootRule::Settled, &mut tally);
+        seen.clear(&ids(&["a", "b", "bare"]), RootRule::Settled, &mut tally)
+    }
+
+    #[test]
+    fn a_tree_whose_df_row_was_not_locked_goes_back() {
+        let mut cleared = two_trees_and_a_bare_id();
         let locked: HashMap<String, String> = [("b".to_owned(), "(0,1)".to_owned())].into();
         assert_eq!(cleared.keep_locked(&locked), 2);
         assert!(!cleared.is_deletable("a") && !cleared.is_deletable("bare"));
@@ -537,11 +542,7 @@ mod tests {
 
     #[test]
     fn a_lease_found_while_deleting_puts_back_the_whole_tree() {
-        let mut seen = TreesSeen::default();
-        seen_tree(&mut seen, "a", &["a::1::x"], "Completed");
-        seen_tree(&mut seen, "b", &[], "Failed");
-        let mut tally = BatchTally::default();
-        let mut cleared = seen.clear(&ids(&["a", "b", "bare"]), RootRule::Settled, &mut tally);
+        let mut cleared = two_trees_and_a_bare_id();
         let leased: HashSet<String> = ["a::1::x".to_owned(), "bare".to_owned()].into();
         assert_eq!(cleared.put_back_leased(&leased), 2);
         assert!(!cleared.is_deletable("a") && !cleared.is_deletable("bare"));
