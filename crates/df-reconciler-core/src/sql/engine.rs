@@ -122,8 +122,9 @@ pub(crate) const TABLES_WITH_INSTANCE_ID: &str = "
 /// Only trees that look deletable are locked: the given id an engine root (no parent, no
 /// child-shaped id), every member present, its current execution Completed or Failed (a
 /// tree is settled only when every member ended), and no member leased (an instance lock
-/// or queue item whose `locked_until` is ahead of the database clock). A tree the batch will not delete is never locked, so a dispatcher acknowledging
-/// one of its instances never waits for the rest of the batch. For every member the row
+/// or queue item whose `locked_until` is ahead of the database clock). A tree the batch
+/// will not delete is never locked, so a dispatcher acknowledging one of its instances
+/// never waits for the rest of the batch. For every member the row
 /// says whether this batch locked it (`locked`; false also for a row another session
 /// holds), its address (ctid, by which the batch deletes it), its current execution's status
 /// (read after locking for a locked member, from the snapshot otherwise), whether it has an
