@@ -104,7 +104,7 @@ impl ClearedTrees {
 
     /// Keeps only the trees and bare ids whose df row `locked` has (the rest go back).
     /// Returns how many it put back.
-    pub(crate) fn keep_locked<V>(&mut self, locked: &HashMap<String, V>) -> u64 {
+    pub(crate) fn keep_locked(&mut self, locked: &HashMap<String, String>) -> u64 {
         let before = self.trees.len() + self.bare.len();
         self.trees.retain(|root, _| locked.contains_key(root));
         self.root_statuses
